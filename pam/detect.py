@@ -1,0 +1,323 @@
+"""Batched inference over recordings: windows in, committed detection rows out.
+
+The loop keeps the device busy: DataLoader workers decode and resample while the model
+scores the previous batch; on CUDA, pinned memory and non-blocking copies overlap the
+transfer, and bf16 autocast halves the arithmetic. Recordings are committed to the store
+in groups as soon as their last window is scored, so an interrupted run loses at most one
+group and a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+
+from pam import __version__, schemas
+from pam.checkpoint import LoadedModel
+from pam.config import ConfigError, DetectConfig, settings_hash
+from pam.dataset import RecordingTask, WindowBatches, make_loader
+from pam.manifest import USABLE
+from pam.store import Flush, Store, new_run_id
+from pam.windows import window_count
+
+log = logging.getLogger("pam.detect")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """What decides the detections of a (recording, model) pair; hashed into the work key."""
+
+    window_s: float
+    hop_s: float
+    channel: int | None
+    thresholds: dict[str, float]
+
+    @classmethod
+    def from_config(cls, conf: DetectConfig, model: LoadedModel) -> "DetectSettings":
+        card = model.card
+        window_s = conf.window_s if conf.window_s is not None else card.window_s
+        if abs(window_s - card.window_s) > 1e-9:
+            raise ConfigError(
+                f"detect.window_s is {window_s} s but model {card.name} ({model.model_id}) "
+                f"was trained on {card.window_s} s windows; leave window_s unset to use the model's"
+            )
+        unknown = set(conf.thresholds) - set(card.classes)
+        if unknown:
+            raise ConfigError(f"detect.thresholds: {sorted(unknown)} not among the model's classes {card.classes}")
+        vec = card.threshold_vector(conf.thresholds, conf.min_score)
+        return cls(
+            window_s=window_s,
+            hop_s=conf.hop_s,
+            channel=None if conf.channel == "mix" else int(conf.channel),
+            thresholds={c: float(t) for c, t in zip(card.classes, vec.tolist())},
+        )
+
+    def key(self) -> str:
+        return settings_hash({
+            "window_s": self.window_s, "hop_s": self.hop_s, "channel": self.channel,
+            "thresholds": self.thresholds, "schema": schemas.DETECTIONS_VERSION,
+        })
+
+
+@dataclass
+class DetectionReport:
+    run_id: str
+    model_id: str
+    settings_hash: str
+    recordings_total: int = 0
+    recordings_done: int = 0
+    recordings_skipped: int = 0
+    failures: list[dict] = field(default_factory=list)  # {"path", "stage", "reason"}
+    detections: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def recordings_failed(self) -> int:
+        return sum(1 for f in self.failures if f["stage"] == "detect")
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio per wall-clock second."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _Pending:
+    """Detections of one recording, gathered batch by batch until its last window."""
+
+    __slots__ = ("starts", "classes", "scores", "windows")
+
+    def __init__(self) -> None:
+        self.starts: list[np.ndarray] = []
+        self.classes: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.windows = 0
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sigmoid scores; on CUDA out-of-memory, halve the batch and go on."""
+    try:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return torch.sigmoid(net(x).float())
+    except torch.cuda.OutOfMemoryError:
+        if x.shape[0] <= 1:
+            raise
+        torch.cuda.empty_cache()
+        half = x.shape[0] // 2
+        log.warning("CUDA out of memory on a batch of %d windows; splitting it in two", x.shape[0])
+        return torch.cat([_forward(net, x[:half], device), _forward(net, x[half:], device)])
+
+
+def run_detection(
+    store: Store,
+    recordings: pd.DataFrame,
+    model: LoadedModel,
+    conf: DetectConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    dump: str | None = None,
+    scan_failures: list[dict] | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    run_id: str | None = None,
+) -> DetectionReport:
+    """Score every usable recording in ``recordings`` (manifest rows) not already done."""
+    logger = logger or log
+    conf = conf or DetectConfig()
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    device = resolve_device(conf.device)
+    settings = DetectSettings.from_config(conf, model)
+    key = settings.key()
+    run_id = run_id or new_run_id()
+    report = DetectionReport(run_id, model.model_id, key, failures=list(scan_failures or []))
+    store.ensure()
+
+    usable = ("ok", "truncated") if conf.process_truncated else ("ok",)
+    rows = recordings[recordings["status"].isin(usable)].drop_duplicates("recording_id")
+    report.recordings_total = len(rows)
+    done = set() if force else store.done_keys(model.model_id, key)
+    todo = rows[~rows["recording_id"].isin(done)].reset_index(drop=True)
+    report.recordings_skipped = len(rows) - len(todo)
+
+    run_row = {
+        "run_id": run_id, "flow": "detect", "status": "running", "started_at": started,
+        "model_id": model.model_id, "settings_hash": key, "dump": dump, "device": str(device),
+        "config_json": json.dumps({"detect": conf.model_dump(), "settings": settings.__dict__}),
+        "pam_version": __version__, "host": socket.gethostname(),
+    }
+    store.write_run(run_row)
+    logger.info(
+        "run %s: %d recordings, %d already done with model %s settings %s, %d to do on %s",
+        run_id, len(rows), report.recordings_skipped, model.model_id, key, len(todo), device,
+    )
+
+    net = model.net.to(device).eval()
+    card = model.card
+    thresholds = torch.tensor([settings.thresholds[c] for c in card.classes], device=device)
+    tasks = [
+        RecordingTask(i, str(r.path), int(r.sample_rate), int(r.frames))
+        for i, r in enumerate(todo.itertuples(index=False))
+    ]
+    dataset = WindowBatches(tasks, card.sample_rate, settings.window_s, settings.hop_s,
+                            conf.batch_size, settings.channel)
+    workers = conf.num_workers if conf.num_workers is not None else default_workers()
+    loader = make_loader(dataset, num_workers=min(workers, len(tasks)), pin_memory=device.type == "cuda")
+
+    pending: dict[int, _Pending] = {}
+    ready: list[int] = []
+    seq = 0
+    last_flush = time.monotonic()
+    total_h = float(todo["duration_s"].sum()) / 3600 if len(todo) else 0.0
+    bar = tqdm(total=round(total_h, 3), unit="h", desc="audio", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
+    shown: dict[int, float] = {}
+
+    def flush() -> None:
+        nonlocal seq, ready, last_flush
+        if not ready:
+            return
+        committed = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
+                                                           model.model_id, key, run_id),
+                                 replace=force, lock_timeout_s=conf.lock_timeout_s)
+        report.recordings_done += committed.num_rows
+        report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
+        report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)
+        for i in ready:
+            pending.pop(i, None)
+        ready = []
+        seq += 1
+        last_flush = time.monotonic()
+
+    with torch.inference_mode():
+        for batch in loader:
+            audio = batch["audio"]
+            if audio.shape[0]:
+                x = audio.to(device, non_blocking=True)
+                scores = _forward(net, x, device)
+                hit_rows, hit_cls = torch.nonzero(scores >= thresholds, as_tuple=True)
+                hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
+                hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+                rec = batch["rec"].numpy()
+                start = batch["start"].numpy()
+                for i in np.unique(rec):
+                    p = pending.setdefault(int(i), _Pending())
+                    p.windows += int((rec == i).sum())
+                    sel = rec[hit_rows] == i
+                    if sel.any():
+                        p.starts.append(start[hit_rows[sel]])
+                        p.classes.append(hit_cls[sel])
+                        p.scores.append(hit_scores[sel])
+                    dur = float(todo.at[int(i), "duration_s"])
+                    now_h = min(dur, p.windows * settings.hop_s) / 3600
+                    bar.update(now_h - shown.get(int(i), 0.0))
+                    shown[int(i)] = now_h
+            for i in batch["finished"]:
+                pending.setdefault(int(i), _Pending())
+                ready.append(int(i))
+                dur_h = float(todo.at[int(i), "duration_s"]) / 3600
+                bar.update(dur_h - shown.get(int(i), 0.0))
+                shown[int(i)] = dur_h
+            for i, reason in batch["errors"]:
+                pending.pop(int(i), None)
+                path = str(todo.at[int(i), "path"])
+                report.failures.append({"path": path, "stage": "detect", "reason": reason})
+                logger.warning("%s: %s", path, reason)
+            if len(ready) >= conf.flush_every or (ready and time.monotonic() - last_flush > 60):
+                flush()
+        flush()
+    bar.close()
+
+    report.wall_s = time.perf_counter() - t0
+    run_row.update(
+        status="completed", finished_at=datetime.now(timezone.utc),
+        recordings_total=report.recordings_total, recordings_done=report.recordings_done,
+        recordings_skipped=report.recordings_skipped, recordings_failed=report.recordings_failed,
+        detections=report.detections, audio_s=report.audio_s, wall_s=report.wall_s,
+        failures_json=json.dumps(report.failures),
+    )
+    store.write_run(run_row)
+    logger.info(
+        "run %s: %d recordings scored (%.2f h audio, %.0fx real time), %d detections, %d failed",
+        run_id, report.recordings_done, report.audio_s / 3600, report.speed, report.detections,
+        report.recordings_failed,
+    )
+    return report
+
+
+def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pending], classes: list[str],
+                 settings: DetectSettings, model_id: str, key: str, run_id: str) -> Flush:
+    now = datetime.now(timezone.utc)
+    det_cols: dict[str, list] = {name: [] for name in schemas.DETECTIONS.names + ["site", "date"]}
+    done_rows = []
+    labels = np.array(classes, dtype=object)
+    for i in ready:
+        r = todo.iloc[i]
+        p = pending.get(i) or _Pending()
+        sr = int(r["sample_rate"])
+        frames = int(r["frames"])
+        win = round(settings.window_s * sr)
+        n = sum(len(s) for s in p.starts)
+        if n:
+            starts = np.concatenate(p.starts)
+            cls = np.concatenate(p.classes)
+            scores = np.concatenate(p.scores)
+            order = np.lexsort((cls, starts))
+            starts, cls, scores = starts[order], cls[order], scores[order]
+            start_s = starts / sr
+            end_s = np.minimum(starts + win, frames) / sr
+            t0 = r["start_time"]
+            if t0 is not None and not pd.isna(t0):
+                base = pd.Timestamp(t0).to_pydatetime()
+                times = [base + timedelta(seconds=float(s)) for s in start_s]
+                dates = [t.strftime("%Y-%m-%d") for t in times]
+            else:
+                times = [None] * n
+                dates = [None] * n
+            det_cols["recording_id"] += [r["recording_id"]] * n
+            det_cols["path"] += [r["path"]] * n
+            det_cols["device"] += [r["device"]] * n
+            det_cols["start_sample"] += starts.tolist()
+            det_cols["start_s"] += start_s.tolist()
+            det_cols["end_s"] += end_s.tolist()
+            det_cols["start_time"] += times
+            det_cols["label"] += labels[cls].tolist()
+            det_cols["score"] += scores.astype(np.float32).tolist()
+            det_cols["model_id"] += [model_id] * n
+            det_cols["settings_hash"] += [key] * n
+            det_cols["run_id"] += [run_id] * n
+            det_cols["site"] += [r["site"]] * n
+            det_cols["date"] += dates
+        done_rows.append({
+            "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
+            "run_id": run_id, "site": r["site"], "path": r["path"],
+            "windows": window_count(frames, sr, settings.window_s, settings.hop_s),
+            "audio_s": frames / sr, "detections": n, "committed_at": now,
+        })
+    schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
+    return Flush(pa.table(det_cols, schema=schema), pa.Table.from_pylist(done_rows, schema=schemas.DONE))

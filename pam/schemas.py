@@ -1,0 +1,149 @@
+"""Every Parquet table pam writes, declared once.
+
+Readers and writers both go through these schemas so a column can never drift between
+stages. Each table carries its schema version in the Parquet key-value metadata
+(``pam.schema`` = ``<table>/<version>``); bump the version when a column changes meaning.
+The same tables are described for users in ``docs/store.md``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+MANIFEST_VERSION = 1
+MANIFEST = pa.schema(
+    [
+        pa.field("recording_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("dump", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("mtime", UTC_TS),
+        pa.field("site", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("recorder", pa.string()),  # audiomoth | songmeter | unknown
+        pa.field("start_time", UTC_TS),  # first sample, UTC; null when no convention matched
+        pa.field("time_source", pa.string()),  # comment | filename | none
+        pa.field("sample_rate", pa.int32()),
+        pa.field("channels", pa.int16()),
+        pa.field("frames", pa.int64()),  # frames actually readable
+        pa.field("duration_s", pa.float64()),
+        pa.field("format", pa.string()),
+        pa.field("status", pa.string(), nullable=False),  # see pam.manifest.Status
+        pa.field("reason", pa.string()),
+        pa.field("scanned_at", UTC_TS),
+    ]
+)
+
+# Detection rows. ``site`` and ``date`` are hive partition keys (folder names), so they are
+# not stored inside the part files; readers get them back from the path.
+DETECTIONS_VERSION = 1
+DETECTION_PARTITIONS = pa.schema([pa.field("site", pa.string()), pa.field("date", pa.string())])
+DETECTIONS = pa.schema(
+    [
+        pa.field("recording_id", pa.string(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("start_sample", pa.int64()),  # window start, in samples of the file's own rate
+        pa.field("start_s", pa.float64()),  # window start, seconds into the file
+        pa.field("end_s", pa.float64()),
+        pa.field("start_time", UTC_TS),  # absolute window start; null when the file had no time
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("settings_hash", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+# One row per (recording, model, settings) committed: the work key. Written after the
+# detection parts it covers, so its presence is what makes those parts visible.
+DONE_VERSION = 1
+DONE = pa.schema(
+    [
+        pa.field("recording_id", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("settings_hash", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("site", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("windows", pa.int64()),
+        pa.field("audio_s", pa.float64()),
+        pa.field("detections", pa.int64()),
+        pa.field("committed_at", UTC_TS),
+    ]
+)
+
+RUNS_VERSION = 1
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("flow", pa.string()),  # detect | scan | train | ...
+        pa.field("status", pa.string()),  # running | completed | failed
+        pa.field("started_at", UTC_TS),
+        pa.field("finished_at", UTC_TS),
+        pa.field("model_id", pa.string()),
+        pa.field("settings_hash", pa.string()),
+        pa.field("config_json", pa.string()),
+        pa.field("dump", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("recordings_total", pa.int64()),
+        pa.field("recordings_done", pa.int64()),
+        pa.field("recordings_skipped", pa.int64()),  # already done with this model + settings
+        pa.field("recordings_failed", pa.int64()),
+        pa.field("detections", pa.int64()),
+        pa.field("audio_s", pa.float64()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("failures_json", pa.string()),  # [{"path": ..., "reason": ...}]
+        pa.field("pam_version", pa.string()),
+        pa.field("host", pa.string()),
+    ]
+)
+
+MODELS_VERSION = 1
+MODELS = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("classes_json", pa.string()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("window_s", pa.float64()),
+        pa.field("thresholds_json", pa.string()),
+        pa.field("metrics_json", pa.string()),
+        pa.field("config_json", pa.string()),
+        pa.field("data_fingerprint", pa.string()),
+        pa.field("parent_id", pa.string()),
+        pa.field("registered_at", UTC_TS),
+    ]
+)
+
+# Summary: detections per species x site x day (day in the site's local time).
+DAILY_COUNTS_VERSION = 1
+DAILY_COUNTS = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("date", pa.string(), nullable=False),  # local date of the site, YYYY-MM-DD
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("detections", pa.int64()),
+        pa.field("positive_minutes", pa.int64()),
+        pa.field("max_score", pa.float32()),
+    ]
+)
+
+TABLES: dict[str, tuple[pa.Schema, int]] = {
+    "manifest": (MANIFEST, MANIFEST_VERSION),
+    "detections": (DETECTIONS, DETECTIONS_VERSION),
+    "done": (DONE, DONE_VERSION),
+    "runs": (RUNS, RUNS_VERSION),
+    "models": (MODELS, MODELS_VERSION),
+    "daily_counts": (DAILY_COUNTS, DAILY_COUNTS_VERSION),
+}
+
+
+def with_version(table: str) -> pa.Schema:
+    """The table's schema with its version stamped into the metadata."""
+    schema, version = TABLES[table]
+    return schema.with_metadata({b"pam.schema": f"{table}/{version}".encode()})

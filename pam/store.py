@@ -1,0 +1,376 @@
+"""The store: a folder of Parquet tables that is the single source of truth.
+
+Layout (see ``docs/store.md``)::
+
+    STORE/
+      manifest/manifest.parquet            one row per recording path seen
+      detections/site=S/date=D/part-<run>-<seq>.parquet
+      done/done-<run>-<seq>.parquet        work keys committed by that flush
+      runs/run-<run>.parquet               one row per run
+      models/model-<id>.parquet            model registry rows
+      summaries/<name>/...                 derived tables
+      .lock                                held only while committing
+
+Commit protocol, which makes every stage idempotent and crash-safe:
+
+1. under the store lock, write each detection part to a hidden temporary name, fsync it
+   and rename it into place (``part-<run>-<seq>.parquet``);
+2. then write ``done/done-<run>-<seq>.parquet`` the same way.
+
+A part file counts only when its ``done`` file exists, so a crash between 1 and 2 leaves
+parts nobody reads, and the next commit deletes them. Recordings already committed by
+another run are dropped at commit time, so two runs on one store never double a row.
+Re-doing recordings (``--force``) goes through a journal (``.replace-<run>-<seq>.json``)
+so that a crash half-way is finished by the next run rather than losing or doubling rows.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import quote
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pam import schemas
+
+PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
+DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
+JOURNAL_NAME = re.compile(r"^\.replace-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.json$")
+UNKNOWN = "unknown"
+
+
+class StoreBusy(RuntimeError):
+    """Another process holds the store lock for longer than we were willing to wait."""
+
+
+def new_run_id() -> str:
+    """Sortable, unique: UTC time plus random hex, e.g. ``20240501T020000Z-3fa9c2``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write so that readers see either nothing or the whole file, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with builtins.open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _write_json_atomic(obj: object, path: Path) -> None:
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    with builtins.open(tmp, "w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def partition_dir(site: str | None, day: str | None) -> str:
+    return f"site={quote(site or UNKNOWN, safe='')}/date={day or UNKNOWN}"
+
+
+@dataclass(frozen=True)
+class Flush:
+    """One commit's worth of work: detection rows (with site and date) and done rows."""
+
+    detections: pa.Table  # schemas.DETECTIONS plus string columns site, date
+    done: pa.Table  # schemas.DONE
+
+
+class Store:
+    """One store folder. Cheap to construct; nothing is read until asked."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+
+    # -- layout -----------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest" / "manifest.parquet"
+
+    @property
+    def detections_dir(self) -> Path:
+        return self.root / "detections"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.root / "done"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def summaries_dir(self) -> Path:
+        return self.root / "summaries"
+
+    def ensure(self) -> "Store":
+        for d in (self.root, self.detections_dir, self.done_dir, self.runs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- locking ----------------------------------------------------------------------
+    @contextmanager
+    def lock(self, timeout_s: float = 600.0, what: str = "commit") -> Iterator[None]:
+        """Exclusive lock on the store; waits up to ``timeout_s`` then raises StoreBusy."""
+        self.ensure()
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                        raise StoreBusy(
+                            f"store {self.root} is locked by another pam process ({holder or 'unknown'}); "
+                            f"gave up after {timeout_s:.0f} s"
+                        ) from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {what}".encode(), 0)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- manifest ---------------------------------------------------------------------
+    def read_manifest(self) -> pd.DataFrame:
+        if not self.manifest_path.exists():
+            return schemas.MANIFEST.empty_table().to_pandas()
+        return pq.read_table(self.manifest_path, schema=schemas.MANIFEST).to_pandas()
+
+    def write_manifest(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=schemas.with_version("manifest"), preserve_index=False)
+        write_parquet_atomic(table, self.manifest_path)
+
+    # -- commit -----------------------------------------------------------------------
+    def _committed_flushes(self) -> set[tuple[str, int]]:
+        if not self.done_dir.exists():
+            return set()
+        out = set()
+        for entry in os.scandir(self.done_dir):
+            if m := DONE_NAME.match(entry.name):
+                out.add((m["run"], int(m["seq"])))
+        return out
+
+    def done_table(self, model_id: str | None = None, settings_hash: str | None = None) -> pd.DataFrame:
+        files = sorted(p for p in self.done_dir.glob("done-*.parquet")) if self.done_dir.exists() else []
+        if not files:
+            return schemas.DONE.empty_table().to_pandas()
+        table = ds.dataset([str(f) for f in files], schema=schemas.DONE, format="parquet")
+        flt = None
+        if model_id is not None:
+            flt = ds.field("model_id") == model_id
+        if settings_hash is not None:
+            cond = ds.field("settings_hash") == settings_hash
+            flt = cond if flt is None else flt & cond
+        return table.to_table(filter=flt).to_pandas()
+
+    def done_keys(self, model_id: str, settings_hash: str) -> set[str]:
+        """Recording ids already committed for this model and settings."""
+        return set(self.done_table(model_id, settings_hash)["recording_id"])
+
+    def commit(self, run_id: str, seq: int, flush: Flush, replace: bool = False,
+               lock_timeout_s: float = 600.0) -> pa.Table:
+        """Make a flush visible atomically; returns the done rows actually committed.
+
+        Recordings that another run committed meanwhile are dropped (never doubled), unless
+        ``replace`` is set, in which case their old rows are replaced (``--force``).
+        """
+        with self.lock(lock_timeout_s, what=f"commit {run_id}-{seq}"):
+            self._recover_locked()
+            done = flush.done
+            detections = flush.detections
+            model_ids = set(done.column("model_id").to_pylist())
+            settings = set(done.column("settings_hash").to_pylist())
+            already = self.done_table().query(
+                "model_id in @model_ids and settings_hash in @settings"
+            ) if done.num_rows else pd.DataFrame(columns=["recording_id"])
+            clash = set(already["recording_id"]) & set(done.column("recording_id").to_pylist())
+            if clash and not replace:
+                keep_done = pa.array([r not in clash for r in done.column("recording_id").to_pylist()])
+                done = done.filter(keep_done)
+                keep_det = pa.array([r not in clash for r in detections.column("recording_id").to_pylist()])
+                detections = detections.filter(keep_det)
+                clash = set()
+            if done.num_rows == 0:
+                return done
+            self._write_parts(run_id, seq, detections)
+            journal = self.root / f".replace-{run_id}-{seq:05d}.json"
+            if clash:
+                old = already[already["recording_id"].isin(clash)]
+                _write_json_atomic(
+                    {"keys": old[["recording_id", "model_id", "settings_hash", "run_id"]].values.tolist()},
+                    journal,
+                )
+            write_parquet_atomic(done.cast(schemas.with_version("done")),
+                                 self.done_dir / f"done-{run_id}-{seq:05d}.parquet")
+            if clash:
+                self._apply_journal(journal)
+            return done
+
+    def _write_parts(self, run_id: str, seq: int, detections: pa.Table) -> None:
+        if detections.num_rows == 0:
+            return
+        frame = detections.to_pandas()
+        for (site, day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
+            part = pa.Table.from_pandas(
+                group.drop(columns=["site", "date"]), schema=schemas.with_version("detections"),
+                preserve_index=False,
+            )
+            path = self.detections_dir / partition_dir(site, day) / f"part-{run_id}-{seq:05d}.parquet"
+            write_parquet_atomic(part, path)
+
+    def _apply_journal(self, journal: Path) -> None:
+        """Remove the superseded rows a --force commit listed, then drop the journal."""
+        keys = {tuple(k) for k in json.loads(journal.read_text())["keys"]}
+        by_run: dict[str, set[tuple[str, str, str]]] = {}
+        for rec, model, settings, run in keys:
+            by_run.setdefault(run, set()).add((rec, model, settings))
+        for run, drop in by_run.items():
+            for path in list(self.detections_dir.rglob(f"part-{run}-*.parquet")) + list(
+                self.done_dir.glob(f"done-{run}-*.parquet")
+            ):
+                table = pq.read_table(path)
+                mask = [
+                    (r, m, s) not in drop
+                    for r, m, s in zip(table.column("recording_id").to_pylist(),
+                                       table.column("model_id").to_pylist(),
+                                       table.column("settings_hash").to_pylist())
+                ]
+                if all(mask):
+                    continue
+                kept = table.filter(pa.array(mask))
+                if kept.num_rows == 0:
+                    path.unlink()
+                else:
+                    write_parquet_atomic(kept, path)
+        journal.unlink()
+        _fsync_dir(self.root)
+
+    def _recover_locked(self) -> None:
+        """Finish or discard what a crashed run left: journals, orphan parts, temp files."""
+        committed = self._committed_flushes()
+        for entry in list(os.scandir(self.root)):
+            if m := JOURNAL_NAME.match(entry.name):
+                if (m["run"], int(m["seq"])) in committed:
+                    self._apply_journal(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+        if self.detections_dir.exists():
+            for dirpath, _dirs, files in os.walk(self.detections_dir):
+                for name in files:
+                    m = PART_NAME.match(name)
+                    stale_tmp = name.startswith(".") and name.endswith(".tmp")
+                    if stale_tmp or (m and (m["run"], int(m["seq"])) not in committed):
+                        os.unlink(os.path.join(dirpath, name))
+        for d in (self.done_dir, self.runs_dir, self.root / "manifest"):
+            if d.exists():
+                for entry in os.scandir(d):
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        os.unlink(entry.path)
+
+    def recover(self, lock_timeout_s: float = 600.0) -> None:
+        with self.lock(lock_timeout_s, what="recover"):
+            self._recover_locked()
+
+    # -- reading detections -----------------------------------------------------------
+    def detection_files(
+        self,
+        sites: Iterable[str] | None = None,
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[Path]:
+        """Committed part files, pruned by site and UTC date from folder names alone."""
+        if not self.detections_dir.exists():
+            return []
+        committed = self._committed_flushes()
+        wanted_sites = {quote(s, safe="") for s in sites} if sites is not None else None
+        out: list[Path] = []
+        for site_entry in sorted(os.scandir(self.detections_dir), key=lambda e: e.name):
+            if not site_entry.name.startswith("site="):
+                continue
+            if wanted_sites is not None and site_entry.name[5:] not in wanted_sites:
+                continue
+            for date_entry in sorted(os.scandir(site_entry.path), key=lambda e: e.name):
+                if not date_entry.name.startswith("date="):
+                    continue
+                day = date_entry.name[5:]
+                if (start or end) and day != UNKNOWN:
+                    d = date.fromisoformat(day)
+                    if (start and d < start) or (end and d > end):
+                        continue
+                for f in sorted(os.scandir(date_entry.path), key=lambda e: e.name):
+                    m = PART_NAME.match(f.name)
+                    if m and (m["run"], int(m["seq"])) in committed:
+                        out.append(Path(f.path))
+        return out
+
+    def detections_dataset(self, files: list[Path] | None = None) -> ds.Dataset:
+        files = self.detection_files() if files is None else files
+        partitioning = ds.partitioning(schemas.DETECTION_PARTITIONS, flavor="hive")
+        full = pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS))
+        return ds.dataset(
+            [str(f) for f in files], schema=full, format="parquet",
+            partitioning=partitioning, partition_base_dir=str(self.detections_dir),
+        )
+
+    def read_detections(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """All committed detections as a DataFrame (site and date included)."""
+        return self.detections_dataset().to_table(columns=columns).to_pandas()
+
+    # -- runs -------------------------------------------------------------------------
+    def write_run(self, row: dict) -> None:
+        table = pa.Table.from_pylist([row], schema=schemas.with_version("runs"))
+        write_parquet_atomic(table, self.runs_dir / f"run-{row['run_id']}.parquet")
+
+    def read_runs(self) -> pd.DataFrame:
+        files = sorted(self.runs_dir.glob("run-*.parquet")) if self.runs_dir.exists() else []
+        if not files:
+            return schemas.RUNS.empty_table().to_pandas()
+        return ds.dataset([str(f) for f in files], schema=schemas.RUNS).to_table().to_pandas()
+
+
+def open(root: str | Path) -> Store:  # noqa: A001 - mirrors pam.store.open in the docs
+    """Open a store folder for reading from a notebook or script."""
+    return Store(root)
