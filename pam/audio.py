@@ -95,14 +95,18 @@ def probe(path: str | Path) -> AudioInfo:
             )
             if info.frames > 0 and info.format == "FLAC":
                 # A cut-off FLAC still reports its full length; decoding its tail tells.
-                snd.seek(max(0, info.frames - 4096))
-                snd.read(4096, dtype="float32")
+                try:
+                    snd.seek(max(0, info.frames - 4096))
+                    snd.read(4096, dtype="float32")
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    raise AudioError(
+                        "truncated", f"FLAC data ends before the {info.frames / info.sample_rate:.1f} s "
+                        f"its header declares ({str(exc).strip()})"
+                    ) from None
     except sf.LibsndfileError as exc:
         text = str(exc).split(":", 1)[-1].strip() if "Error opening" in str(exc) else str(exc)
         if "Format not recognised" in text or "unknown format" in text.lower():
             raise AudioError("not_audio", "not a readable audio file (format not recognised)") from None
-        if "lost sync" in text or "decoder" in text:
-            raise AudioError("truncated", f"audio data ends early ({text.strip()})") from None
         raise AudioError("unreadable", f"libsndfile: {text.strip()}") from None
     except (RuntimeError, ValueError) as exc:
         raise AudioError("unreadable", f"cannot decode: {exc}") from None

@@ -64,7 +64,12 @@ def read_windows(
     out_len = round(window_s * target_rate)
     ratio = target_rate / rate
     # Context on both sides so that the resampling filter has real neighbours at the edges.
-    ctx = 0 if rate == target_rate else int(math.ceil(32 * max(1.0, rate / target_rate)))
+    # It is a whole number of resampling periods (rate / gcd input samples map to a whole
+    # number of output samples), so that windows land on exact output samples.
+    ctx = 0
+    if rate != target_rate:
+        period = rate // math.gcd(rate, target_rate)
+        ctx = period * math.ceil(32 * max(1.0, rate / target_rate) / period)
     max_span = max(grid.window, int(max_span_s * rate))
     for i, j in _spans(grid, max_span):
         starts = grid.starts[i:j]

@@ -194,7 +194,7 @@ def run_detection(
     seq = 0
     last_flush = time.monotonic()
     total_h = float(todo["duration_s"].sum()) / 3600 if len(todo) else 0.0
-    bar = tqdm(total=round(total_h, 3), unit="h", desc="audio", disable=not progress,
+    bar = tqdm(total=total_h, unit="h", desc="audio", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
     shown: dict[int, float] = {}
 
@@ -270,6 +270,11 @@ def run_detection(
     return report
 
 
+def _text(value: object) -> str | None:
+    """Missing strings come back from pandas as None, NaN or <NA>; Arrow wants None."""
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
 def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pending], classes: list[str],
                  settings: DetectSettings, model_id: str, key: str, run_id: str) -> Flush:
     now = datetime.now(timezone.utc)
@@ -300,8 +305,8 @@ def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pendi
                 times = [None] * n
                 dates = [None] * n
             det_cols["recording_id"] += [r["recording_id"]] * n
-            det_cols["path"] += [r["path"]] * n
-            det_cols["device"] += [r["device"]] * n
+            det_cols["path"] += [str(r["path"])] * n
+            det_cols["device"] += [_text(r["device"])] * n
             det_cols["start_sample"] += starts.tolist()
             det_cols["start_s"] += start_s.tolist()
             det_cols["end_s"] += end_s.tolist()
@@ -311,11 +316,11 @@ def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pendi
             det_cols["model_id"] += [model_id] * n
             det_cols["settings_hash"] += [key] * n
             det_cols["run_id"] += [run_id] * n
-            det_cols["site"] += [r["site"]] * n
+            det_cols["site"] += [_text(r["site"])] * n
             det_cols["date"] += dates
         done_rows.append({
             "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
-            "run_id": run_id, "site": r["site"], "path": r["path"],
+            "run_id": run_id, "site": _text(r["site"]), "path": str(r["path"]),
             "windows": window_count(frames, sr, settings.window_s, settings.hop_s),
             "audio_s": frames / sr, "detections": n, "committed_at": now,
         })

@@ -1,0 +1,94 @@
+"""The nightly job's stages as plain functions: scan, detect, summarise.
+
+Each stage reads the store and writes the store, so it can be rerun alone; nothing but
+paths and small dicts passes between them. ``flows/nightly.py`` wraps each stage in a
+Prefect task; ``run_nightly`` chains them without Prefect for notebooks and quick runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pam.checkpoint import load_checkpoint
+from pam.config import PamConfig
+from pam.detect import DetectionReport, resolve_device, run_detection
+from pam.manifest import USABLE, ScanError, scan
+from pam.store import Store
+from pam.summaries import write_daily_counts
+
+log = logging.getLogger("pam.pipeline")
+
+
+@dataclass
+class ScanSummary:
+    dump: str
+    files: int = 0
+    usable: int = 0
+    reopened: int = 0
+    pending: int = 0
+    problems: list[dict] = field(default_factory=list)  # {"path", "stage", "reason"}
+    error: str | None = None  # the whole dump could not be scanned
+
+
+def scan_stage(dump: str | Path, store: Store, config: PamConfig,
+               logger: logging.Logger | logging.LoggerAdapter | None = None) -> ScanSummary:
+    """Scan one dump; a dump that cannot be scanned is reported, not raised."""
+    logger = logger or log
+    summary = ScanSummary(str(dump))
+    try:
+        result = scan(dump, store, config)
+    except ScanError as exc:
+        summary.error = str(exc)
+        summary.problems.append({"path": str(dump), "stage": "scan", "reason": str(exc)})
+        logger.error("%s", exc)
+        return summary
+    rows = result.rows
+    summary.dump = str(result.dump)
+    summary.files = len(rows)
+    summary.usable = int(rows["status"].isin(USABLE).sum()) if len(rows) else 0
+    summary.reopened = result.reopened
+    summary.pending = len(result.pending)
+    for r in rows[rows["status"] != "ok"].itertuples(index=False) if len(rows) else []:
+        summary.problems.append({"path": r.path, "stage": "scan", "status": r.status, "reason": r.reason})
+        logger.warning("%s: %s (%s)", r.path, r.reason, r.status)
+    logger.info("scanned %s: %d files, %d usable, %d opened, %d left for later (still being written)",
+                summary.dump, summary.files, summary.usable, summary.reopened, summary.pending)
+    return summary
+
+
+def recordings_in(store: Store, dumps: list[str]) -> pd.DataFrame:
+    """Manifest rows of the given dumps (resolved paths), as the store has them now."""
+    manifest = store.read_manifest()
+    resolved = {str(Path(d).expanduser().resolve()) for d in dumps}
+    return manifest[manifest["dump"].isin(resolved) & (manifest["status"] != "missing")].reset_index(drop=True)
+
+
+def detect_stage(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
+                 progress: bool = True, scan_problems: list[dict] | None = None,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> DetectionReport:
+    """Score the usable recordings of ``dumps`` that the store has not done yet."""
+    device = resolve_device(config.detect.device)
+    model = load_checkpoint(config.model, device=device)
+    recordings = recordings_in(store, dumps)
+    return run_detection(store, recordings, model, config.detect, force=force, progress=progress,
+                         dump=";".join(dumps), scan_failures=scan_problems, logger=logger)
+
+
+def summarize_stage(store: Store, config: PamConfig) -> Path:
+    write_daily_counts(store, config)
+    return store.summaries_dir / "daily_counts"
+
+
+def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,
+                progress: bool = True) -> tuple[list[ScanSummary], DetectionReport]:
+    """scan -> detect -> summarise, in this process, without Prefect."""
+    scans = [scan_stage(d, store, config) for d in dumps]
+    problems = [p for s in scans for p in s.problems]
+    ok_dumps = [s.dump for s in scans if s.error is None]
+    report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
+    summarize_stage(store, config)
+    return scans, report

@@ -1,0 +1,73 @@
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from models import every_window_model
+from pam.cli import app
+from pam.store import Store
+from synth import noise, write_wav
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dump(tmp_path):
+    write_wav(tmp_path / "dump" / "AM01" / "20240501_020000.WAV", noise(6.0, 16000), 16000)
+    (tmp_path / "dump" / "AM01" / "20240501_030000.WAV").touch()
+    return tmp_path / "dump"
+
+
+def test_detect_prints_detections_and_problems(tmp_path, dump):
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model),
+                              "--no-prefect", "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "file is empty (0 bytes)" in res.output
+    assert "1 recordings scored" in res.output
+    assert "3 detections in the store" in res.output
+    assert re.search(r"AM01\s+│\s+2024-05-01 02:00:00", res.output)
+    assert len(Store(store).read_detections()) == 3
+    again = runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
+    assert "0 recordings scored" in again.output and "1 already done" in again.output
+
+
+def test_scan_lists_problems(tmp_path, dump):
+    res = runner.invoke(app, ["scan", str(dump), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0
+    assert "2 files, 1 usable" in res.output and "0 bytes" in res.output
+
+
+def test_broken_config_is_one_line_per_problem(tmp_path, dump):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detect:\n  batch_size: 0\n")
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--config", str(bad)])
+    assert res.exit_code == 2
+    assert "detect.batch_size" in res.output and "greater than or equal to 1" in res.output
+
+
+def test_bad_model_is_a_clear_error(tmp_path, dump):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nope")
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(junk), "--no-prefect"])
+    assert res.exit_code == 2 and "not a readable checkpoint" in res.output
+
+
+def test_cuda_asked_without_cuda(tmp_path, dump):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model = every_window_model(tmp_path / "m.pt")
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(model),
+                              "--device", "cuda", "--no-prefect"])
+    assert res.exit_code == 2 and "no CUDA device" in res.output
+
+
+def test_runs_lists_runs(tmp_path, dump):
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
+    res = runner.invoke(app, ["runs", str(store)])
+    assert res.exit_code == 0 and "completed" in res.output

@@ -1,0 +1,64 @@
+from datetime import timedelta
+
+import pytest
+
+from pam.config import ConfigError, load_config, settings_hash
+
+
+def test_example_config_is_the_defaults():
+    from pathlib import Path
+
+    conf = load_config(Path(__file__).parents[1] / "configs" / "detect.yaml")
+    assert conf == load_config(None)
+
+
+def test_errors_name_key_and_allowed_values(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("detect:\n  hop_s: 0\n  device: gpu\n  bogus: 1\nscan:\n  site_from: folder\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4
+    assert any("detect.hop_s" in l and "greater than 0" in l for l in lines)
+    assert any("detect.device" in l and "'gpu'" in l and "'cuda'" in l for l in lines)
+    assert any("detect.bogus: unknown key" in l for l in lines)
+    assert any("scan.site_from" in l and "'prefix'" in l for l in lines)
+    assert all(l.startswith(str(p)) for l in lines)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("detect: [1, 2\n", r"not valid YAML \(line"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("sites:\n  A: {timezone: Mars/Olympus}\n", "unknown time zone"),
+    ("sites:\n  A: {utc_offset: 'five'}\n", "utc_offset"),
+    ("scan: {site_from: regex}\n", "site_regex is not set"),
+    ("scan: {site_from: regex, site_regex: '(unclosed'}\n", "does not compile"),
+    ("scan: {site_from: regex, site_regex: '[^/]+'}\n", "named group"),
+    ("detect: {thresholds: {a: 2}}\n", "between 0 and 1"),
+])
+def test_broken_configs(tmp_path, text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_site_clocks(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sites:\n  A: {utc_offset: '-05:30'}\n  B: {timezone: Europe/London}\n")
+    conf = load_config(p)
+    assert conf.site_tz("A").utcoffset(None) == timedelta(hours=-5, minutes=-30)
+    assert str(conf.site_tz("B")) == "Europe/London"
+    assert conf.site_tz("unlisted").utcoffset(None) == timedelta(0)
+
+
+def test_overrides_and_settings_hash():
+    conf = load_config(None, {"detect.batch_size": 8, "detect.device": None})
+    assert conf.detect.batch_size == 8 and conf.detect.device == "auto"
+    assert settings_hash({"a": 1, "b": 2}) == settings_hash({"b": 2, "a": 1})
+    assert settings_hash({"a": 1}) != settings_hash({"a": 2})

@@ -1,0 +1,46 @@
+"""The Prefect flow end to end. These share one Prefect test server (session fixture)."""
+
+import pytest
+from typer.testing import CliRunner
+
+from models import every_window_model
+from pam.cli import app
+from pam.config import DetectConfig, PamConfig
+from pam.pipeline import run_nightly
+from pam.store import Store
+from synth import noise, write_wav
+
+pytestmark = pytest.mark.prefect
+
+
+def test_nightly_flow_matches_library_run(tmp_path, prefect_harness):
+    from flows.nightly import nightly
+
+    dump = tmp_path / "dump"
+    for i in range(3):
+        write_wav(dump / "AM01" / f"20240501_02{i}000.WAV", noise(5.0, 22050, seed=i), 22050)
+    (dump / "AM01" / "broken.wav").write_text("not audio")
+    model = every_window_model(tmp_path / "m.pt")
+    conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0))
+    out = nightly([str(dump)], str(tmp_path / "flow-store"), conf.model_dump(mode="json"))
+    assert out["detect"]["recordings_done"] == 3
+    assert [p["status"] for s in out["scans"] for p in s["problems"]] == ["not_audio"]
+    run_nightly([str(dump)], Store(tmp_path / "lib-store"), conf, progress=False)
+    cols = ["recording_id", "start_sample", "label", "site", "date"]
+    a = Store(tmp_path / "flow-store").read_detections()[cols].sort_values(cols).reset_index(drop=True)
+    b = Store(tmp_path / "lib-store").read_detections()[cols].sort_values(cols).reset_index(drop=True)
+    assert len(a) == 9 and a.equals(b)
+    assert (tmp_path / "flow-store" / "summaries" / "daily_counts" / "daily_counts.parquet").exists()
+    again = nightly([str(dump)], str(tmp_path / "flow-store"), conf.model_dump(mode="json"))
+    assert again["detect"]["recordings_done"] == 0 and again["detect"]["recordings_skipped"] == 3
+
+
+def test_cli_runs_through_prefect_by_default(tmp_path, prefect_harness):
+    write_wav(tmp_path / "dump" / "S1" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    model = every_window_model(tmp_path / "m.pt")
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s"),
+                                   "--model", str(model), "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "1 recordings scored" in res.output
+    runs = Store(tmp_path / "s").read_runs()
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"

@@ -1,0 +1,155 @@
+import os
+import threading
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pytest
+
+from pam import schemas
+from pam.store import Flush, Store, StoreBusy, new_run_id
+
+NOW = datetime(2024, 5, 1, tzinfo=timezone.utc)
+
+
+def make_flush(recs: list[str], run: str, per_rec: int = 3, site: str = "A") -> Flush:
+    det = {name: [] for name in schemas.DETECTIONS.names + ["site", "date"]}
+    for r in recs:
+        for k in range(per_rec):
+            det["recording_id"].append(r)
+            det["path"].append(f"/d/{r}.wav")
+            det["device"].append(None)
+            det["start_sample"].append(k * 100)
+            det["start_s"].append(k * 1.0)
+            det["end_s"].append(k + 3.0)
+            det["start_time"].append(NOW)
+            det["label"].append("a")
+            det["score"].append(0.9)
+            det["model_id"].append("m1")
+            det["settings_hash"].append("s1")
+            det["run_id"].append(run)
+            det["site"].append(site)
+            det["date"].append("2024-05-01")
+    schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
+    done = [{"recording_id": r, "model_id": "m1", "settings_hash": "s1", "run_id": run, "site": site,
+             "path": f"/d/{r}.wav", "windows": per_rec, "audio_s": 6.0, "detections": per_rec,
+             "committed_at": NOW} for r in recs]
+    return Flush(pa.table(det, schema=schema), pa.Table.from_pylist(done, schema=schemas.DONE))
+
+
+def test_commit_makes_rows_visible_and_done(tmp_path):
+    store = Store(tmp_path)
+    run = new_run_id()
+    store.commit(run, 0, make_flush(["r1", "r2"], run))
+    det = store.read_detections()
+    assert len(det) == 6 and set(det["site"]) == {"A"} and set(det["date"]) == {"2024-05-01"}
+    assert store.done_keys("m1", "s1") == {"r1", "r2"}
+    assert store.done_keys("m1", "other") == set()
+
+
+def test_parts_without_done_file_are_invisible_then_removed(tmp_path):
+    store = Store(tmp_path)
+    crashed = new_run_id()
+    store._write_parts(crashed, 0, make_flush(["r1"], crashed).detections)  # crash before done
+    orphans = list(store.detections_dir.rglob("part-*.parquet"))
+    assert orphans and store.read_detections().empty
+    run = new_run_id()
+    store.commit(run, 0, make_flush(["r2"], run))
+    assert not any(p.exists() for p in orphans)
+    assert set(store.read_detections()["recording_id"]) == {"r2"}
+
+
+def test_temporary_files_are_never_read(tmp_path):
+    store = Store(tmp_path)
+    run = new_run_id()
+    store.commit(run, 0, make_flush(["r1"], run))
+    part = next(store.detections_dir.rglob("part-*.parquet"))
+    (part.parent / f".{part.name}.abcd1234.tmp").write_bytes(b"half a parquet file")
+    assert len(store.read_detections()) == 3
+
+
+def test_second_commit_of_same_recording_is_dropped(tmp_path):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))
+    committed = store.commit(b, 0, make_flush(["r2", "r3"], b))
+    assert committed.column("recording_id").to_pylist() == ["r3"]
+    det = store.read_detections()
+    assert len(det) == 9
+    assert det.groupby("recording_id")["run_id"].nunique().max() == 1
+
+
+def test_concurrent_commits_never_double(tmp_path):
+    store = Store(tmp_path)
+    recs = [f"r{i}" for i in range(20)]
+    errors = []
+
+    def worker(k: int) -> None:
+        try:
+            run = new_run_id()
+            for seq, start in enumerate(range(0, 20, 5)):
+                Store(tmp_path).commit(run, seq, make_flush(recs[start:start + 5], run))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    det = store.read_detections()
+    assert len(det) == 60
+    assert not det.duplicated(["recording_id", "start_sample", "label"]).any()
+    assert len(store.done_table()) == 20
+
+
+def test_replace_supersedes_old_rows(tmp_path):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))
+    store.commit(b, 0, make_flush(["r2"], b, per_rec=1), replace=True)
+    det = store.read_detections()
+    assert len(det[det["recording_id"] == "r2"]) == 1
+    assert set(det[det["recording_id"] == "r2"]["run_id"]) == {b}
+    assert len(det[det["recording_id"] == "r1"]) == 3
+    done = store.done_table()
+    assert sorted(zip(done["recording_id"], done["run_id"])) == [("r1", a), ("r2", b)]
+
+
+def test_replace_interrupted_after_done_is_finished_by_next_commit(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))
+
+    def crash(self, journal):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(Store, "_apply_journal", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit(b, 0, make_flush(["r2"], b, per_rec=1), replace=True)
+    monkeypatch.undo()
+    assert list(tmp_path.glob(".replace-*.json"))
+    store.recover()
+    assert not list(tmp_path.glob(".replace-*.json"))
+    det = store.read_detections()
+    assert sorted(det[det["recording_id"] == "r2"]["run_id"]) == [b]
+    assert len(store.done_table()) == 2
+
+
+def test_lock_timeout_names_the_holder(tmp_path):
+    store = Store(tmp_path)
+    with store.lock(what="first"):
+        with pytest.raises(StoreBusy, match="locked by another pam process"):
+            # flock locks are per open file description, so a second open conflicts even in-process
+            with Store(tmp_path).lock(timeout_s=0.2):
+                pass
+
+
+def test_site_names_with_odd_characters_round_trip(tmp_path):
+    store = Store(tmp_path)
+    run = new_run_id()
+    site = "Ridge 2/north ünïcode"
+    store.commit(run, 0, make_flush(["r1"], run, site=site))
+    assert set(store.read_detections()["site"]) == {site}
+    assert len(store.detection_files(sites=[site])) == 1
+    assert store.detection_files(sites=["other"]) == []
