@@ -28,7 +28,6 @@ from pam import __version__, schemas
 from pam.checkpoint import LoadedModel
 from pam.config import ConfigError, DetectConfig, settings_hash
 from pam.dataset import RecordingTask, WindowBatches, make_loader
-from pam.manifest import USABLE
 from pam.store import Flush, Store, new_run_id
 from pam.windows import window_count
 

@@ -223,9 +223,8 @@ class Store:
             detections = flush.detections
             model_ids = set(done.column("model_id").to_pylist())
             settings = set(done.column("settings_hash").to_pylist())
-            already = self.done_table().query(
-                "model_id in @model_ids and settings_hash in @settings"
-            ) if done.num_rows else pd.DataFrame(columns=["recording_id"])
+            existing = self.done_table()
+            already = existing[existing["model_id"].isin(model_ids) & existing["settings_hash"].isin(settings)]
             clash = set(already["recording_id"]) & set(done.column("recording_id").to_pylist())
             if clash and not replace:
                 keep_done = pa.array([r not in clash for r in done.column("recording_id").to_pylist()])

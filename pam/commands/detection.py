@@ -1,0 +1,155 @@
+"""Commands of the detection path: scan, detect, runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from pam.checkpoint import ModelError
+from pam.cli import ConfigOpt, StoreOpt, app, cli_config, console, err, fail
+from pam.config import ConfigError
+from pam.store import Store, StoreBusy
+
+
+@app.command()
+def scan(
+    dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
+    store: Path = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Scan dumps into the store's manifest (incremental; never writes into the dumps)."""
+    from pam.pipeline import scan_stage
+
+    conf = cli_config(config)
+    st = Store(store)
+    failed = False
+    for d in dumps:
+        s = scan_stage(d, st, conf)
+        if s.error:
+            err.print(f"[red]error:[/red] {s.error}", highlight=False)
+            failed = True
+            continue
+        console.print(f"{s.dump}: {s.files} files, {s.usable} usable, {s.reopened} opened, "
+                      f"{s.pending} left for later", highlight=False)
+        for p in s.problems:
+            console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def detect(
+    dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
+    store: Path = StoreOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    config: Optional[Path] = ConfigOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="windows per batch"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers"),
+    force: bool = typer.Option(False, "--force", help="redo recordings already done with this model and settings"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect",
+                                 help="run as the Prefect nightly flow (default) or directly in this process"),
+    show: int = typer.Option(20, "--show", help="detections to print (0: none)"),
+) -> None:
+    """Scan, detect and summarise: the nightly job on the given dumps."""
+    conf = cli_config(config, **{"model": str(model) if model else None, "detect.device": device,
+                              "detect.batch_size": batch_size, "detect.num_workers": workers})
+    st = Store(store)
+    try:
+        if prefect:
+            _quiet_prefect_defaults()
+            from flows.nightly import nightly
+
+            result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+            report = result["detect"]
+            problems = [p for s in result["scans"] for p in s["problems"]]
+        else:
+            from dataclasses import asdict
+
+            from pam.pipeline import run_nightly
+
+            scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
+            report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed}
+            problems = [p for s in scans for p in s.problems]
+    except (ConfigError, ModelError, StoreBusy) as exc:
+        fail(str(exc))
+        return
+    _print_problems(problems + [f for f in report["failures"] if f["stage"] == "detect"])
+    console.print(
+        f"run {report['run_id']}: {report['recordings_done']} recordings scored "
+        f"({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time), "
+        f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
+        f"{report['detections']} new detections", highlight=False,
+    )
+    if show:
+        _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
+
+
+def _quiet_prefect_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _print_problems(problems: list[dict]) -> None:
+    if not problems:
+        return
+    console.print(f"[yellow]{len(problems)} file(s) with problems (see the manifest and runs tables):[/yellow]")
+    for p in problems:
+        console.print(f"  {p['path']}: {p['reason']}", highlight=False, soft_wrap=True)
+
+
+def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, limit: int) -> None:
+    from pam.pipeline import recordings_in
+
+    ids = set(recordings_in(st, [str(d) for d in dumps])["recording_id"])
+    det = st.read_detections()
+    det = det[det["recording_id"].isin(ids) & (det["model_id"] == model_id) & (det["settings_hash"] == key)]
+    if det.empty:
+        console.print("no detections in these dumps")
+        return
+    det = det.sort_values(["start_time", "path", "start_s"])
+    table = Table(title=f"{len(det)} detections in the store for these dumps (model {model_id})")
+    for col in ("site", "start (UTC)", "file", "at (s)", "label", "score"):
+        table.add_column(col, justify="right" if col in ("at (s)", "score") else "left")
+    for r in det.head(limit).itertuples(index=False):
+        when = r.start_time.strftime("%Y-%m-%d %H:%M:%S") if r.start_time is not None else "?"
+        table.add_row(r.site, when, Path(r.path).name, f"{r.start_s:.1f}", r.label, f"{r.score:.3f}")
+    console.print(table)
+    if len(det) > limit:
+        console.print(f"... {len(det) - limit} more; all rows: {st.detections_dir}", highlight=False)
+
+
+@app.command()
+def summarize(store: Path = typer.Argument(..., help="store folder"), config: Optional[Path] = ConfigOpt) -> None:
+    """Recompute the summary tables from the store's detections."""
+    from pam.pipeline import summarize_stage
+
+    path = summarize_stage(Store(store), cli_config(config))
+    console.print(f"summaries written to {path}", highlight=False)
+
+
+@app.command()
+def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = typer.Option(20, "--limit")) -> None:
+    """List the runs recorded in a store, newest first."""
+    frame = Store(store).read_runs().sort_values("started_at", ascending=False).head(limit)
+    table = Table()
+    for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
+        table.add_column(col, overflow="fold")
+    for r in frame.itertuples(index=False):
+        counts = "/".join(str(_int(v)) for v in (r.recordings_done, r.recordings_skipped, r.recordings_failed))
+        audio_h = (r.audio_s or 0) / 3600 if r.audio_s == r.audio_s else 0.0
+        table.add_row(r.run_id, r.status, r.model_id or "", counts, str(_int(r.detections)), f"{audio_h:.2f}")
+    console.print(table)
+
+
+def _int(v) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
