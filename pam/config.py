@@ -109,11 +109,20 @@ class DetectConfig(_Strict):
         return v
 
 
+class SummariesConfig(_Strict):
+    """Filters of the summary tables (``pam summarize``, the nightly run); CLI flags override them."""
+
+    min_score: float | None = Field(None, ge=0, le=1, description="count only detections scoring at least this")
+    model: str | None = Field(None, description="count only this model id's detections and effort")
+    period_days: int = Field(1, ge=1, le=366, description="survey period of the occupancy detection histories")
+
+
 class PamConfig(_Strict):
     model: str | None = Field(None, description="checkpoint path; default: the bundled model")
     scan: ScanConfig = Field(default_factory=ScanConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
+    summaries: SummariesConfig = Field(default_factory=SummariesConfig)
 
     def site_tz(self, site: str | None) -> tzinfo:
         conf = self.sites.get(site or "")

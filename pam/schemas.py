@@ -119,17 +119,142 @@ MODELS = pa.schema(
     ]
 )
 
-# Summary: detections per species x site x day (day in the site's local time).
-DAILY_COUNTS_VERSION = 1
-DAILY_COUNTS = pa.schema(
+# Summaries (pam.summaries, pam.occupancy). Local dates and hours are the site's own clock
+# (config ``sites.<site>.timezone``/``utc_offset``) and are named ``local_*``; they are
+# strings/ints, never timestamps, so no reader can mistake them for UTC.
+
+# Recording effort per site x local date x local hour: the base of every "0 vs missing".
+EFFORT_VERSION = 1
+EFFORT = pa.schema(
     [
         pa.field("site", pa.string(), nullable=False),
-        pa.field("date", pa.string(), nullable=False),  # local date of the site, YYYY-MM-DD
+        pa.field("local_date", pa.string(), nullable=False),  # YYYY-MM-DD
+        pa.field("local_hour", pa.int8(), nullable=False),  # 0-23
+        pa.field("recorded_h", pa.float64()),  # usable audio in the manifest
+        pa.field("analysed_h", pa.float64()),  # audio scored by the model(s) (done rows)
+    ]
+)
+
+# Detections per site x local hour x species: the incrementally maintained base table.
+HOURLY_COUNTS_VERSION = 1
+HOURLY_COUNTS = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("local_date", pa.string(), nullable=False),
+        pa.field("local_hour", pa.int8(), nullable=False),
         pa.field("label", pa.string(), nullable=False),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("detections", pa.int64()),
         pa.field("positive_minutes", pa.int64()),
         pa.field("max_score", pa.float32()),
+    ]
+)
+
+# Detections per species x site x local day, zero-filled over the days that were surveyed.
+DAILY_COUNTS_VERSION = 2
+DAILY_COUNTS = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("local_date", pa.string(), nullable=False),  # local date of the site, YYYY-MM-DD
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("detections", pa.int64()),
+        pa.field("positive_minutes", pa.int64()),
+        pa.field("max_score", pa.float32()),  # null when there was no detection that day
+    ]
+)
+
+# Richness and effort per site x local day; null counts where the day was not surveyed.
+SITE_DAYS_VERSION = 1
+SITE_DAYS = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("local_date", pa.string(), nullable=False),
+        pa.field("recorded_h", pa.float64()),
+        pa.field("analysed_h", pa.float64()),
+        pa.field("surveyed", pa.bool_()),
+        pa.field("detections", pa.int64()),
+        pa.field("species", pa.int64()),
+        pa.field("species_list", pa.string()),
+    ]
+)
+
+# Richness and effort per site over the whole deployment.
+SITE_RICHNESS_VERSION = 1
+SITE_RICHNESS = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("first_date", pa.string()),
+        pa.field("last_date", pa.string()),
+        pa.field("days_recorded", pa.int64()),
+        pa.field("days_surveyed", pa.int64()),
+        pa.field("recorded_h", pa.float64()),
+        pa.field("analysed_h", pa.float64()),
+        pa.field("detections", pa.int64()),
+        pa.field("species", pa.int64()),
+        pa.field("species_list", pa.string()),
+    ]
+)
+
+# Diel activity: detections per species x site x local hour of day, with the effort behind them.
+DIEL_VERSION = 1
+DIEL = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("local_hour", pa.int8(), nullable=False),
+        pa.field("detections", pa.int64()),
+        pa.field("analysed_h", pa.float64()),
+        pa.field("detections_per_h", pa.float64()),  # null where nothing was analysed
+    ]
+)
+
+# Detection histories for occupancy models, long form (the CSVs are the wide form).
+OCCUPANCY_VERSION = 1
+OCCUPANCY = pa.schema(
+    [
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("period", pa.int32(), nullable=False),  # 1-based survey period
+        pa.field("period_start", pa.string()),  # first local date of the period
+        pa.field("period_end", pa.string()),  # last local date (inclusive)
+        pa.field("surveyed_days", pa.int32()),
+        pa.field("analysed_h", pa.float64()),
+        pa.field("detected", pa.int8()),  # 1 detected, 0 surveyed but not detected, null not surveyed
+    ]
+)
+
+# Human-verified detections (pam.review): one row per clip verdict.
+VERIFIED_VERSION = 1
+VERIFIED = pa.schema(
+    [
+        pa.field("recording_id", pa.string()),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("site", pa.string()),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("start_time", UTC_TS),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("verdict", pa.string(), nullable=False),  # true | false | unsure
+        pa.field("notes", pa.string()),
+        pa.field("source", pa.string()),  # review CSV it came from
+        pa.field("imported_at", UTC_TS),
+    ]
+)
+
+# Precision per species from verified labels: true / (true + false).
+PRECISION_VERSION = 1
+PRECISION = pa.schema(
+    [
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string()),
+        pa.field("verified_true", pa.int64()),
+        pa.field("verified_false", pa.int64()),
+        pa.field("unsure", pa.int64()),
+        pa.field("precision", pa.float64()),  # null when nothing was verified true or false
     ]
 )
 
@@ -140,6 +265,14 @@ TABLES: dict[str, tuple[pa.Schema, int]] = {
     "runs": (RUNS, RUNS_VERSION),
     "models": (MODELS, MODELS_VERSION),
     "daily_counts": (DAILY_COUNTS, DAILY_COUNTS_VERSION),
+    "effort": (EFFORT, EFFORT_VERSION),
+    "hourly_counts": (HOURLY_COUNTS, HOURLY_COUNTS_VERSION),
+    "site_days": (SITE_DAYS, SITE_DAYS_VERSION),
+    "site_richness": (SITE_RICHNESS, SITE_RICHNESS_VERSION),
+    "diel": (DIEL, DIEL_VERSION),
+    "occupancy": (OCCUPANCY, OCCUPANCY_VERSION),
+    "verified": (VERIFIED, VERIFIED_VERSION),
+    "precision": (PRECISION, PRECISION_VERSION),
 }
 
 

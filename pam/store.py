@@ -369,6 +369,42 @@ class Store:
             return schemas.RUNS.empty_table().to_pandas()
         return ds.dataset([str(f) for f in files], schema=schemas.RUNS).to_table().to_pandas()
 
+    # -- queries (pam.query) ------------------------------------------------------------
+    # Thin entry points for notebooks; the logic lives in pam.query, pam.summaries, pam.review.
+    def query(self, species: str | list[str] | None = None, sites: str | list[str] | None = None,
+              start: str | date | datetime | None = None, end: str | date | datetime | None = None,
+              min_score: float | None = None, model_id: str | None = None, limit: int | None = None,
+              columns: list[str] | None = None) -> pd.DataFrame:
+        """Detections matching every filter given, by time; opens only the files that can match."""
+        from pam.query import query_detections
+
+        return query_detections(self, species=species, sites=sites, start=start, end=end, min_score=min_score,
+                                model_id=model_id, limit=limit, columns=columns).rows
+
+    def read_summary(self, name: str) -> pd.DataFrame:
+        """A summary table (daily_counts, site_days, diel, occupancy, ...) as last computed."""
+        from pam.summaries import read_summary
+
+        return read_summary(self, name)
+
+    def summarize(self, config=None, **filters):  # -> pam.summaries.SummaryResult
+        """Bring the summary tables up to date (``min_score``, ``model_id``, ``period_days``)."""
+        from pam.summaries import summarize
+
+        return summarize(self, config, **filters)
+
+    def sql(self, statement: str) -> pd.DataFrame:
+        """Run SQL over views detections, recordings, done, runs, verified and every summary."""
+        from pam.query import run_sql
+
+        return run_sql(self, statement)
+
+    def read_verified(self) -> pd.DataFrame:
+        """Human verdicts on detections imported with ``pam review-import``."""
+        from pam.review import read_verified
+
+        return read_verified(self)
+
 
 def open(root: str | Path) -> Store:  # noqa: A001 - mirrors pam.store.open in the docs
     """Open a store folder for reading from a notebook or script."""

@@ -1,0 +1,136 @@
+"""Filtered queries read only the files that can match, and give the same rows as a brute-force filter."""
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pam.store
+from pamstore import Rec, build
+from pam.query import QueryError, query_detections, run_sql
+from pam.summaries import summarize
+
+SITES = ["S1", "Ridge 2/north", "S3"]
+
+
+def season() -> list[Rec]:
+    recs = []
+    for s, site in enumerate(SITES):
+        for day in range(1, 15):
+            dets = [(120.0 * k, "owl" if (k + day + s) % 3 else "wren", 0.51 + 0.04 * k, "m1") for k in range(10)]
+            dets.append((700.0, "owl", 0.95, "m2"))
+            recs.append(Rec(f"r{s}-{day}", site, f"2024-05-{day:02d}T23:50", 3600, scored_by=("m1", "m2"),
+                            detections=dets))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("q") / "store", season())
+
+
+def brute(store, species=None, site=None, t0=None, t1=None, min_score=None, model=None) -> pd.DataFrame:
+    det = store.read_detections()
+    keep = pd.Series(True, index=det.index)
+    if species:
+        keep &= det["label"] == species
+    if site:
+        keep &= det["site"] == site
+    if t0:
+        keep &= det["start_time"] >= pd.Timestamp(t0, tz="UTC")
+    if t1:
+        keep &= det["start_time"] < pd.Timestamp(t1, tz="UTC")
+    if min_score is not None:
+        keep &= det["score"] >= min_score
+    if model:
+        keep &= det["model_id"] == model
+    return det[keep]
+
+
+def key(frame: pd.DataFrame) -> list[tuple]:
+    return sorted(zip(frame["recording_id"], frame["start_sample"], frame["label"], frame["model_id"]))
+
+
+def test_one_site_one_week_reads_only_its_files(store):
+    res = query_detections(store, species="owl", sites="Ridge 2/north", start="2024-05-03", end="2024-05-09")
+    # recordings start 23:50 UTC, so each one writes into its own UTC date and the next
+    dates = sorted({f.parent.name for f in res.files})
+    assert dates == [f"date=2024-05-{d:02d}" for d in range(3, 10)]
+    assert {f.parent.parent.name for f in res.files} == {"site=Ridge%202%2Fnorth"}
+    expected = brute(store, "owl", "Ridge 2/north", "2024-05-03", "2024-05-10")
+    assert len(expected) > 0 and key(res.rows) == key(expected)
+    assert res.rows["start_time"].is_monotonic_increasing
+
+
+def test_pruned_files_are_never_opened(store, tmp_path):
+    import shutil
+
+    copy = pam.store.open(shutil.copytree(store.root, tmp_path / "copy"))
+    wanted = set(query_detections(copy, sites="S3", start="2024-05-05", end="2024-05-05").files)
+    for f in copy.detection_files():
+        if f not in wanted:
+            f.write_bytes(b"not parquet: opening this file would fail")
+    res = query_detections(copy, species="wren", sites="S3", start="2024-05-05", end="2024-05-05")
+    assert key(res.rows) == key(brute(store, "wren", "S3", "2024-05-05", "2024-05-06"))
+    with pytest.raises(Exception):
+        copy.read_detections()  # a full read does touch the broken files
+
+
+def test_time_score_and_model_filters(store):
+    t0, t1 = datetime(2024, 5, 7, 0, 0, tzinfo=timezone.utc), "2024-05-07T00:05:00"
+    res = query_detections(store, start=t0, end=t1, min_score=0.7, model_id="m1")
+    expected = brute(store, None, None, "2024-05-07T00:00", "2024-05-07T00:05", 0.7, "m1")
+    assert len(expected) > 0 and key(res.rows) == key(expected)
+    m2 = store.query(model_id="m2")
+    assert len(m2) == len(SITES) * 14 and m2["score"].astype(float).round(2).eq(0.95).all()
+
+
+def test_min_score_keeps_a_score_equal_to_it(store):
+    day = dict(sites="S1", start="2024-05-02", end="2024-05-02", model_id="m1")
+    stored = store.query(**day)["score"]
+    at = stored == np.float32(0.63)  # stored as float32 0.63, which is below the double 0.63
+    assert at.sum() == 1 and float(stored[at].iloc[0]) < 0.63
+    kept = store.query(min_score=0.63, **day)["score"]
+    assert len(kept) == int((stored >= stored[at].iloc[0]).sum()) and kept.min() == stored[at].iloc[0]
+
+
+def test_limit_keeps_the_earliest(store):
+    rows = store.query(sites=["S1"], limit=5)
+    all_s1 = brute(store, site="S1").sort_values(["start_time", "label"])
+    assert len(rows) == 5
+    assert list(rows["start_time"]) == list(all_s1["start_time"].head(5))
+
+
+def test_unknown_species_is_empty_with_a_note(store):
+    res = query_detections(store, species="dodo")
+    assert res.rows.empty and "dodo" in res.notes[0] and "owl" in res.notes[0]
+
+
+def test_bad_input_is_one_clear_line(store, tmp_path):
+    with pytest.raises(QueryError, match="--start '2024-13-45' is not a date"):
+        query_detections(store, start="2024-13-45")
+    with pytest.raises(QueryError, match="is not after"):
+        query_detections(store, start="2024-05-09", end="2024-05-01")
+    with pytest.raises(QueryError, match="does not exist"):
+        query_detections(pam.store.open(tmp_path / "nope"))
+
+
+def test_sql_views(store):
+    summarize(store)
+    out = run_sql(store, "SELECT site, count(*) AS n FROM detections WHERE model_id = 'm2' GROUP BY site ORDER BY site")
+    assert out.to_dict("list") == {"site": sorted(SITES), "n": [14, 14, 14]}
+    rec = store.sql("SELECT count(*) AS n FROM recordings")
+    assert int(rec["n"][0]) == len(SITES) * 14
+    days = store.sql("SELECT count(*) AS n FROM site_days WHERE surveyed")
+    assert int(days["n"][0]) == len(store.read_summary("site_days"))
+    joined = store.sql("SELECT count(*) AS n FROM detections d JOIN recordings r USING (recording_id)")
+    assert int(joined["n"][0]) == len(store.read_detections())
+    with pytest.raises(QueryError, match="SQL error"):
+        store.sql("SELECT nope FROM detections")
+
+
+def test_sql_on_an_empty_store(tmp_path):
+    empty = pam.store.open(tmp_path / "s").ensure()
+    assert int(empty.sql("SELECT count(*) AS n FROM detections")["n"][0]) == 0
+    assert list(empty.sql("SELECT * FROM daily_counts").columns)[:2] == ["site", "local_date"]
