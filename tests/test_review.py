@@ -1,0 +1,116 @@
+"""Review clips: sampled, cut from the recordings exactly, and verdicts back in as training labels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from pamstore import Rec, build
+from pam.review import ReviewError, import_review, make_review, read_verified, write_training_labels
+from pam.summaries import summarize
+from pam.train.clips import load_clip_table
+from synth import noise, write_wav
+
+RATE = 8000
+
+
+@pytest.fixture
+def store(tmp_path):
+    a = write_wav(tmp_path / "dump" / "A" / "20240501_050000.WAV", noise(20.0, RATE, level=0.3, seed=1), RATE)
+    stereo = np.stack([noise(12.0, RATE, 0.3, seed=2), noise(12.0, RATE, 0.3, seed=3)], axis=1)
+    b = write_wav(tmp_path / "dump" / "B" / "20240501_050000.WAV", stereo, RATE)
+    recs = [
+        Rec("ra", "A", "2024-05-01T05:00", 20.0, path=str(a), sample_rate=RATE,
+            detections=[(0.0, "owl", 0.91, "m1"), (4.5, "owl", 0.55, "m1"), (9.0, "owl", 0.97, "m1"),
+                        (16.5, "wren", 0.8, "m1"), (0.0, "wren", 0.6, "m1")]),
+        Rec("rb", "B", "2024-05-01T05:00", 12.0, path=str(b), sample_rate=RATE,
+            detections=[(3.0, "owl", 0.72, "m1"), (10.5, "wren", 0.66, "m1")]),
+        Rec("gone", "B", "2024-05-01T06:00", 30.0, path=str(tmp_path / "moved.wav"), sample_rate=RATE,
+            detections=[(1.0, "wren", 0.99, "m1")]),
+    ]
+    return build(tmp_path / "store", recs)
+
+
+def test_top_clips_are_cut_exactly(store, tmp_path):
+    res = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top", pad_s=1.0)
+    table = pd.read_csv(res.csv)
+    assert list(table.columns)[:8] == ["clip", "recording", "start_s", "end_s", "species", "score", "verdict", "notes"]
+    assert sorted(zip(table["start_s"], table["score"])) == [(0.0, 0.91), (9.0, 0.97)]
+    assert table["verdict"].isna().all()
+    source, _ = sf.read(store.read_manifest().set_index("recording_id").loc["ra", "path"], dtype="float32")
+    first = table[table["start_s"] == 0.0].iloc[0]  # 0-3 s padded: clamped at the start, 0-4 s
+    clip, rate = sf.read(tmp_path / "rev" / first["clip"], dtype="float32")
+    assert rate == RATE and np.array_equal(clip, source[0:4 * RATE])
+    later = table[table["start_s"] == 9.0].iloc[0]  # 8-13 s
+    clip, _ = sf.read(tmp_path / "rev" / later["clip"], dtype="float32")
+    assert np.array_equal(clip, source[8 * RATE:13 * RATE])
+
+
+def test_random_sample_is_seeded_and_keeps_channels(store, tmp_path):
+    one = pd.read_csv(make_review(store, tmp_path / "r1", species=["owl"], n=2, seed=7).csv)
+    two = pd.read_csv(make_review(store, tmp_path / "r2", species=["owl"], n=2, seed=7).csv)
+    assert len(one) == 2 and one[["recording", "start_s"]].equals(two[["recording", "start_s"]])
+    every = pd.read_csv(make_review(store, tmp_path / "all", species=["owl"], n=10).csv)
+    assert sorted(every["start_s"]) == [0.0, 3.0, 4.5, 9.0]
+    b_clip = every[every["site"] == "B"].iloc[0]
+    assert sf.info(str(tmp_path / "all" / b_clip["clip"])).channels == 2
+
+
+def test_missing_recordings_are_skipped_with_a_note(store, tmp_path):
+    res = make_review(store, tmp_path / "rev", species=["wren"], n=10)
+    assert res.clips == 3 and "could not be opened" in res.notes[0]
+
+
+def fill(csv, verdicts: dict[float, str]) -> None:
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table["verdict"] = [verdicts.get(float(s), "") for s in table["start_s"]]
+    table.to_csv(csv, index=False)
+
+
+def test_verdicts_become_precision_and_training_labels(store, tmp_path):
+    res = make_review(store, tmp_path / "rev", n=10, strategy="top")
+    table = pd.read_csv(res.csv, dtype=str, keep_default_na=False)
+    verdict = {("owl", 0.0): "true", ("owl", 4.5): "False", ("owl", 9.0): "yes", ("owl", 3.0): "?",
+               ("wren", 16.5): "no", ("wren", 0.0): "true", ("wren", 10.5): ""}
+    table["verdict"] = [verdict.get((sp, float(s)), "") for sp, s in zip(table["species"], table["start_s"])]
+    table.to_csv(res.csv, index=False)
+    rows, written = import_review(store, res.csv)
+    assert written.parent == store.root / "labels" and written.name.startswith("verified-")
+    assert len(rows) == 6  # the blank verdict is not a verdict
+    precision = summarize(store).tables["precision"].set_index("label")
+    assert precision.loc["owl", ["verified_true", "verified_false", "unsure"]].tolist() == [2, 1, 1]
+    assert precision.loc["owl", "precision"] == pytest.approx(2 / 3)
+    assert precision.loc["wren", "precision"] == pytest.approx(0.5)
+    assert summarize(store, min_score=0.9).tables["precision"].set_index("label").loc["owl", "verified_true"] == 2
+
+    labels_csv, n = write_training_labels(store, tmp_path / "labels.csv")
+    clips = load_clip_table(labels_csv)
+    got = sorted((c.path.name, c.site, c.start_s, c.end_s, c.labels, c.recording) for c in clips)
+    assert n == 4 and got == [
+        ("20240501_050000.WAV", "A", 0.0, 3.0, ("owl", "wren"), "ra"),  # two species true in one window
+        ("20240501_050000.WAV", "A", 4.5, 7.5, (), "ra"),  # false: a negative ('none')
+        ("20240501_050000.WAV", "A", 9.0, 12.0, ("owl",), "ra"),
+        ("20240501_050000.WAV", "A", 16.5, 19.5, (), "ra"),
+    ]
+    assert "none" in labels_csv.read_text()
+
+
+def test_reimport_keeps_the_latest_verdict(store, tmp_path):
+    res = make_review(store, tmp_path / "rev", species=["owl"], n=1, strategy="top")
+    fill(res.csv, {9.0: "true"})
+    import_review(store, res.csv)
+    fill(res.csv, {9.0: "false"})
+    import_review(store, res.csv)
+    ver = read_verified(store)
+    assert ver["verdict"].tolist() == ["false"]
+
+
+def test_bad_verdicts_are_listed_by_line(store, tmp_path):
+    res = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")
+    fill(res.csv, {0.0: "definitely", 9.0: "true"})
+    with pytest.raises(ReviewError) as err:
+        import_review(store, res.csv)
+    assert "line 2: verdict 'definitely' is not true, false or unsure" in str(err.value)
+    assert not (store.root / "labels").exists()
+    with pytest.raises(ReviewError, match="review CSV not found"):
+        import_review(store, tmp_path / "nope.csv")
