@@ -19,6 +19,14 @@ import torch
 import torchaudio
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
+# Recorders sample between 8 kHz and 384 kHz (bat detectors up to 768 kHz); a header outside
+# this range is corrupt, and honouring it would turn a small file into hours of "audio".
+MIN_RATE, MAX_RATE = 1000, 1_000_000
+MAX_CHANNELS = 64
+# errnos that say "try again" rather than "this file is bad": network and USB file systems.
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.EBUSY, errno.ESTALE,
+                    errno.ENOLINK, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                    errno.ENETDOWN, errno.ENETUNREACH, errno.ENOMEM, errno.ENOBUFS}
 
 
 class AudioError(Exception):
@@ -112,6 +120,11 @@ def probe(path: str | Path) -> AudioInfo:
         raise AudioError("unreadable", f"cannot decode: {exc}") from None
     if info.frames == 0:
         raise AudioError("empty", "header is valid but holds no audio frames")
+    if not MIN_RATE <= info.sample_rate <= MAX_RATE:
+        raise AudioError("unreadable", f"header states an implausible sample rate of {info.sample_rate} Hz "
+                         f"(expected {MIN_RATE}-{MAX_RATE} Hz)")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError("unreadable", f"header states an implausible {info.channels} channels")
     if info.format == "WAV":
         declared = _wav_declared_data(path, size)
         if declared is not None:
@@ -153,7 +166,21 @@ def read_span(snd: sf.SoundFile, start: int, frames: int, channel: int | None = 
         mono = data[:, channel]
     n = len(mono)  # may be short if the file ends early
     out[lo - start: lo - start + n] = mono
+    if not np.isfinite(out).all():  # a float file with corrupt samples: silence them, never NaN scores
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return out
+
+
+def is_transient(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
+    """Whether a read error is worth retrying (I/O hiccup) rather than a property of the file."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno is None or exc.errno in TRANSIENT_ERRNOS
+    if isinstance(exc, sf.LibsndfileError):
+        # libsndfile reports every failed read() as "System error" (code 2), bad data otherwise.
+        return exc.code == 2 and (path is None or os.access(path, os.R_OK))
+    return False
 
 
 @lru_cache(maxsize=16)

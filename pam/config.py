@@ -26,6 +26,15 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message has one line per problem."""
 
 
+def _check_zone(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Europe/London'") from None
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,12 +50,7 @@ class SiteConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Europe/London'") from None
-        return v
+        return _check_zone(v)
 
     @field_validator("utc_offset")
     @classmethod
@@ -72,6 +76,8 @@ class ScanConfig(_Strict):
     )
     site_regex: str | None = Field(None, description="regex with a named group 'site', matched against the path inside the dump")
     min_age_s: float = Field(0.0, ge=0, description="skip files modified less than this many seconds ago (still being copied)")
+    settle_s: float = Field(0.0, ge=0, le=600, description="stat new or changed files again after this many seconds; "
+                                                           "a file whose size or time moved is still being copied")
 
     @model_validator(mode="after")
     def _regex(self) -> "ScanConfig":
@@ -109,6 +115,73 @@ class DetectConfig(_Strict):
         return v
 
 
+def _valid_cron(expr: str) -> str:
+    """Validate with the cron parser Prefect itself uses, so that serve never rejects it later."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron {expr!r} needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
+    try:
+        from prefect._vendor.croniter import croniter
+    except ImportError:  # pragma: no cover - Prefect moved its vendored parser
+        return expr
+    if not croniter.is_valid(expr) or any(f.lower() in ("r", "h") for f in fields):
+        raise ValueError(f"cron {expr!r} is not a valid cron expression, e.g. '0 2 * * *' for 02:00 every day")
+    return expr
+
+
+class ScheduleConfig(_Strict):
+    """When the nightly deployment runs and on what (``pam serve``, ``prefect.yaml``)."""
+
+    cron: str = Field("0 2 * * *", description="when the nightly run starts (5-field cron)")
+    timezone: str | None = Field(None, description="IANA zone the cron is read in; default: this machine's zone")
+    dumps: list[str] = Field(default_factory=list, description="watched dump folders, scanned on every run")
+    store: str | None = Field(None, description="the store the nightly run writes to")
+    name: str = Field("nightly", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="deployment name")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return _valid_cron(v.strip())
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        return _check_zone(v)
+
+
+class RunnerConfig(_Strict):
+    """How a run's recordings are spread over shards and where the shards execute."""
+
+    kind: Literal["threads", "dask"] = Field("threads", description="threads: one machine; dask: a Dask cluster")
+    shards: int = Field(1, ge=1, le=4096, description="split the recordings to do into this many shards")
+    max_workers: int | None = Field(None, ge=1, le=256, description="threads: shards at once; default: shards")
+    dask_address: str | None = Field(None, description="dask: scheduler address, e.g. tcp://10.0.0.5:8786; "
+                                                       "unset: a local cluster")
+    dask_workers: int = Field(2, ge=1, le=256, description="dask local cluster: worker processes")
+    dask_threads_per_worker: int = Field(1, ge=1, le=64, description="dask local cluster: threads per worker")
+    wait_s: float = Field(0.0, ge=0, description="wait this long for another run on the same store, then stop")
+
+    @model_validator(mode="after")
+    def _dask_only(self) -> "RunnerConfig":
+        if self.kind != "dask" and self.dask_address:
+            raise ValueError(f"dask_address is set but kind is {self.kind!r}; set kind: dask to use a Dask cluster")
+        return self
+
+
+class RetriesConfig(_Strict):
+    """Transient errors (I/O, a lost worker) are retried; then the recording is marked failed."""
+
+    count: int = Field(2, ge=0, le=100, description="retries after the first attempt")
+    delay_s: float = Field(10.0, ge=0, le=3600, description="seconds between attempts")
+
+
+def nested_path(inner: str | os.PathLike, outer: str | os.PathLike) -> bool:
+    """True when ``inner`` is ``outer`` or lies inside it (after resolving links)."""
+    a = Path(inner).expanduser().resolve()
+    b = Path(outer).expanduser().resolve()
+    return a == b or b in a.parents
+
+
 class SummariesConfig(_Strict):
     """Filters of the summary tables (``pam summarize``, the nightly run); CLI flags override them."""
 
@@ -123,6 +196,18 @@ class PamConfig(_Strict):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
     summaries: SummariesConfig = Field(default_factory=SummariesConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    retries: RetriesConfig = Field(default_factory=RetriesConfig)
+
+    @model_validator(mode="after")
+    def _store_outside_dumps(self) -> "PamConfig":
+        store = self.schedule.store
+        for dump in self.schedule.dumps if store else []:
+            if nested_path(store, dump):
+                raise ValueError(f"schedule.store {store!r} is inside the watched dump {dump!r}; "
+                                 "pam never writes into input folders")
+        return self
 
     def site_tz(self, site: str | None) -> tzinfo:
         conf = self.sites.get(site or "")

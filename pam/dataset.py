@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pam.audio import AudioError, read_span, resample
+from pam.audio import AudioError, is_transient, read_span, resample
 from pam.windows import WindowGrid, window_grid
 
 
@@ -87,7 +87,11 @@ def read_windows(
 
 
 class WindowBatches(IterableDataset):
-    """Iterable of batch dicts: audio [B, samples], rec [B], start [B], finished, errors."""
+    """Iterable of batch dicts: audio [B, samples], rec [B], start [B], finished, errors.
+
+    ``errors`` holds ``(rec, one-line reason, transient)``; transient errors (I/O) are worth
+    a retry, the others are properties of the file.
+    """
 
     def __init__(
         self,
@@ -130,7 +134,7 @@ class WindowBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         buffer: list[_Chunk] = []
         buffered = 0
-        errors: list[tuple[int, str]] = []
+        errors: list[tuple[int, str, bool]] = []
         for task in self._my_tasks():
             try:
                 for chunk in self._chunks(task):
@@ -140,12 +144,13 @@ class WindowBatches(IterableDataset):
                         batch, buffer, buffered = self._take(buffer, self.batch_size)
                         batch["errors"], errors = errors, []
                         yield batch
-            except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad file must never stop the others
                 reason = exc.reason if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
                 dropped = [c for c in buffer if c.rec == task.index]
                 buffer = [c for c in buffer if c.rec != task.index]
                 buffered -= sum(len(c.starts) for c in dropped)
-                errors.append((task.index, reason.splitlines()[0] if reason else "read failed"))
+                line = reason.strip().splitlines()[0] if reason and reason.strip() else "read failed"
+                errors.append((task.index, line, is_transient(exc, task.path)))
         while buffer or errors:
             batch, buffer, buffered = self._take(buffer, self.batch_size)
             batch["errors"], errors = errors, []

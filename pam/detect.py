@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import time
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pam import __version__, schemas
 from pam.checkpoint import LoadedModel
-from pam.config import ConfigError, DetectConfig, settings_hash
+from pam.config import ConfigError, DetectConfig, RetriesConfig, settings_hash
 from pam.dataset import RecordingTask, WindowBatches, make_loader
 from pam.store import Flush, Store, new_run_id
 from pam.windows import window_count
@@ -91,14 +92,17 @@ class DetectionReport:
     recordings_total: int = 0
     recordings_done: int = 0
     recordings_skipped: int = 0
-    failures: list[dict] = field(default_factory=list)  # {"path", "stage", "reason"}
+    failures: list[dict] = field(default_factory=list)  # {"path", "stage", "status", "reason", "site", ...}
     detections: int = 0
     audio_s: float = 0.0
     wall_s: float = 0.0
+    failure_report: str | None = None  # STORE/reports/failures-<run>.md, when anything failed or was skipped
 
     @property
     def recordings_failed(self) -> int:
-        return sum(1 for f in self.failures if f["stage"] == "detect")
+        """Recordings given up on in detection (a failed shard counts all it had)."""
+        return sum(1 if f["stage"] == "detect" else int(f.get("recordings") or 0) if f["stage"] == "shard" else 0
+                   for f in self.failures)
 
     @property
     def speed(self) -> float:
@@ -118,18 +122,111 @@ class _Pending:
         self.windows = 0
 
 
+class _Forward:
+    """Sigmoid scores, in slices of at most ``limit`` windows.
+
+    A CUDA out-of-memory error halves the limit, for this batch and the rest of the run (a
+    card that ran out once will run out again), and the batch goes on in smaller slices.
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+        self.net = net
+        self.device = device
+        self.limit: int | None = None
+        self.log = logger or log
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return torch.sigmoid(self.net(x).float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out: list[torch.Tensor] = []
+        i = 0
+        while i < n:
+            size = min(self.limit or n, n - i)
+            try:
+                out.append(self._once(x[i:i + size]))
+                i += size
+            except torch.cuda.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.limit = size // 2
+                self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
+                                 size, self.limit)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
 def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Sigmoid scores; on CUDA out-of-memory, halve the batch and go on."""
-    try:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return torch.sigmoid(net(x).float())
-    except torch.cuda.OutOfMemoryError:
-        if x.shape[0] <= 1:
-            raise
-        torch.cuda.empty_cache()
-        half = x.shape[0] // 2
-        log.warning("CUDA out of memory on a batch of %d windows; splitting it in two", x.shape[0])
-        return torch.cat([_forward(net, x[:half], device), _forward(net, x[half:], device)])
+    return _Forward(net, device)(x)
+
+
+SEQ_SPAN = 100_000  # commit numbers per shard: shard k commits as k * SEQ_SPAN, k * SEQ_SPAN + 1, ...
+
+
+@dataclass
+class DetectPlan:
+    """What a run has to do: the work key and the usable recordings not yet done under it."""
+
+    run_id: str
+    model_id: str
+    settings: DetectSettings
+    key: str
+    total: int
+    skipped: int
+    todo: pd.DataFrame
+
+
+def usable_statuses(conf: DetectConfig) -> tuple[str, ...]:
+    return ("ok", "truncated") if conf.process_truncated else ("ok",)
+
+
+def plan_detection(store: Store, recordings: pd.DataFrame, model: LoadedModel, conf: DetectConfig, *,
+                   force: bool = False, run_id: str | None = None) -> DetectPlan:
+    """The recordings of ``recordings`` (manifest rows) that this model and settings still need.
+
+    One set lookup against the ``done`` table, so planning 10,000 done files takes
+    milliseconds and opens no audio.
+    """
+    settings = DetectSettings.from_config(conf, model)
+    key = settings.key()
+    rows = recordings[recordings["status"].isin(usable_statuses(conf))].drop_duplicates("recording_id")
+    done = set() if force else store.done_keys(model.model_id, key)
+    todo = rows[~rows["recording_id"].isin(done)].reset_index(drop=True)
+    return DetectPlan(run_id or new_run_id(), model.model_id, settings, key, len(rows), len(rows) - len(todo), todo)
+
+
+def run_row(plan: DetectPlan, conf: DetectConfig, device: str, dump: str | None,
+            started: datetime | None = None) -> dict:
+    """The ``runs`` row of a run that has started."""
+    return {
+        "run_id": plan.run_id, "flow": "detect", "status": "running",
+        "started_at": started or datetime.now(timezone.utc),
+        "model_id": plan.model_id, "settings_hash": plan.key, "dump": dump, "device": device,
+        "config_json": json.dumps({"detect": conf.model_dump(), "settings": plan.settings.__dict__}),
+        "pam_version": __version__, "host": socket.gethostname(),
+        "recordings_total": plan.total, "recordings_skipped": plan.skipped,
+    }
+
+
+def finish_run(store: Store, row: dict, report: DetectionReport, dumps: list[str] | None = None) -> None:
+    """Write the run's final row and, when anything failed or was skipped, its failure report."""
+    from pam.failures import write_failure_report
+
+    failed = any(f.get("stage") == "shard" for f in report.failures)
+    path = write_failure_report(store, report.run_id, report.failures, dumps=dumps)
+    report.failure_report = str(path) if path else None
+    row.update(
+        status="failed" if failed else "completed", finished_at=datetime.now(timezone.utc),
+        recordings_total=report.recordings_total, recordings_done=report.recordings_done,
+        recordings_skipped=report.recordings_skipped, recordings_failed=report.recordings_failed,
+        detections=report.detections, audio_s=report.audio_s, wall_s=report.wall_s,
+        failures_json=json.dumps(report.failures),
+    )
+    store.write_run(row)
 
 
 def run_detection(
@@ -144,53 +241,85 @@ def run_detection(
     scan_failures: list[dict] | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     run_id: str | None = None,
+    retries: RetriesConfig | None = None,
+    wait_s: float = 0.0,
 ) -> DetectionReport:
-    """Score every usable recording in ``recordings`` (manifest rows) not already done."""
+    """Score every usable recording in ``recordings`` (manifest rows) not already done.
+
+    Holds the store's run lock (waiting ``wait_s`` for another run), first cleans up what a
+    crashed run left, then writes a ``running`` row, commits in groups, and writes the final
+    row and failure report.
+    """
     logger = logger or log
     conf = conf or DetectConfig()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     device = resolve_device(conf.device)
-    settings = DetectSettings.from_config(conf, model)
-    key = settings.key()
-    run_id = run_id or new_run_id()
-    report = DetectionReport(run_id, model.model_id, key, failures=list(scan_failures or []))
-    store.ensure()
-
-    usable = ("ok", "truncated") if conf.process_truncated else ("ok",)
-    rows = recordings[recordings["status"].isin(usable)].drop_duplicates("recording_id")
-    report.recordings_total = len(rows)
-    done = set() if force else store.done_keys(model.model_id, key)
-    todo = rows[~rows["recording_id"].isin(done)].reset_index(drop=True)
-    report.recordings_skipped = len(rows) - len(todo)
-
-    run_row = {
-        "run_id": run_id, "flow": "detect", "status": "running", "started_at": started,
-        "model_id": model.model_id, "settings_hash": key, "dump": dump, "device": str(device),
-        "config_json": json.dumps({"detect": conf.model_dump(), "settings": settings.__dict__}),
-        "pam_version": __version__, "host": socket.gethostname(),
-    }
-    store.write_run(run_row)
+    with store.run_lock(wait_s, what=f"detect {dump or ''}".strip()):
+        store.ensure()
+        store.recover(conf.lock_timeout_s)
+        plan = plan_detection(store, recordings, model, conf, force=force, run_id=run_id)
+        row = run_row(plan, conf, str(device), dump, started)
+        store.write_run(row)
+        logger.info(
+            "run %s: %d recordings, %d already done with model %s settings %s, %d to do on %s",
+            plan.run_id, plan.total, plan.skipped, model.model_id, plan.key, len(plan.todo), device,
+        )
+        report = detect_recordings(store, plan.todo, model, plan.settings, conf, run_id=plan.run_id, force=force,
+                                   retries=retries, device=device, progress=progress, logger=logger)
+        report.recordings_total = plan.total
+        report.recordings_skipped = plan.skipped
+        report.failures = list(scan_failures or []) + report.failures
+        report.wall_s = time.perf_counter() - t0
+        finish_run(store, row, report, dumps=dump.split(";") if dump else None)
     logger.info(
-        "run %s: %d recordings, %d already done with model %s settings %s, %d to do on %s",
-        run_id, len(rows), report.recordings_skipped, model.model_id, key, len(todo), device,
+        "run %s: %d recordings scored (%.2f h audio, %.0fx real time), %d detections, %d failed",
+        plan.run_id, report.recordings_done, report.audio_s / 3600, report.speed, report.detections,
+        report.recordings_failed,
     )
+    return report
 
+
+def detect_recordings(
+    store: Store,
+    todo: pd.DataFrame,
+    model: LoadedModel,
+    settings: DetectSettings,
+    conf: DetectConfig,
+    *,
+    run_id: str,
+    force: bool = False,
+    retries: RetriesConfig | None = None,
+    seq_start: int = 0,
+    seq_end: int = SEQ_SPAN,
+    device: torch.device | None = None,
+    progress: bool = True,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> DetectionReport:
+    """Score ``todo`` (manifest rows) and commit them under ``run_id``; writes no run row.
+
+    Commits are numbered from the first free number in [seq_start, seq_end), so shards of
+    one run, and a retried shard, never write the same part or done file. A recording that
+    fails with a transient error (I/O) is tried again ``retries.count`` times, ``retries.delay_s``
+    apart, after the others; then it is reported failed with its reason.
+    """
+    logger = logger or log
+    retries = retries or RetriesConfig()
+    device = device or resolve_device(conf.device)
+    key = settings.key()
+    report = DetectionReport(run_id, model.model_id, key)
+    todo = todo.reset_index(drop=True)
     net = model.net.to(device).eval()
     card = model.card
+    forward = _Forward(net, device, logger)
     thresholds = torch.tensor([settings.thresholds[c] for c in card.classes], device=device)
-    tasks = [
-        RecordingTask(i, str(r.path), int(r.sample_rate), int(r.frames))
-        for i, r in enumerate(todo.itertuples(index=False))
-    ]
-    dataset = WindowBatches(tasks, card.sample_rate, settings.window_s, settings.hop_s,
-                            conf.batch_size, settings.channel)
     workers = conf.num_workers if conf.num_workers is not None else default_workers()
-    loader = make_loader(dataset, num_workers=min(workers, len(tasks)), pin_memory=device.type == "cuda")
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (a Dask worker) may not start DataLoader workers
 
     pending: dict[int, _Pending] = {}
     ready: list[int] = []
-    seq = 0
+    seq = store.next_seq(run_id, seq_start, seq_end)
     last_flush = time.monotonic()
     total_h = float(todo["duration_s"].sum()) / 3600 if len(todo) else 0.0
     bar = tqdm(total=total_h, unit="h", desc="audio", disable=not progress,
@@ -201,6 +330,9 @@ def run_detection(
         nonlocal seq, ready, last_flush
         if not ready:
             return
+        if seq >= seq_end:
+            raise RuntimeError(f"run {run_id} used up its commit numbers {seq_start}-{seq_end - 1}; "
+                               "raise detect.flush_every")
         committed = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
                                                            model.model_id, key, run_id),
                                  replace=force, lock_timeout_s=conf.lock_timeout_s)
@@ -213,59 +345,68 @@ def run_detection(
         seq += 1
         last_flush = time.monotonic()
 
+    attempts = [0] * len(todo)
+    queue = list(range(len(todo)))
     with torch.inference_mode():
-        for batch in loader:
-            audio = batch["audio"]
-            if audio.shape[0]:
-                x = audio.to(device, non_blocking=True)
-                scores = _forward(net, x, device)
-                hit_rows, hit_cls = torch.nonzero(scores >= thresholds, as_tuple=True)
-                hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
-                hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
-                rec = batch["rec"].numpy()
-                start = batch["start"].numpy()
-                for i in np.unique(rec):
-                    p = pending.setdefault(int(i), _Pending())
-                    p.windows += int((rec == i).sum())
-                    sel = rec[hit_rows] == i
-                    if sel.any():
-                        p.starts.append(start[hit_rows[sel]])
-                        p.classes.append(hit_cls[sel])
-                        p.scores.append(hit_scores[sel])
-                    dur = float(todo.at[int(i), "duration_s"])
-                    now_h = min(dur, p.windows * settings.hop_s) / 3600
-                    bar.update(now_h - shown.get(int(i), 0.0))
-                    shown[int(i)] = now_h
-            for i in batch["finished"]:
-                pending.setdefault(int(i), _Pending())
-                ready.append(int(i))
-                dur_h = float(todo.at[int(i), "duration_s"]) / 3600
-                bar.update(dur_h - shown.get(int(i), 0.0))
-                shown[int(i)] = dur_h
-            for i, reason in batch["errors"]:
-                pending.pop(int(i), None)
-                path = str(todo.at[int(i), "path"])
-                report.failures.append({"path": path, "stage": "detect", "reason": reason})
-                logger.warning("%s: %s", path, reason)
-            if len(ready) >= conf.flush_every or (ready and time.monotonic() - last_flush > 60):
-                flush()
-        flush()
+        while queue:
+            again: list[int] = []
+            for i in queue:
+                attempts[i] += 1
+            tasks = [RecordingTask(i, str(todo.at[i, "path"]), int(todo.at[i, "sample_rate"]),
+                                   int(todo.at[i, "frames"])) for i in queue]
+            dataset = WindowBatches(tasks, card.sample_rate, settings.window_s, settings.hop_s,
+                                    conf.batch_size, settings.channel)
+            loader = make_loader(dataset, num_workers=min(workers, len(tasks)), pin_memory=device.type == "cuda")
+            for batch in loader:
+                audio = batch["audio"]
+                if audio.shape[0]:
+                    x = audio.to(device, non_blocking=True)
+                    scores = forward(x)
+                    hit_rows, hit_cls = torch.nonzero(scores >= thresholds, as_tuple=True)
+                    hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
+                    hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+                    rec = batch["rec"].numpy()
+                    start = batch["start"].numpy()
+                    for i in np.unique(rec):
+                        p = pending.setdefault(int(i), _Pending())
+                        p.windows += int((rec == i).sum())
+                        sel = rec[hit_rows] == i
+                        if sel.any():
+                            p.starts.append(start[hit_rows[sel]])
+                            p.classes.append(hit_cls[sel])
+                            p.scores.append(hit_scores[sel])
+                        dur = float(todo.at[int(i), "duration_s"])
+                        now_h = min(dur, p.windows * settings.hop_s) / 3600
+                        bar.update(now_h - shown.get(int(i), 0.0))
+                        shown[int(i)] = now_h
+                for i in batch["finished"]:
+                    pending.setdefault(int(i), _Pending())
+                    ready.append(int(i))
+                    dur_h = float(todo.at[int(i), "duration_s"]) / 3600
+                    bar.update(dur_h - shown.get(int(i), 0.0))
+                    shown[int(i)] = dur_h
+                for i, reason, transient in batch["errors"]:
+                    i = int(i)
+                    pending.pop(i, None)
+                    bar.update(-shown.pop(i, 0.0))
+                    path = str(todo.at[i, "path"])
+                    if transient and attempts[i] <= retries.count:
+                        again.append(i)
+                        logger.warning("%s: %s; will retry (attempt %d of %d)", path, reason, attempts[i],
+                                       retries.count + 1)
+                        continue
+                    tries = f" (after {attempts[i]} attempts)" if attempts[i] > 1 else ""
+                    report.failures.append({"path": path, "stage": "detect", "status": "failed",
+                                            "reason": reason + tries, "site": _text(todo.at[i, "site"]),
+                                            "attempts": attempts[i]})
+                    logger.warning("%s: %s%s", path, reason, tries)
+                if len(ready) >= conf.flush_every or (ready and time.monotonic() - last_flush > 60):
+                    flush()
+            flush()
+            if again and retries.delay_s:
+                time.sleep(retries.delay_s)
+            queue = again
     bar.close()
-
-    report.wall_s = time.perf_counter() - t0
-    run_row.update(
-        status="completed", finished_at=datetime.now(timezone.utc),
-        recordings_total=report.recordings_total, recordings_done=report.recordings_done,
-        recordings_skipped=report.recordings_skipped, recordings_failed=report.recordings_failed,
-        detections=report.detections, audio_s=report.audio_s, wall_s=report.wall_s,
-        failures_json=json.dumps(report.failures),
-    )
-    store.write_run(run_row)
-    logger.info(
-        "run %s: %d recordings scored (%.2f h audio, %.0fx real time), %d detections, %d failed",
-        run_id, report.recordings_done, report.audio_s / 3600, report.speed, report.detections,
-        report.recordings_failed,
-    )
     return report
 
 

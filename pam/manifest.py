@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 
 from pam import recorders
 from pam.audio import AudioError, is_audio_name, probe
-from pam.config import PamConfig, ScanConfig
+from pam.config import PamConfig, ScanConfig, nested_path
 from pam.store import Store
 
 USABLE = ("ok", "truncated")
@@ -38,8 +39,9 @@ class ScanResult:
     dump: Path
     rows: pd.DataFrame  # this dump's manifest rows
     reopened: int = 0  # files opened this time (new or changed)
-    pending: list[str] = field(default_factory=list)  # too recently modified: left for next run
+    pending: list[str] = field(default_factory=list)  # still being copied: left for the next run
     folder_errors: list[tuple[str, str]] = field(default_factory=list)
+    pending_reasons: dict[str, str] = field(default_factory=dict)  # path -> why it is left
 
     @property
     def problems(self) -> pd.DataFrame:
@@ -69,6 +71,28 @@ def site_for(rel: Path, dump: Path, prefix: str | None, rule: ScanConfig) -> str
         if m and m.group("site"):
             return m.group("site")
     return parent
+
+
+def site_of(path: Path, dump: Path, config: PamConfig) -> str:
+    """The site a file in ``dump`` belongs to, without opening it."""
+    return site_for(path.relative_to(dump), dump, recorders.parse_filename(path).prefix, config.scan)
+
+
+def check_store_outside(store: Store, dump: str | os.PathLike) -> None:
+    """pam never writes into an input folder: refuse a store that is the dump or inside it."""
+    if nested_path(store.root, dump):
+        raise ScanError(f"{store.root}: the store must not be inside the dump {Path(dump).expanduser().resolve()} "
+                        "(pam never writes into input folders)")
+
+
+def _printable(path: Path) -> str | None:
+    """The path as text that Parquet can hold, or None when its name is not valid UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _walk(dump: Path, errors: list[tuple[str, str]]):
@@ -146,16 +170,23 @@ def scan(
         raise ScanError(f"{dump}: dump is not a folder")
     if not os.access(dump, os.R_OK | os.X_OK):
         raise ScanError(f"{dump}: dump folder is not readable (permission denied)")
-    if store.root == dump or dump in store.root.parents:
-        raise ScanError(f"{store.root}: the store must not be inside the dump {dump} (pam never writes into input folders)")
+    if _printable(dump) is None:
+        raise ScanError(f"{str(dump)!r}: the dump folder's name is not valid UTF-8; give it a UTF-8 name")
+    check_store_outside(store, dump)
 
     old = store.read_manifest()
-    known = {p: r for p, r in zip(old["path"], old.to_dict("records"))} if len(old) else {}
+    known = dict(zip(old["path"], old.to_dict("records"))) if len(old) else {}
     rows: list[dict] = []
     folder_errors: list[tuple[str, str]] = []
-    pending: list[str] = []
-    reopened = 0
+    pending: dict[str, str] = {}
+    fresh: list[tuple[Path, os.stat_result]] = []  # new or changed: to be opened
     for path in _walk(dump, folder_errors):
+        text = _printable(path)
+        if text is None:
+            shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            rows.append(_unreadable_row(Path(shown), dump, "file name is not valid UTF-8 (written by another "
+                                        "system's encoding); copy it under a UTF-8 name to analyse it", now))
+            continue
         try:
             st = path.stat()
         except OSError as exc:
@@ -163,14 +194,33 @@ def scan(
             continue
         mtime = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
         if config.scan.min_age_s and (now - mtime).total_seconds() < config.scan.min_age_s:
-            pending.append(str(path))
+            pending[text] = f"modified {max(0.0, (now - mtime).total_seconds()):.0f} s ago (scan.min_age_s " \
+                            f"{config.scan.min_age_s:.0f}): still being copied?"
             continue
-        prev = known.get(str(path))
+        prev = known.get(text)
         if prev is not None and prev["size"] == st.st_size and _same_time(prev["mtime"], mtime):
             rows.append({**prev, "scanned_at": now})
             continue
+        fresh.append((path, st))
+    if fresh and config.scan.settle_s:
+        # One pause for all new files: a copy in progress grows (or is touched) meanwhile.
+        time.sleep(config.scan.settle_s)
+        settled = []
+        for path, st in fresh:
+            if _moved(path, st):
+                pending[str(path)] = f"size or modification time changed within {config.scan.settle_s:g} s " \
+                                     "(scan.settle_s): still being copied"
+            else:
+                settled.append((path, st))
+        fresh = settled
+    reopened = 0
+    for path, st in fresh:
         reopened += 1
-        rows.append(_row_for(path, st, dump, config, now))
+        row = _row_for(path, st, dump, config, now)
+        if _moved(path, st):
+            pending[str(path)] = "size or modification time changed while it was read: still being copied"
+            continue
+        rows.append(row)
     for folder, reason in folder_errors:
         rows.append(_unreadable_row(Path(folder), dump, reason, now))
 
@@ -179,13 +229,30 @@ def scan(
         current = store.read_manifest()
         seen = set(frame["path"]) if len(frame) else set()
         others = current[~current["path"].isin(seen)].copy()
-        vanished = (others["dump"] == str(dump)) & (others["status"] != "missing")
+        vanished = (others["dump"] == str(dump)) & (others["status"] != "missing") & ~others["path"].isin(pending)
         others.loc[vanished, "status"] = "missing"
         others.loc[vanished, "reason"] = "no longer in the dump at the last scan"
         merged = pd.concat([x for x in (others, frame) if len(x)], ignore_index=True) if len(others) or len(frame) else current
         store.write_manifest(_typed(merged))
     result_rows = _typed(frame) if len(frame) else store.read_manifest().iloc[0:0]
-    return ScanResult(dump, result_rows, reopened, pending, folder_errors)
+    return ScanResult(dump, result_rows, reopened, list(pending), folder_errors, pending_reasons=pending)
+
+
+def _moved(path: Path, st: os.stat_result) -> bool:
+    """Whether a file's size or modification time differs from ``st`` (a vanished file has not
+    moved: reading it already said so)."""
+    try:
+        now = path.stat()
+    except OSError:
+        return False
+    return now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns
+
+
+def recordings_in(store: Store, dumps: list[str]) -> pd.DataFrame:
+    """Manifest rows of the given dumps (resolved paths), as the store has them now."""
+    manifest = store.read_manifest()
+    resolved = {str(Path(d).expanduser().resolve()) for d in dumps}
+    return manifest[manifest["dump"].isin(resolved) & (manifest["status"] != "missing")].reset_index(drop=True)
 
 
 def _unreadable_row(path: Path, dump: Path, reason: str, now: datetime) -> dict:

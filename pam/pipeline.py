@@ -11,12 +11,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
-from pam.checkpoint import load_checkpoint
 from pam.config import PamConfig
-from pam.detect import DetectionReport, resolve_device, run_detection
-from pam.manifest import USABLE, ScanError, scan
+from pam.detect import DetectionReport
+from pam.manifest import USABLE, ScanError, check_store_outside, scan, site_of
+from pam.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.commands, notebooks)
+from pam.shards import detect_sharded
 from pam.store import Store
 from pam.summaries import write_daily_counts
 
@@ -53,29 +52,27 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
     summary.reopened = result.reopened
     summary.pending = len(result.pending)
     for r in rows[rows["status"] != "ok"].itertuples(index=False) if len(rows) else []:
-        summary.problems.append({"path": r.path, "stage": "scan", "status": r.status, "reason": r.reason})
+        summary.problems.append({"path": r.path, "stage": "scan", "status": r.status, "reason": r.reason,
+                                 "site": r.site if isinstance(r.site, str) else None})
         logger.warning("%s: %s (%s)", r.path, r.reason, r.status)
+    for path, reason in result.pending_reasons.items():
+        summary.problems.append({"path": path, "stage": "scan", "status": "pending", "reason": reason,
+                                 "site": site_of(Path(path), result.dump, config)})
+        logger.info("%s: left for the next run: %s", path, reason)
     logger.info("scanned %s: %d files, %d usable, %d opened, %d left for later (still being written)",
                 summary.dump, summary.files, summary.usable, summary.reopened, summary.pending)
     return summary
 
 
-def recordings_in(store: Store, dumps: list[str]) -> pd.DataFrame:
-    """Manifest rows of the given dumps (resolved paths), as the store has them now."""
-    manifest = store.read_manifest()
-    resolved = {str(Path(d).expanduser().resolve()) for d in dumps}
-    return manifest[manifest["dump"].isin(resolved) & (manifest["status"] != "missing")].reset_index(drop=True)
-
-
 def detect_stage(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
                  progress: bool = True, scan_problems: list[dict] | None = None,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> DetectionReport:
-    """Score the usable recordings of ``dumps`` that the store has not done yet."""
-    device = resolve_device(config.detect.device)
-    model = load_checkpoint(config.model, device=device)
-    recordings = recordings_in(store, dumps)
-    return run_detection(store, recordings, model, config.detect, force=force, progress=progress,
-                         dump=";".join(dumps), scan_failures=scan_problems, logger=logger)
+    """Score the usable recordings of ``dumps`` that the store has not done yet
+    (in ``runner.shards`` shards on threads of this process)."""
+    for d in dumps:
+        check_store_outside(store, d)
+    return detect_sharded(store, [str(d) for d in dumps], config, force=force, scan_failures=scan_problems,
+                          progress=progress, logger=logger)
 
 
 def summarize_stage(store: Store, config: PamConfig) -> Path:
@@ -85,10 +82,15 @@ def summarize_stage(store: Store, config: PamConfig) -> Path:
 
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,
                 progress: bool = True) -> tuple[list[ScanSummary], DetectionReport]:
-    """scan -> detect -> summarise, in this process, without Prefect."""
-    scans = [scan_stage(d, store, config) for d in dumps]
-    problems = [p for s in scans for p in s.problems]
-    ok_dumps = [s.dump for s in scans if s.error is None]
-    report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
-    summarize_stage(store, config)
+    """scan -> detect -> summarise, in this process, without Prefect.
+
+    Holds the store's run lock throughout (``runner.wait_s``), so a second run on the same
+    store waits or stops with StoreBusy instead of doing the same work twice.
+    """
+    with store.run_lock(config.runner.wait_s, what=f"nightly {';'.join(str(d) for d in dumps)}"):
+        scans = [scan_stage(d, store, config) for d in dumps]
+        problems = [p for s in scans for p in s.problems]
+        ok_dumps = [s.dump for s in scans if s.error is None]
+        report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
+        summarize_stage(store, config)
     return scans, report

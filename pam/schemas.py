@@ -101,6 +101,24 @@ RUNS = pa.schema(
     ]
 )
 
+# One row per file a run could not use: failed in detection after its retries, or skipped
+# by the scan (empty, not audio, unreadable, still being copied) or read only in part.
+# Written to reports/failures-<run>.parquet beside the markdown report of the same run.
+FAILURES_VERSION = 1
+FAILURES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("site", pa.string()),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("stage", pa.string()),  # scan | detect | shard
+        pa.field("outcome", pa.string()),  # failed | skipped | partial
+        pa.field("status", pa.string()),  # manifest status, pending, or failed
+        pa.field("reason", pa.string()),
+        pa.field("attempts", pa.int64()),  # detection attempts; null for scan problems
+        pa.field("reported_at", UTC_TS),
+    ]
+)
+
 MODELS_VERSION = 1
 MODELS = pa.schema(
     [
@@ -263,6 +281,7 @@ TABLES: dict[str, tuple[pa.Schema, int]] = {
     "detections": (DETECTIONS, DETECTIONS_VERSION),
     "done": (DONE, DONE_VERSION),
     "runs": (RUNS, RUNS_VERSION),
+    "failures": (FAILURES, FAILURES_VERSION),
     "models": (MODELS, MODELS_VERSION),
     "daily_counts": (DAILY_COUNTS, DAILY_COUNTS_VERSION),
     "effort": (EFFORT, EFFORT_VERSION),

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -56,6 +57,15 @@ UNKNOWN = "unknown"
 
 class StoreBusy(RuntimeError):
     """Another process holds the store lock for longer than we were willing to wait."""
+
+
+# Run locks held by this process: store root -> [fd, depth]. POSIX record locks belong to
+# the process (not inherited by forked DataLoader workers, released by the kernel when the
+# process dies, honoured over NFS), but closing any descriptor of the file drops them, so
+# the file is opened once per process and nested holders only count.
+_RUN_LOCKS: dict[Path, list[int]] = {}
+_RUN_LOCKS_GUARD = threading.Lock()
+TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 
 
 def new_run_id() -> str:
@@ -140,6 +150,10 @@ class Store:
     def summaries_dir(self) -> Path:
         return self.root / "summaries"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
     def ensure(self) -> "Store":
         for d in (self.root, self.detections_dir, self.done_dir, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -173,6 +187,57 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    @contextmanager
+    def run_lock(self, timeout_s: float = 0.0, what: str = "run") -> Iterator[None]:
+        """One run at a time per store (``.run.lock``); the loser waits ``timeout_s`` then
+        raises StoreBusy naming the holder. Re-entrant within a process (flow -> stages)."""
+        self.ensure()
+        with _RUN_LOCKS_GUARD:
+            held = _RUN_LOCKS.get(self.root)
+            if held is not None:
+                held[1] += 1
+        if held is None:
+            fd = self._acquire_run_lock(timeout_s, what)
+            with _RUN_LOCKS_GUARD:
+                _RUN_LOCKS[self.root] = held = [fd, 1]
+        try:
+            yield
+        finally:
+            with _RUN_LOCKS_GUARD:
+                held[1] -= 1
+                release = held[1] == 0
+                if release:
+                    del _RUN_LOCKS[self.root]
+            if release:
+                fcntl.lockf(held[0], fcntl.LOCK_UN)
+                os.close(held[0])
+
+    def _acquire_run_lock(self, timeout_s: float, what: str) -> int:
+        fd = os.open(self.root / ".run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 300, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise StoreBusy(
+                        f"store {self.root} is busy with another pam run ({holder or 'holder unknown'}); "
+                        f"waited {timeout_s:.0f} s (runner.wait_s). This run stops; the next one picks up what is left"
+                    ) from None
+                time.sleep(0.1)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {what}, since {stamp}".encode(), 0)
+        return fd
+
+    def holds_run_lock(self) -> bool:
+        """Whether this process holds this store's run lock."""
+        with _RUN_LOCKS_GUARD:
+            return self.root in _RUN_LOCKS
+
     # -- manifest ---------------------------------------------------------------------
     def read_manifest(self) -> pd.DataFrame:
         if not self.manifest_path.exists():
@@ -205,6 +270,11 @@ class Store:
             cond = ds.field("settings_hash") == settings_hash
             flt = cond if flt is None else flt & cond
         return table.to_table(filter=flt).to_pandas()
+
+    def next_seq(self, run_id: str, lo: int = 0, hi: int = 10**9) -> int:
+        """First free commit number of ``run_id`` in [lo, hi): a retried shard never reuses one."""
+        used = [seq for run, seq in self._committed_flushes() if run == run_id and lo <= seq < hi]
+        return max(used) + 1 if used else lo
 
     def done_keys(self, model_id: str, settings_hash: str) -> set[str]:
         """Recording ids already committed for this model and settings."""
@@ -308,8 +378,17 @@ class Store:
                 for entry in os.scandir(d):
                     if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                         os.unlink(entry.path)
+        if self.holds_run_lock():
+            # Only runs write reports and summaries, so with the run lock held no other
+            # writer can own a temporary file there.
+            for d in (self.reports_dir, self.summaries_dir):
+                for dirpath, _dirs, files in os.walk(d):
+                    for name in files:
+                        if TMP_NAME.match(name):
+                            os.unlink(os.path.join(dirpath, name))
 
     def recover(self, lock_timeout_s: float = 600.0) -> None:
+        """Finish or discard what a crashed run left (journals, orphan parts, temp files)."""
         with self.lock(lock_timeout_s, what="recover"):
             self._recover_locked()
 
@@ -362,6 +441,13 @@ class Store:
     def write_run(self, row: dict) -> None:
         table = pa.Table.from_pylist([row], schema=schemas.with_version("runs"))
         write_parquet_atomic(table, self.runs_dir / f"run-{row['run_id']}.parquet")
+
+    def read_run(self, run_id: str) -> dict | None:
+        """One run's row as a dict, or None when the run never started here."""
+        path = self.runs_dir / f"run-{run_id}.parquet"
+        if not path.exists():
+            return None
+        return pq.read_table(path, schema=schemas.RUNS).to_pylist()[0]
 
     def read_runs(self) -> pd.DataFrame:
         files = sorted(self.runs_dir.glob("run-*.parquet")) if self.runs_dir.exists() else []
