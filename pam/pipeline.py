@@ -17,7 +17,6 @@ from pam.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.commands, notebooks)
 from pam.shards import detect_sharded
 from pam.store import Store
-from pam.summaries import write_daily_counts
 
 log = logging.getLogger("pam.pipeline")
 
@@ -75,9 +74,12 @@ def detect_stage(store: Store, dumps: list[str], config: PamConfig, *, force: bo
                           progress=progress, logger=logger)
 
 
-def summarize_stage(store: Store, config: PamConfig) -> Path:
-    write_daily_counts(store, config)
-    return store.summaries_dir / "daily_counts"
+def summarize_stage(store: Store, config: PamConfig,
+                    logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
+    """Summaries (incremental), ``STORE/reports/report.html``, and Prefect artifacts inside a flow."""
+    from pam.report import nightly_summary
+
+    return nightly_summary(store, config, logger=logger or log)
 
 
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,

@@ -64,6 +64,7 @@ class QueryResult:
     rows: pd.DataFrame
     files: list[Path]
     notes: list[str] = field(default_factory=list)
+    total: int = 0  # rows matching before --limit
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
@@ -121,12 +122,13 @@ def query_detections(store: Store, species: str | Sequence[str] | None = None, s
     if table.num_rows:
         table = table.sort_by([("start_time", "ascending"), ("site", "ascending"), ("path", "ascending"),
                                ("start_s", "ascending"), ("label", "ascending")])
+    total = table.num_rows
     if limit is not None:
         table = table.slice(0, max(0, limit))
     notes = []
-    if table.num_rows == 0:
+    if total == 0:
         notes.append(_empty_note(store, species_list, site_list, len(files)))
-    return QueryResult(table.select(cols).to_pandas(), files, notes)
+    return QueryResult(table.select(cols).to_pandas(), files, notes, total)
 
 
 def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None, n_files: int) -> str:

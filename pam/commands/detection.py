@@ -124,15 +124,6 @@ def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, lim
 
 
 @app.command()
-def summarize(store: Path = typer.Argument(..., help="store folder"), config: Optional[Path] = ConfigOpt) -> None:
-    """Recompute the summary tables from the store's detections."""
-    from pam.pipeline import summarize_stage
-
-    path = summarize_stage(Store(store), cli_config(config))
-    console.print(f"summaries written to {path}", highlight=False)
-
-
-@app.command()
 def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = typer.Option(20, "--limit")) -> None:
     """List the runs recorded in a store, newest first."""
     frame = Store(store).read_runs().sort_values("started_at", ascending=False).head(limit)

@@ -1,0 +1,84 @@
+"""The HTML report is self-contained, and its numbers are the summaries'."""
+
+import base64
+import re
+
+import pytest
+
+from pamstore import build
+from pam.report import build_report, publish_artifacts, species_summary
+from test_summaries import CONF, RECS
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    store = build(root / "store", RECS)
+    return build_report(store, root / "out", CONF, model_id="m1", top=2)
+
+
+def test_page_is_self_contained(report):
+    page = report.html_path.read_text()
+    assert "http" not in page.lower()  # no links, scripts, fonts or images from the network
+    assert "<script" not in page and "<link" not in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 3 == report.figures
+    assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
+    assert "<h2>Species</h2>" in page and "<h2>Sites: effort and richness</h2>" in page
+
+
+def test_species_rows_match_hand_counts(report):
+    rows = {r["species"]: r for r in report.species_rows}
+    # m1 only: owl 3 at A, 2 at B, 2 at C; wren 1+1 at A, 1 at B
+    assert rows["owl"]["detections"] == 7 and rows["wren"]["detections"] == 3
+    assert rows["owl"]["sites"] == 3 and rows["wren"]["sites"] == 2
+    # surveyed site-days: A 3, B 3, C 2 = 8; owl detected on A 05-01, B 04-30, B 05-01, C 05-01, C 05-02
+    assert (rows["owl"]["site_days_detected"], rows["owl"]["site_days_surveyed"]) == (5, 8)
+    assert rows["owl"]["naive_occupancy"] == 1.0 and rows["wren"]["naive_occupancy"] == pytest.approx(0.667)
+    assert "| owl | 7 | 3 | 5 / 8 |" in report.markdown
+
+
+def test_empty_store_still_writes_a_page(tmp_path):
+    from pam.store import Store
+
+    rep = build_report(Store(tmp_path / "empty"), tmp_path / "out")
+    assert rep.figures == 0 and rep.html_path.exists() and rep.species_rows == []
+
+
+def test_artifacts_only_inside_prefect(report):
+    assert publish_artifacts(report) is False
+
+
+def test_species_summary_without_detections():
+    from pam import schemas
+
+    tables = {n: schemas.TABLES[n][0].empty_table().to_pandas()
+              for n in ("daily_counts", "hourly_counts", "site_days", "precision")}
+    assert species_summary(tables).empty
+
+
+@pytest.mark.prefect
+def test_nightly_summary_attaches_artifacts(tmp_path, prefect_harness):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from pam.pipeline import summarize_stage
+
+    store = build(tmp_path / "store", RECS)
+
+    @flow(name="pam-summary-test")
+    def summary_flow() -> str:
+        return str(summarize_stage(store, CONF))
+
+    state = summary_flow(return_state=True)
+    assert (store.root / "reports" / "report.html").exists()
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pam-summary", "pam-species-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    kinds = {a.key: a.type for a in found}
+    assert kinds == {"pam-summary": "markdown", "pam-species-summary": "table"}
+    table = next(a for a in found if a.key == "pam-species-summary")
+    assert "owl" in str(table.data)
