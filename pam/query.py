@@ -144,11 +144,12 @@ def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None
     return "no detections match these filters"
 
 
-def full_scan(store: Store, species: Sequence[str] | None = None, sites: Sequence[str] | None = None,
+def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: str | Sequence[str] | None = None,
               start: str | None = None, end: str | None = None, min_score: float | None = None,
               model_id: str | None = None) -> pd.DataFrame:
     """Read every committed file, then filter: the baseline that ``query_detections`` is measured against."""
     t0, t1 = parse_time(start), parse_time(end, end=True)
+    species, sites = _as_list(species), _as_list(sites)
     frame = store.detections_dataset().to_table().to_pandas()
     keep = pd.Series(True, index=frame.index)
     if species:

@@ -8,7 +8,7 @@ import pytest
 
 import pam.store
 from pamstore import Rec, build
-from pam.query import QueryError, query_detections, run_sql
+from pam.query import QueryError, full_scan, query_detections, run_sql
 from pam.summaries import summarize
 
 SITES = ["S1", "Ridge 2/north", "S3"]
@@ -61,6 +61,14 @@ def test_one_site_one_week_reads_only_its_files(store):
     expected = brute(store, "owl", "Ridge 2/north", "2024-05-03", "2024-05-10")
     assert len(expected) > 0 and key(res.rows) == key(expected)
     assert res.rows["start_time"].is_monotonic_increasing
+
+
+def test_full_scan_baseline_agrees(store):
+    question = dict(species="wren", sites="S3", start="2024-05-04T12:00", end="2024-05-08", min_score=0.6)
+    pruned = query_detections(store, **question).rows
+    full = full_scan(store, **question)
+    assert len(full) > 0 and key(full) == key(pruned)
+    assert full["start_time"].tolist() == pruned["start_time"].tolist()
 
 
 def test_pruned_files_are_never_opened(store, tmp_path):

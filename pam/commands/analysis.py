@@ -31,9 +31,8 @@ def _store(path: Path) -> Store:
 def _errors():
     from pam.query import QueryError
     from pam.review import ReviewError
-    from pam.train.clips import ClipTableError
 
-    return (QueryError, ReviewError, ClipTableError, ConfigError, ValueError, KeyError)
+    return (QueryError, ReviewError, ConfigError, ValueError, KeyError)
 
 
 def _notes(notes: list[str]) -> None:

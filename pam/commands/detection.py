@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from pam.checkpoint import ModelError
 from pam.cli import ConfigOpt, StoreOpt, app, cli_config, console, err, fail
 from pam.config import ConfigError
 from pam.store import Store, StoreBusy
@@ -56,6 +55,8 @@ def detect(
     show: int = typer.Option(20, "--show", help="detections to print (0: none)"),
 ) -> None:
     """Scan, detect and summarise: the nightly job on the given dumps."""
+    from pam.checkpoint import ModelError  # imports torch: only for this command, not for every `pam ...`
+
     conf = cli_config(config, **{"model": str(model) if model else None, "detect.device": device,
                               "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)

@@ -1,0 +1,98 @@
+"""`pam query` on a season: pruned read against a full scan of the same store, in one run.
+
+Builds (or reuses) the synthetic season store of bench/season_store.py, without recording
+gaps: 100 sites x 120 days x 1,000 detections a day = 12 million rows in 12,000 part files.
+Then times, for one species at one site over one week:
+
+  pruned - pam.query.query_detections, the code path of `pam query`: files chosen by folder
+           names (site, UTC date), then a pyarrow filter;
+  full   - every committed file read, the same filter applied afterwards in pandas;
+
+checks both return the same rows, and prints both times and their ratio. With --cli it also
+times the `pam query` command as a user runs it (including Python start-up and imports).
+
+    python bench/bench_query.py [--store DIR] [--keep] [--repeat 5] [--cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import season_store  # noqa: E402
+
+from pam.query import full_scan, query_detections  # noqa: E402
+from pam.store import Store  # noqa: E402
+
+QUESTION = {"species": "northern_bobwhite", "sites": "S042", "start": "2024-05-06", "end": "2024-05-12"}
+
+
+def timed(fn, repeat: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, help="reuse/build the season store here (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp store")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sites", type=int, default=100)
+    ap.add_argument("--days", type=int, default=120)
+    ap.add_argument("--per-day", type=int, default=1000)
+    ap.add_argument("--cli", action="store_true", help="also time the `pam query` command end to end")
+    args = ap.parse_args()
+
+    root = args.store or Path(tempfile.mkdtemp(prefix="pam-bench-query-")) / "store"
+    store = Store(root)
+    t0 = time.perf_counter()
+    if not store.done_dir.exists():
+        season_store.build(root, args.sites, args.days, args.per_day, gaps=False)
+        print(f"built {root} in {time.perf_counter() - t0:.1f} s")
+    files = store.detection_files()
+    try:
+        pruned_times, pruned = timed(lambda: query_detections(store, **QUESTION), args.repeat)
+        full_times, full = timed(lambda: full_scan(store, **QUESTION), max(1, min(2, args.repeat)))
+        cols = ["recording_id", "start_sample", "label", "model_id"]
+        same = pruned.rows[cols].reset_index(drop=True).equals(full[cols].reset_index(drop=True))
+        total_rows = store.detections_dataset().count_rows()
+        result = {
+            "store_rows": total_rows, "store_files": len(files), "matching_rows": len(pruned.rows),
+            "pruned_files_read": len(pruned.files), "same_rows": bool(same),
+            "pruned_first_s": round(pruned_times[0], 4), "pruned_median_s": round(statistics.median(pruned_times), 4),
+            "full_scan_s": round(min(full_times), 3),
+            "ratio_full_over_pruned": round(min(full_times) / statistics.median(pruned_times), 1),
+        }
+        if args.cli:
+            cmd = [str(Path(sys.executable).with_name("pam")), "query", str(root), "--species", QUESTION["species"],
+                   "--site", QUESTION["sites"], "--start", QUESTION["start"], "--end", QUESTION["end"],
+                   "--out", str(Path(tempfile.mkdtemp()) / "q.csv")]
+            t1 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            result["cli_wall_s"] = round(time.perf_counter() - t1, 2)
+        print(json.dumps(result, indent=1))
+        print(f"pruned query: {result['pruned_median_s'] * 1000:.0f} ms (median of {args.repeat}; first "
+              f"{result['pruned_first_s'] * 1000:.0f} ms), {result['pruned_files_read']} of {len(files)} files; "
+              f"full scan: {result['full_scan_s']:.2f} s; full / pruned = {result['ratio_full_over_pruned']}x; "
+              f"same rows: {same}")
+    finally:
+        if args.store is None and not args.keep:
+            shutil.rmtree(root.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
