@@ -208,3 +208,38 @@ def test_config_supplies_defaults(store):
 def test_empty_store_gives_empty_tables(tmp_path):
     res = summarize(Store(tmp_path / "empty"), CONF)
     assert all(frame.empty for frame in res.tables.values())
+
+
+def test_recorded_but_never_scored_is_unknown_not_zero(tmp_path):
+    recs = [Rec("x1", "A", "2024-05-01T05:00", 3600, scored_by=())]
+    res = summarize(build(tmp_path / "s", recs), CONF)
+    assert rows(res.tables["site_days"], ["local_date", "recorded_h", "analysed_h", "surveyed", "detections"]) == [
+        ("2024-05-01", 1.0, 0.0, False, None)]
+    assert res.tables["daily_counts"].empty and res.tables["occupancy"].empty
+
+
+def test_forced_rerun_recounts_everything(tmp_path):
+    from pamstore import flush_for
+    from pam.store import new_run_id
+
+    store = build(tmp_path / "s", RECS)
+    summarize(store, CONF)
+    fewer = [Rec("b1", "B", "2024-05-01T03:00", 14400, detections=[(1800, "owl", .9, "m1")])]
+    run = new_run_id()
+    store.commit(run, 0, flush_for(fewer, "m1", run), replace=True)  # --force: b1's old rows go
+    res = summarize(store, CONF)
+    assert res.full
+    b = res.tables["daily_counts"]
+    assert rows(b[(b["site"] == "B") & (b["label"] == "owl")], ["local_date", "detections"]) == [
+        ("2024-04-30", 1), ("2024-05-01", 0), ("2024-05-02", 0)]
+
+
+def test_daylight_saving_change_in_local_hours(tmp_path):
+    conf = PamConfig.model_validate({"sites": {"NY": {"timezone": "America/New_York"}}})
+    # 04:00-08:00 UTC on 2024-11-03: 00:00-01:00 EDT, 01:00-02:00 EDT, 01:00-02:00 EST, 02:00-03:00 EST
+    recs = [Rec("n1", "NY", "2024-11-03T04:00", 4 * 3600, detections=[(5400, "owl", .9, "m1"), (9000, "owl", .8, "m1")])]
+    res = summarize(build(tmp_path / "s", recs), conf)
+    assert rows(res.tables["effort"], ["local_date", "local_hour", "analysed_h"]) == [
+        ("2024-11-03", 0, 1.0), ("2024-11-03", 1, 2.0), ("2024-11-03", 2, 1.0)]
+    # 05:30 UTC = 01:30 EDT and 06:30 UTC = 01:30 EST: the same local hour, two real minutes
+    assert rows(res.tables["hourly_counts"], ["local_hour", "detections", "positive_minutes"]) == [(1, 2, 2)]
