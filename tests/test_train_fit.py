@@ -72,6 +72,13 @@ def test_early_stopping_when_validation_loss_rises_keeps_the_best_state() -> Non
     assert hist["val_loss"].iloc[-1] > hist["val_loss"].min()
 
 
+def test_min_epochs_delays_what_early_stopping_may_keep() -> None:
+    train, val = make_clips(16, 1), make_clips(8, 2)
+    val.targets = 1.0 - val.targets
+    res = fit(CARD, train, val, config=quick(epochs=30, batch_size=8, patience=2, min_epochs=4))
+    assert res.best_epoch >= 4 and len(res.history) == res.best_epoch + 2
+
+
 def test_fit_is_seeded() -> None:
     train, val = make_clips(16, 1), make_clips(8, 2)
     cfg = quick(epochs=2, batch_size=8, overlay_p=0.5, mix_p=0.5, ema_decay=0.9)

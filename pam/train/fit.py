@@ -39,6 +39,7 @@ class FitConfig:
     schedule: str = "onecycle"  # onecycle | cosine
     warmup: float = 0.15  # onecycle: fraction of steps spent warming up
     patience: int = 8  # epochs without a better validation loss before stopping
+    min_epochs: int = 0  # states before this epoch are never kept (validation is noisy while warming up)
     min_delta: float = 1e-4
     overlay_p: float = 0.0  # chance that a training example gets a background overlay
     snr_db: tuple[float, float] = (0.0, 20.0)
@@ -189,7 +190,8 @@ def fit(
 
     AdamW with a one-cycle or cosine schedule; after each epoch the validation clips are
     scored (max over windows) and the state with the lowest validation BCE is kept; training
-    stops after ``patience`` epochs without improvement. Without ``val`` it runs all epochs
+    stops after ``patience`` epochs without improvement (epochs before ``min_epochs`` are
+    neither kept nor counted). Without ``val`` it runs all epochs
     and keeps the last state. ``backgrounds`` (negative clips of the training sites) feed
     the overlay augmentation when ``config.overlay_p > 0``.
     """
@@ -269,7 +271,9 @@ def fit(
             logit = score_clips(net, val.waves, card.window_s, card.sample_rate, config.hop_s, device, logits=True)
             row["val_loss"] = float(loss_fn(torch.from_numpy(logit), torch.from_numpy(val.targets)))
             row["val_ap"] = _mean_ap(val.targets, 1 / (1 + np.exp(-logit)))
-            if row["val_loss"] < best_loss - config.min_delta:
+            if epoch < config.min_epochs:
+                pass
+            elif row["val_loss"] < best_loss - config.min_delta:
                 best_loss, best_epoch, bad = row["val_loss"], epoch, 0
                 best_state = copy.deepcopy(net.state_dict())
             else:
