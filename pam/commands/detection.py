@@ -93,6 +93,9 @@ def detect(
 def _quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary server Prefect starts when no PREFECT_API_URL is set gets 20 s by
+    # default, which a busy machine can miss; a nightly job can afford to wait longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _print_problems(problems: list[dict]) -> None:
