@@ -26,8 +26,9 @@ def test_detect_prints_detections_and_problems(tmp_path, dump):
     assert res.exit_code == 0, res.output
     assert "file is empty (0 bytes)" in res.output
     assert "1 recordings scored" in res.output
-    assert "3 detections in the store" in res.output
-    assert re.search(r"AM01\s+│\s+2024-05-01 02:00:00", res.output)
+    assert "3 detections in these dumps" in res.output
+    assert "AM01  20240501_020000.WAV" in res.output
+    assert re.search(r"2024-05-01 02:00:01\.5\s+1\.5 s\s+a\s+\d\.\d{3}", res.output)
     assert len(Store(store).read_detections()) == 3
     again = runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
     assert "0 recordings scored" in again.output and "1 already done" in again.output

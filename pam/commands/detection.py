@@ -107,24 +107,34 @@ def _print_problems(problems: list[dict]) -> None:
 
 
 def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, limit: int) -> None:
+    """The dumps' detections by this model and settings, grouped by file, compact enough for
+    an 80-column terminal."""
+    import pyarrow.dataset as pads
+
     from pam.pipeline import recordings_in
 
-    ids = set(recordings_in(st, [str(d) for d in dumps])["recording_id"])
-    det = st.read_detections()
-    det = det[det["recording_id"].isin(ids) & (det["model_id"] == model_id) & (det["settings_hash"] == key)]
+    recordings = recordings_in(st, [str(d) for d in dumps])
+    sites = {s for s in recordings["site"] if isinstance(s, str)}
+    dataset = st.detections_dataset(st.detection_files(sites=sites))
+    wanted = (pads.field("model_id") == model_id) & (pads.field("settings_hash") == key) & pads.field(
+        "recording_id").isin(list(recordings["recording_id"]))
+    det = dataset.to_table(filter=wanted).to_pandas()
     if det.empty:
         console.print("no detections in these dumps")
         return
-    det = det.sort_values(["start_time", "path", "start_s"])
-    table = Table(title=f"{len(det)} detections in the store for these dumps (model {model_id})")
-    for col in ("site", "start (UTC)", "file", "at (s)", "label", "score"):
-        table.add_column(col, justify="right" if col in ("at (s)", "score") else "left")
-    for r in det.head(limit).itertuples(index=False):
-        when = r.start_time.strftime("%Y-%m-%d %H:%M:%S") if r.start_time is not None else "?"
-        table.add_row(r.site, when, Path(r.path).name, f"{r.start_s:.1f}", r.label, f"{r.score:.3f}")
-    console.print(table)
+    det = det.sort_values(["start_time", "path", "start_s", "label"])
+    console.print(f"{len(det)} detections in these dumps (model {model_id}; times UTC):", highlight=False)
+    shown = det.head(limit)
+    for path, rows in shown.groupby("path", sort=False):
+        first = rows.iloc[0]
+        console.print(f"  [bold]{first['site']}[/bold]  {Path(path).name}", highlight=False)
+        for r in rows.itertuples(index=False):
+            t = r.start_time
+            when = f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 100000}" if t is not None else "time unknown"
+            console.print(f"    {when}  {r.start_s:7.1f} s  {r.label}  {r.score:.3f}", highlight=False)
     if len(det) > limit:
-        console.print(f"... {len(det) - limit} more; all rows: {st.detections_dir}", highlight=False)
+        console.print(f"  ... {len(det) - limit} more (--show N for more; pam query {st.root} for all)",
+                      highlight=False)
 
 
 @app.command()

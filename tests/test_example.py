@@ -1,0 +1,39 @@
+"""The README's first command: the bundled model on the example dump that ships in the repo."""
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from pam.checkpoint import bundled_model_path, load_checkpoint
+from pam.cli import app
+from pam.store import Store
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_bundled_model_ships_and_loads():
+    model = load_checkpoint(bundled_model_path())
+    assert model.card.classes == ["bobwhite_covey"]
+    assert bundled_model_path().stat().st_size < 5_000_000
+
+
+def test_example_dump_calls_are_all_detected(tmp_path):
+    store = tmp_path / "store"
+    res = CliRunner().invoke(app, ["detect", str(EXAMPLES / "dump"), "--store", str(store), "--no-prefect",
+                                   "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "3 recordings scored" in res.output and "detections in these dumps" in res.output
+    det = Store(store).read_detections()
+    truth = pd.read_csv(EXAMPLES / "truth.csv")
+    for row in truth.itertuples():
+        path = str((EXAMPLES / "dump" / row.file).resolve())
+        mine = det[(det["path"] == path) & (det["label"] == row.label)]
+        overlapping = mine[(mine["start_s"] < row.end_s) & (mine["end_s"] > row.start_s)]
+        assert len(overlapping), f"no detection for the call inserted at {row.start_s} s in {row.file}"
+    # the AudioMoth file's start comes from its header comment: 06:30:00 UTC on 15 April 2024
+    am = det[det["site"] == "AM-PINES"]
+    t0 = datetime(2024, 4, 15, 6, 30, tzinfo=timezone.utc)
+    assert all(t.to_pydatetime() == t0 + timedelta(seconds=s) for t, s in zip(am["start_time"], am["start_s"]))
+    assert set(det["device"].dropna()) >= {"24A04F0B5D3C1E77", "SM4CREEK"}
