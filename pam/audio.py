@@ -7,6 +7,7 @@ for, never on the file's length. Resampling uses torchaudio so the same code run
 from __future__ import annotations
 
 import errno
+import math
 import os
 import struct
 from dataclasses import dataclass, replace
@@ -101,16 +102,18 @@ def probe(path: str | Path) -> AudioInfo:
                 comment=(snd.comment or "").strip("\x00 "),
                 artist=(snd.artist or "").strip("\x00 "),
             )
-            if info.frames > 0 and info.format == "FLAC":
-                # A cut-off FLAC still reports its full length; decoding its tail tells.
-                try:
-                    snd.seek(max(0, info.frames - 4096))
-                    snd.read(4096, dtype="float32")
-                except (sf.LibsndfileError, RuntimeError) as exc:
-                    raise AudioError(
-                        "truncated", f"FLAC data ends before the {info.frames / info.sample_rate:.1f} s "
-                        f"its header declares ({str(exc).strip()})"
-                    ) from None
+            if info.frames > 0 and info.format == "FLAC" and not _decodes_at(path, max(0, info.frames - 4096)):
+                # A cut-off FLAC still reports its full length; decoding its tail tells. The
+                # readable part is found by bisection, so that it can still be analysed.
+                readable = _flac_readable_frames(path, info.frames)
+                if readable == 0:
+                    raise AudioError("unreadable", "FLAC audio data cannot be decoded (corrupt or cut off near "
+                                     "the start)")
+                info = replace(
+                    info, frames=readable, status="truncated",
+                    reason=f"FLAC data ends before the {info.frames / info.sample_rate:.1f} s its header "
+                    f"declares; {readable / info.sample_rate:.1f} s are readable",
+                )
     except sf.LibsndfileError as exc:
         text = str(exc).split(":", 1)[-1].strip() if "Error opening" in str(exc) else str(exc)
         if "Format not recognised" in text or "unknown format" in text.lower():
@@ -140,6 +143,31 @@ def probe(path: str | Path) -> AudioInfo:
                     f"{info.frames / info.sample_rate:.1f} s",
                 )
     return info
+
+
+def _decodes_at(path: Path, pos: int, n: int = 4096) -> bool:
+    """Whether ``n`` frames decode at ``pos``; a fresh handle each time, because libsndfile's
+    FLAC decoder stays broken after one failed seek."""
+    try:
+        with sf.SoundFile(path) as snd:
+            snd.seek(pos)
+            return len(snd.read(min(n, snd.frames - pos), dtype="float32")) > 0
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return False
+
+
+def _flac_readable_frames(path: Path, declared: int, block: int = 4096) -> int:
+    """Frames of a cut-off FLAC that decode: bisection on "can a block be decoded here"."""
+    lo, hi = 0, max(0, declared - block)  # decodes at lo (checked below), not at hi
+    if not _decodes_at(path, 0, block):
+        return 0
+    while hi - lo > block:
+        mid = (lo + hi) // 2
+        if _decodes_at(path, mid, block):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _sample_bytes(subtype: str) -> int:
@@ -188,10 +216,26 @@ def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig, new, dtype=torch.float32)
 
 
+MAX_KERNEL = 20_000_000  # float32 elements: 80 MB
+
+
+def check_resample(orig: int, new: int) -> None:
+    """Refuse rate pairs whose exact polyphase kernel would not fit in memory.
+
+    torchaudio's kernel has (new/g) x (orig/g) elements (g = gcd): tiny for recorder rates
+    (44100 -> 16000: 160 x 441), but tens of GB for a corrupt header's 44101 Hz.
+    """
+    g = math.gcd(orig, new)
+    if (new // g) * (orig // g + 64) > MAX_KERNEL:
+        raise AudioError("unreadable", f"sample rate {orig} Hz cannot be resampled exactly to {new} Hz "
+                         "(not a recorder rate; corrupt header?)")
+
+
 def resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     """Resample the last axis of ``x``; the kernel is built once per rate pair."""
     if orig == new:
         return x
+    check_resample(orig, new)
     res = _resampler(orig, new).to(x.device)
     return res(x)
 

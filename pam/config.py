@@ -223,7 +223,9 @@ def _format_errors(source: str, exc: ValidationError) -> str:
             msg = "unknown key"
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg.lower()}"
-        lines.append(f"{source}: {key}: {msg}")
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{source}: {key}: {msg}" if err["loc"] else f"{source}: {msg}")
     return "\n".join(lines)
 
 

@@ -346,7 +346,14 @@ def detect_recordings(
         last_flush = time.monotonic()
 
     attempts = [0] * len(todo)
-    queue = list(range(len(todo)))
+    queue = []
+    for i, (rate, frames) in enumerate(zip(todo["sample_rate"], todo["frames"])):
+        if pd.isna(rate) or pd.isna(frames) or int(rate) <= 0 or int(frames) <= 0:
+            report.failures.append({"path": str(todo.at[i, "path"]), "stage": "detect", "status": "failed",
+                                    "reason": "the manifest has no sample rate or length for it; rescan the dump",
+                                    "site": _text(todo.at[i, "site"]), "attempts": 0})
+        else:
+            queue.append(i)
     with torch.inference_mode():
         while queue:
             again: list[int] = []

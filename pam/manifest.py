@@ -125,6 +125,9 @@ def _row_for(path: Path, st: os.stat_result, dump: Path, config: PamConfig, now:
     except AudioError as exc:
         info = None
         row.update(status=exc.status, reason=exc.reason)
+    except Exception as exc:  # noqa: BLE001 - a file the decoder chokes on is reported, never fatal
+        info = None
+        row.update(status="unreadable", reason=f"cannot decode: {type(exc).__name__}: {exc}".splitlines()[0])
     comment = info.comment if info else ""
     artist = info.artist if info else ""
     rec = recorders.identify(path, comment, artist, local_tz=config.site_tz(site))

@@ -1,0 +1,41 @@
+"""Commands of unattended operation: serve the nightly schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pam.cli import app, console, fail
+from pam.config import ConfigError
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config with a schedule section "
+                                                             "(see configs/nightly.yaml)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the config, show the next runs, start nothing"),
+) -> None:
+    """Run the nightly flow on its schedule from this machine (Ctrl-C stops it)."""
+    from pam.commands.detection import _quiet_prefect_defaults
+    from pam.schedule import load_for_serving, next_runs, schedule_zone, training_deployment
+
+    try:
+        conf = load_for_serving(config)
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    zone = schedule_zone(conf)
+    console.print(f"pam-nightly/{conf.schedule.name}: cron '{conf.schedule.cron}' ({zone}), dumps "
+                  f"{', '.join(conf.schedule.dumps)} -> store {conf.schedule.store}", highlight=False, soft_wrap=True)
+    for when in next_runs(conf):
+        console.print(f"  next run: {when:%Y-%m-%d %H:%M %Z}", highlight=False)
+    _quiet_prefect_defaults()
+    if training_deployment() is None:
+        console.print("training flow: not available (flows/train.py has no flow); serving the nightly flow only",
+                      highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    from pam.schedule import serve as serve_deployments
+
+    serve_deployments(config)
