@@ -27,6 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pam.config import PamConfig, RunnerConfig, load_config
 from pam.failures import render_markdown
+from pam.manifest import check_store_outside
 from pam.pipeline import scan_stage, summarize_stage
 from pam.shards import begin_run, end_run, run_shard, shard_error
 from pam.store import Store
@@ -116,6 +117,8 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
         raise ValueError("nothing to do: give dumps and store, or a config_file whose schedule.dumps and "
                          "schedule.store are set")
     plain = conf.model_dump(mode="json")
+    for d in dumps:  # before the lock, which would create the store
+        check_store_outside(Store(store), d)
     with Store(store).run_lock(conf.runner.wait_s, what=f"pam-nightly on {';'.join(dumps)}"):
         scan = scan_task.with_options(retries=conf.retries.count, retry_delay_seconds=conf.retries.delay_s)
         scans = [scan(d, store, plain) for d in dumps]

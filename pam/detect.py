@@ -29,6 +29,7 @@ from pam import __version__, schemas
 from pam.checkpoint import LoadedModel
 from pam.config import ConfigError, DetectConfig, RetriesConfig, settings_hash
 from pam.dataset import RecordingTask, WindowBatches, make_loader
+from pam.manifest import check_store_outside
 from pam.store import Flush, Store, new_run_id
 from pam.windows import window_count
 
@@ -255,6 +256,8 @@ def run_detection(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     device = resolve_device(conf.device)
+    for d in recordings["dump"].dropna().unique() if "dump" in recordings else []:
+        check_store_outside(store, d)  # before the lock, which would create the store
     with store.run_lock(wait_s, what=f"detect {dump or ''}".strip()):
         store.ensure()
         store.recover(conf.lock_timeout_s)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from pam import recorders
 from pam.audio import AudioError, is_audio_name, probe
-from pam.config import PamConfig, ScanConfig, nested_path
+from pam.config import ConfigError, PamConfig, ScanConfig, nested_path
 from pam.store import Store
 
 USABLE = ("ok", "truncated")
@@ -32,6 +32,10 @@ FINGERPRINT_BYTES = 64 * 1024
 
 class ScanError(RuntimeError):
     """The dump as a whole cannot be scanned (missing, not a folder, unreadable)."""
+
+
+class StoreInsideDump(ScanError, ConfigError):
+    """The store would be written into an input folder: refused before anything is written."""
 
 
 @dataclass
@@ -81,7 +85,7 @@ def site_of(path: Path, dump: Path, config: PamConfig) -> str:
 def check_store_outside(store: Store, dump: str | os.PathLike) -> None:
     """pam never writes into an input folder: refuse a store that is the dump or inside it."""
     if nested_path(store.root, dump):
-        raise ScanError(f"{store.root}: the store must not be inside the dump {Path(dump).expanduser().resolve()} "
+        raise StoreInsideDump(f"{store.root}: the store must not be inside the dump {Path(dump).expanduser().resolve()} "
                         "(pam never writes into input folders)")
 
 

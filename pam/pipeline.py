@@ -89,6 +89,8 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
     Holds the store's run lock throughout (``runner.wait_s``), so a second run on the same
     store waits or stops with StoreBusy instead of doing the same work twice.
     """
+    for d in dumps:  # before the lock, which would create the store
+        check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"nightly {';'.join(str(d) for d in dumps)}"):
         scans = [scan_stage(d, store, config) for d in dumps]
         problems = [p for s in scans for p in s.problems]

@@ -154,6 +154,8 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
     if config.runner.kind == "dask":
         raise ConfigError("runner.kind: dask runs through the Prefect flow; run `pam detect` without "
                           "--no-prefect, or set runner.kind: threads")
+    for d in dumps:  # before the lock, which would create the store
+        check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"detect {';'.join(dumps)}"):
         model = load_checkpoint(config.model, device=resolve_device(config.detect.device))
         start = begin_run(store, dumps, config, force=force, model=model)

@@ -1,0 +1,117 @@
+"""Deployment end to end: a real Prefect server on loopback, `pam serve` registering the
+nightly deployment, one run triggered through the API and seen to complete. Everything it
+starts runs in its own process group and is killed by PID at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from models import every_window_model
+from pam.store import Store
+from synth import noise, write_wav
+
+pytestmark = pytest.mark.prefect
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left; wait for the leader."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            os.killpg(proc.pid, 0)  # raises once the whole group is gone
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "prefect server exited"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"prefect server not healthy at {url} after {timeout} s")
+
+
+def test_pam_serve_registers_the_nightly_deployment_and_a_triggered_run_completes(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    dump = tmp_path / "incoming"
+    write_wav(dump / "AM01" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    config = tmp_path / "nightly.yaml"
+    config.write_text(f"model: '{model}'\nschedule:\n  cron: '0 2 * * *'\n  timezone: Europe/Berlin\n"
+                      f"  dumps: ['{dump}']\n  store: '{store}'\n  name: lab-test\n"
+                      "detect:\n  num_workers: 0\nretries:\n  delay_s: 0\n")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    serve = None
+    try:
+        wait_healthy(api, server, 120)
+        serve = subprocess.Popen([str(BIN / "pam"), "serve", "--config", str(config)],
+                                 env={**env, "PREFECT_API_URL": api}, cwd=REPO, start_new_session=True,
+                                 stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
+        with temporary_settings({PREFECT_API_URL: api}):
+            deadline = time.monotonic() + 120
+            deployment = None
+            while deployment is None:
+                assert serve.poll() is None, (logs / "serve.log").read_text()
+                assert time.monotonic() < deadline, "the deployment never appeared"
+                with get_client(sync_client=True) as client:
+                    try:
+                        deployment = client.read_deployment_by_name("pam-nightly/lab-test")
+                    except Exception:  # noqa: BLE001 - not registered yet
+                        time.sleep(0.5)
+            assert deployment.parameters == {"config_file": str(config)}
+            [schedule] = deployment.schedules
+            assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Berlin"
+            run = run_deployment("pam-nightly/lab-test", timeout=180)
+            assert run.state.type == StateType.COMPLETED, (run.state, (logs / "serve.log").read_text()[-3000:])
+    finally:
+        for proc in (serve, server):
+            if proc is not None:
+                stop(proc)
+    assert serve.poll() is not None and server.poll() is not None
+    det = Store(store).read_detections()
+    assert len(det) == 2 and set(det["site"]) == {"AM01"}
+    assert Store(store).read_runs().iloc[0]["status"] == "completed"
