@@ -8,6 +8,7 @@ BirdNET, the bobwhite covey-call CNN) with a multi-label sigmoid head.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,7 +26,9 @@ class SpectrogramSettings:
     f_max: float = 8000.0
     # band_mean removes each band's mean over the window (stationary site noise such as
     # insects or hum) before scaling; it is what lets a model travel between sites.
-    normalize: str = "band_mean"  # band_mean | global
+    # pcen: per-channel energy normalisation (Wang et al. 2017; Lostanlen et al. 2019), an
+    # automatic gain control per band that follows slowly changing background sound.
+    normalize: str = "band_mean"  # band_mean | global | pcen
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,11 +45,34 @@ class Architecture:
         return asdict(self)
 
 
+NORMALIZE_MODES = ("band_mean", "global", "pcen")
+
+
+def pcen(mel_power: torch.Tensor, hop_s: float, time_constant_s: float = 0.4, alpha: float = 0.98,
+         delta: float = 2.0, r: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """Per-channel energy normalisation of a mel power spectrogram [..., mels, frames].
+
+    Librosa's defaults and conventions (magnitudes of float audio scaled by 2**31, smoother
+    started at the first frame's level), so that the constants mean what they do there.
+    """
+    e = mel_power.clamp_min(0).sqrt() * float(2**31)
+    t_frames = time_constant_s / hop_s
+    b = (math.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
+    first = e[..., :1]
+    # M_t = (1 - b) M_{t-1} + b E_t with M_0 = E_0: a linear filter of E - E_0 from rest, plus E_0.
+    coeffs_b = torch.tensor([b, 0.0], dtype=e.dtype, device=e.device)
+    coeffs_a = torch.tensor([1.0, b - 1.0], dtype=e.dtype, device=e.device)
+    smooth = torchaudio.functional.lfilter(e - first, coeffs_a, coeffs_b, clamp=False) + first
+    return (e / (eps + smooth).pow(alpha) + delta).pow(r) - delta**r
+
+
 class LogMel(nn.Module):
     """Waveform [batch, samples] -> normalised log-mel [batch, 1, mels, frames]."""
 
     def __init__(self, s: SpectrogramSettings):
         super().__init__()
+        if s.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"unknown spectrogram normalize mode {s.normalize!r} ({' | '.join(NORMALIZE_MODES)})")
         self.settings = s
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=s.sample_rate, n_fft=s.n_fft, hop_length=s.hop_length,
@@ -55,10 +81,15 @@ class LogMel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.log(self.mel(wave.float()) + 1e-6)
+            if self.settings.normalize == "pcen":
+                s = self.settings
+                spec = pcen(self.mel(wave.float()), s.hop_length / s.sample_rate)
+                spec = spec - spec.mean(dim=(-2, -1), keepdim=True)
+            else:
+                spec = torch.log(self.mel(wave.float()) + 1e-6)
             if self.settings.normalize == "band_mean":
                 spec = spec - spec.mean(dim=-1, keepdim=True)
-            else:
+            elif self.settings.normalize == "global":
                 spec = spec - spec.mean(dim=(-2, -1), keepdim=True)
             spec = spec / (spec.std(dim=(-2, -1), keepdim=True) + 1e-5)
         return spec.unsqueeze(1)
@@ -112,13 +143,21 @@ class PamNet(nn.Module):
         self.dropout = nn.Dropout(arch.dropout)
         self.head = nn.Linear(2 * cin, n_classes)
 
-    def embed(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.backbone(self.stem(self.frontend(wave)))
+    def embed_spec(self, spec: torch.Tensor) -> torch.Tensor:
+        """Embedding of a normalised spectrogram [batch, 1, mels, frames] (the frontend's output)."""
+        x = self.backbone(self.stem(spec))
         x = x.mean(dim=2)  # over frequency -> [batch, channels, time]
         return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
 
+    def embed(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.embed_spec(self.frontend(wave))
+
+    def classify(self, spec: torch.Tensor) -> torch.Tensor:
+        """Logits from a spectrogram: training applies SpecAugment between frontend and this."""
+        return self.head(self.dropout(self.embed_spec(spec)))
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.embed(wave)))
+        return self.classify(self.frontend(wave))
 
 
 @dataclass

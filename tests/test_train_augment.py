@@ -113,3 +113,28 @@ def test_background_bank_cuts_long_recordings() -> None:
     # 250 samples: starts 0, 50, 100, 150 (150 ends at 250); 80 samples: padded; silence dropped
     assert bank.shape == (5, 100)
     assert float(bank[-1].sum()) == 80.0
+
+
+def test_spec_augment_masks_stripes_within_their_widths() -> None:
+    spec = torch.randn(50, 1, 32, 100) + 5.0  # no natural zeros
+    out = augment.spec_augment(spec, torch.Generator().manual_seed(0), time_masks=1, time_width=10,
+                               freq_masks=1, freq_width=4)
+    assert out.shape == spec.shape
+    masked = out == 0
+    # Kept cells are untouched; masked cells form whole frames (time) or whole bands (frequency).
+    assert torch.equal(out[~masked], spec[~masked])
+    frames = masked[:, 0].all(dim=1)  # [batch, frames] fully masked columns
+    bands = masked[:, 0].all(dim=2)  # [batch, bands] fully masked rows
+    assert torch.equal(masked[:, 0], frames[:, None, :] | bands[:, :, None])
+    assert int(frames.sum(dim=1).max()) <= 10 and int(bands.sum(dim=1).max()) <= 4
+    assert int(frames.sum()) > 0 and int(bands.sum()) > 0  # widths are drawn, not always 0
+    same = augment.spec_augment(spec, torch.Generator().manual_seed(0), time_masks=1, time_width=10,
+                                freq_masks=1, freq_width=4, p=0.0)
+    assert torch.equal(same, spec)
+
+
+def test_time_shift_in_the_batch_pipeline_keeps_labels() -> None:
+    x, y = chirps(8), torch.ones(8, 1)
+    xa, ya = augment.augment_batch(x, y, torch.Generator().manual_seed(0), shift=400)
+    assert torch.equal(ya, y) and not torch.equal(xa, x)
+    torch.testing.assert_close(augment.rms(xa), augment.rms(x))  # a circular shift moves, never changes, sound

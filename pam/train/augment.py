@@ -132,6 +132,38 @@ def mix_clips(
     return mixed, labels
 
 
+def spec_augment(
+    spec: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    time_masks: int = 2,
+    time_width: int = 20,
+    freq_masks: int = 2,
+    freq_width: int = 8,
+    p: float = 1.0,
+) -> torch.Tensor:
+    """SpecAugment-style masking of a normalised spectrogram [batch, 1, bands, frames].
+
+    Each picked row (chance ``p``) gets ``time_masks`` stripes of 0 to ``time_width`` frames
+    and ``freq_masks`` stripes of 0 to ``freq_width`` bands set to 0, the spectrogram's mean
+    after normalisation (Park et al. 2019). A call partly hidden or a band drowned by insects
+    must not stop the model; labels do not change.
+    """
+    b, _, bands, frames = spec.shape
+    dev = spec.device
+    keep = torch.ones(b, bands, frames, dtype=torch.bool, device=dev)
+    use = _chance(b, p, generator, dev)
+    for count, width, size, axis in ((time_masks, time_width, frames, 2), (freq_masks, freq_width, bands, 1)):
+        width = min(width, size)
+        for _ in range(count if width > 0 else 0):
+            w = torch.randint(0, width + 1, (b,), generator=generator, device=dev)
+            start = (torch.rand(b, generator=generator, device=dev) * (size - w + 1)).long()
+            pos = torch.arange(size, device=dev)[None, :]
+            band = (pos >= start[:, None]) & (pos < (start + w)[:, None]) & use[:, None]  # [b, size]
+            keep &= ~(band[:, None, :] if axis == 2 else band[:, :, None])
+    return spec * keep[:, None].to(spec.dtype)
+
+
 def background_bank(waves: list, length: int) -> torch.Tensor:
     """Cut background recordings into a bank [m, length] for ``overlay_background``.
 
@@ -167,11 +199,15 @@ def augment_batch(
     snr_db: tuple[float, float] = (0.0, 20.0),
     gain_db: tuple[float, float] = (0.0, 0.0),
     mix_p: float = 0.0,
+    shift: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training-batch pipeline: background overlay, then gain, then clip mixing.
+    """The training-batch pipeline: time shift, background overlay, gain, then clip mixing.
 
-    Only mixing changes labels (to the union of the two clips'); overlay and gain never do.
+    Only mixing changes labels (to the union of the two clips'); shift, overlay and gain
+    never do. (SpecAugment masks come later, on the spectrogram: ``spec_augment``.)
     """
+    if shift > 0:
+        x = time_shift(x, shift, generator)
     if overlay_p > 0:
         if backgrounds is None:
             raise ValueError("overlay_p > 0 needs a background bank")
