@@ -10,7 +10,7 @@ import torch
 
 from pam.model import Architecture, ModelCard, SpectrogramSettings
 from pam.train.clips import ClipSet
-from pam.train.fit import FitConfig, clip_windows, fit, score_clips
+from pam.train.fit import FitConfig, ResumeError, _draws, clip_windows, fit, score_clips
 from pam.train.metrics import average_precision
 from pam.windows import window_grid
 
@@ -52,7 +52,7 @@ def test_tiny_fit_separates_chirps_from_noise() -> None:
     assert scores.shape == (40, 1)
     assert average_precision(test.targets[:, 0], scores[:, 0]) >= 0.95
     hist = res.history
-    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_ap", "lr", "seconds"]
+    assert list(hist.columns) == ["epoch", "train_loss", "train_ap", "val_loss", "val_ap", "lr", "seconds"]
     assert len(hist) == 8 and hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]
     assert res.best_epoch == int(hist["val_loss"].idxmin()) + 1
 
@@ -113,3 +113,50 @@ def test_fit_rejects_mismatched_clips() -> None:
     with pytest.raises(ValueError, match="background"):
         fit(CARD, make_clips(4, 0), config=quick(epochs=1, overlay_p=0.5))
     assert not math.isnan(quick().lr)
+
+
+def test_resumed_run_continues_from_its_last_epoch_and_ends_as_an_uninterrupted_one(tmp_path) -> None:
+    train, val = make_clips(16, 1), make_clips(8, 2)
+    cfg = quick(epochs=4, batch_size=8, overlay_p=0.5, mix_p=0.3, ema_decay=0.9, spec_time_masks=1,
+                spec_freq_masks=1, spec_time_width=4, spec_freq_width=3)
+    whole = fit(CARD, train, val, backgrounds=train.negatives(), config=cfg)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_two(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise Crash("power cut")
+
+    with pytest.raises(Crash):
+        fit(CARD, train, val, backgrounds=train.negatives(), config=cfg, state_dir=tmp_path, on_epoch=crash_after_two)
+    seen: list[int] = []
+    resumed = fit(CARD, train, val, backgrounds=train.negatives(), config=cfg, state_dir=tmp_path,
+                  on_epoch=lambda row: seen.append(row["epoch"]))
+    assert resumed.resumed_from == 2 and seen == [3, 4]  # only the missing epochs were trained
+    for col in ("train_loss", "val_loss", "val_ap"):
+        np.testing.assert_array_equal(resumed.history[col], whole.history[col])
+    for (k, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    # A finished run folder is not trained again, and other settings are refused.
+    again = fit(CARD, train, val, backgrounds=train.negatives(), config=cfg, state_dir=tmp_path)
+    assert again.resumed_from == 4 and len(again.history) == 4
+    with pytest.raises(ResumeError, match="other data or settings"):
+        fit(CARD, train, val, backgrounds=train.negatives(), config=quick(epochs=4, lr=0.5), state_dir=tmp_path)
+
+
+def test_keep_last_runs_every_epoch_and_keeps_the_average() -> None:
+    train, val = make_clips(8, 1), make_clips(4, 2)
+    val.targets = 1.0 - val.targets  # validation loss rises: early stopping would stop, 'last' must not
+    res = fit(CARD, train, val, config=quick(epochs=4, batch_size=8, repeats=1, patience=1, keep="last",
+                                             ema_decay=0.9))
+    assert len(res.history) == 4 and not res.stopped_early and res.best_epoch == 4
+
+
+def test_balanced_draws_equalise_label_combinations() -> None:
+    targets = np.array([[1.0]] * 2 + [[0.0]] * 8, dtype=np.float32)
+    draws = _draws(targets, 200, True, np.random.default_rng(0))
+    share = float(np.isin(draws, [0, 1]).mean())
+    assert 0.45 < share < 0.55  # 2 positives drawn as often as 8 negatives
+    plain = _draws(targets, 3, False, np.random.default_rng(0))
+    assert sorted(plain.tolist()) == sorted(list(range(10)) * 3)
