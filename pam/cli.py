@@ -40,7 +40,7 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/
 
 
 # Importing a command module registers its commands on ``app``.
-from pam.commands import analysis, detection  # noqa: E402,F401
+from pam.commands import analysis, detection, training  # noqa: E402,F401
 from pam.commands import operations  # noqa: E402,F401
 
 
