@@ -91,30 +91,29 @@ def nightly_deployment(config_file: str | os.PathLike, conf: PamConfig | None = 
     )
 
 
-def training_deployment():
-    """The training flow, run on demand only; None while ``flows/train.py`` does not exist."""
+TRAINING_FLOWS = ("pam-train", "pam-train-search")
+
+
+def training_deployments() -> list:
+    """The training flows of ``flows/train.py`` (``pam-train``, ``pam-train-search``) as
+    deployments without a schedule, started by hand with their parameters; none when that
+    module is absent."""
     from prefect import Flow
 
     try:
         module = importlib.import_module("flows.train")
     except ModuleNotFoundError as exc:
-        if exc.name in ("flows.train",):
-            return None
+        if exc.name == "flows.train":
+            return []
         raise
-    flows = [v for v in vars(module).values() if isinstance(v, Flow)]
-    if not flows:
-        return None
-    return flows[0].to_deployment(name="on-demand", description="pam training, started by hand",
-                                  tags=["pam", "train"])
+    found = {v.name: v for v in vars(module).values() if isinstance(v, Flow) and v.name in TRAINING_FLOWS}
+    return [found[name].to_deployment(name="on-demand", description=f"{name}, started by hand",
+                                      tags=["pam", "train"]) for name in TRAINING_FLOWS if name in found]
 
 
 def deployments(config_file: str | os.PathLike) -> list:
     """Everything ``pam serve`` serves: the nightly schedule and, when present, training."""
-    found = [nightly_deployment(config_file)]
-    train = training_deployment()
-    if train is not None:
-        found.append(train)
-    return found
+    return [nightly_deployment(config_file)] + training_deployments()
 
 
 def serve(config_file: str | os.PathLike, limit: int | None = 2) -> None:

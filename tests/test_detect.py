@@ -1,9 +1,4 @@
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -164,36 +159,3 @@ def test_file_broken_after_scan_fails_alone(tmp_path, model_path):
     assert report.recordings_done == 2
     assert store.done_keys(report.model_id, report.settings_hash) == set(rows["recording_id"]) - set(
         rows[rows["path"] == str(victim)]["recording_id"])
-
-
-def _cli(dump, store, config, model):
-    return [sys.executable, "-m", "pam.cli", "detect", str(dump), "--store", str(store), "--model", str(model),
-            "--config", str(config), "--no-prefect", "--show", "0"]
-
-
-def test_killed_run_then_rerun_equals_uninterrupted_run(tmp_path, model_path):
-    dump = make_dump(tmp_path / "dump", n_files=24, seconds=20.0)
-    config = tmp_path / "c.yaml"
-    config.write_text("detect:\n  num_workers: 0\n  batch_size: 16\n  flush_every: 1\n")
-    ref = tmp_path / "ref"
-    subprocess.run(_cli(dump, ref, config, model_path), check=True, capture_output=True)
-    reference = table(Store(ref))
-    rng = random.Random(7)
-    for attempt in range(3):
-        store = tmp_path / f"killed{attempt}"
-        proc = subprocess.Popen(_cli(dump, store, config, model_path), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        wait_for = rng.randint(1, 15)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((store / "done").glob("done-*.parquet"))) >= wait_for if (store / "done").exists() else False:
-                break
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        done_before = len(Store(store).done_table())
-        assert done_before < 24, "the run finished before it could be killed; make the dump bigger"
-        subprocess.run(_cli(dump, store, config, model_path), check=True, capture_output=True)
-        same_tables(table(Store(store)), reference)
-        leftovers = [p for p in (store / "detections").rglob("*") if p.is_file() and p.name.startswith(".")]
-        assert leftovers == []

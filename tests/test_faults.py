@@ -33,12 +33,12 @@ from synth import noise, write_wav
 
 FORK = mp.get_context("fork")
 KEY = ["recording_id", "start_sample", "label"]
-N_FILES = 10
+N_FILES = 6
 
 
 def make_dump(root: Path, n: int = N_FILES) -> Path:
     for i in range(n):
-        start = datetime(2024, 5, 1, 23, 57, tzinfo=timezone.utc) + timedelta(minutes=i)
+        start = datetime(2024, 5, 1, 23, 58, tzinfo=timezone.utc) + timedelta(minutes=i)
         write_wav(root / ("AM01" if i % 2 else "AM02") / start.strftime("%Y%m%d_%H%M%S.WAV"),
                   noise(4.0, 16000, seed=i), 16000)
     return root

@@ -18,8 +18,9 @@ def serve(
 ) -> None:
     """Run the nightly flow on its schedule from this machine (Ctrl-C stops it)."""
     from pam.commands.detection import _quiet_prefect_defaults
-    from pam.schedule import load_for_serving, next_runs, schedule_zone, training_deployment
+    from pam.schedule import load_for_serving, next_runs, schedule_zone, training_deployments
 
+    _quiet_prefect_defaults()
     try:
         conf = load_for_serving(config)
     except ConfigError as exc:
@@ -30,9 +31,12 @@ def serve(
                   f"{', '.join(conf.schedule.dumps)} -> store {conf.schedule.store}", highlight=False, soft_wrap=True)
     for when in next_runs(conf):
         console.print(f"  next run: {when:%Y-%m-%d %H:%M %Z}", highlight=False)
-    _quiet_prefect_defaults()
-    if training_deployment() is None:
-        console.print("training flow: not available (flows/train.py has no flow); serving the nightly flow only",
+    training = training_deployments()
+    for dep in training:
+        console.print(f"{dep.flow_name}/{dep.name}: on demand (prefect deployment run '{dep.flow_name}/{dep.name}' "
+                      "--param config=...)", highlight=False, soft_wrap=True)
+    if not training:
+        console.print("training flows: not available (no flows/train.py); serving the nightly flow only",
                       highlight=False, soft_wrap=True)
     if dry_run:
         return
