@@ -1,0 +1,211 @@
+"""Choose a training recipe without looking at the test site: within-site cross-validation.
+
+    python -m pam.train.selection --data ../shared/data/bobwhite --site WLFW_AL --out runs/selection-AL.jsonl
+
+For the cross-site evaluation of the bundled model a recipe (spectrogram, augmentation,
+schedule) must be chosen using the training site group only. This script scores a fixed,
+pre-declared list of candidate recipes (``CANDIDATES``) by k-fold cross-validation inside
+one site group: each fold trains the recipe exactly as ``pam train`` does (inner validation
+split for early stopping and calibration, overlay backgrounds from the training part only)
+and scores the held-out fold. Scores are pooled over folds.
+
+Two views of the held-out clips are scored:
+
+* ``clean``: the clips as recorded;
+* ``shifted``: each clip mixed with a segment of *foreign* real soundscapes (``SHIFT_SOURCES``,
+  never used for training overlay) at 0-10 dB SNR, a fixed draw: a stand-in for the new
+  noise of a site the model has never heard.
+
+The selection score, declared before any run, is the mean over both views of
+``(AP + recall at precision 0.9) / 2``. Every fit is appended to the output as one JSON line,
+so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pam.model import Architecture, ModelCard, SpectrogramSettings
+from pam.train import augment
+from pam.train.calibrate import calibrate
+from pam.train.clips import ClipSet, load_audio, load_clip_set, load_clip_table, LabelledClip
+from pam.train.fit import FitConfig, fit, score_clips
+from pam.train.metrics import average_precision, recall_at_precision
+from pam.train.split import split_by_recording
+
+CLASSES = ["bobwhite_covey"]
+WINDOW_S = 3.0
+TARGET = 0.9
+BASE_SPEC = SpectrogramSettings()
+BAND_SPEC = SpectrogramSettings(n_mels=48, f_min=400.0, f_max=6000.0)
+PCEN_SPEC = SpectrogramSettings(normalize="pcen")
+ARCH = Architecture(width=16, stages=3, blocks_per_stage=1, dropout=0.2)
+BASE = FitConfig(epochs=30, batch_size=32, repeats=4, lr=3e-3, weight_decay=1e-2, schedule="onecycle",
+                 patience=8, overlay_p=0.8, snr_db=(0.0, 20.0), gain_db=(-12.0, 12.0), ema_decay=0.9,
+                 hop_s=0.5, progress=False)
+SPEC_AUG = dict(spec_time_masks=2, spec_time_width=20, spec_freq_masks=2, spec_freq_width=6)
+FIXED = dict(keep="last", ema_decay=0.97)
+# Training overlay material from outside the bobwhite sites (besides the training site's own
+# absence clips): 96 real 10-s SM4 soundscapes of one day (scikit-maad, BSD-3).
+EXTRA_BG = "field/scikit-maad/S4A03895"
+# Foreign soundscapes for the "shifted" view only, never used in training.
+SHIFT_SOURCES = ["field/opensoundscape/1min.wav", "field/opensoundscape/birds_10s.wav",
+                 "field/opensoundscape/great_plains_toad.wav", "field/opensoundscape/metadata.wav",
+                 "field/perch/21100_36_48.wav", "field/perch/clap.wav", "field/scikit-maad/spinetail.wav"]
+
+# name -> (spectrogram, fit config overrides, extra background overlay)
+CANDIDATES: dict[str, tuple[SpectrogramSettings, dict, bool]] = {
+    "base": (BASE_SPEC, {}, False),
+    "specaug": (BASE_SPEC, SPEC_AUG, False),
+    "specaug+band": (BAND_SPEC, SPEC_AUG, False),
+    "specaug+extra_bg": (BASE_SPEC, SPEC_AUG, True),
+    "specaug+fixed": (BASE_SPEC, {**SPEC_AUG, **FIXED}, False),
+    "specaug+pcen": (PCEN_SPEC, SPEC_AUG, False),
+    "specaug+mix": (BASE_SPEC, {**SPEC_AUG, "mix_p": 0.3}, False),
+    "specaug+band+extra_bg+fixed": (BAND_SPEC, {**SPEC_AUG, **FIXED}, True),
+}
+
+
+def folds(clips: list[LabelledClip], k: int, seed: int) -> list[list[int]]:
+    """k folds of whole recordings, stratified by label set."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[tuple, list[str]] = {}
+    rec_index: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        rec_index.setdefault(c.recording, []).append(i)
+    for rec, idx in rec_index.items():
+        by_label.setdefault(tuple(sorted({lab for i in idx for lab in clips[i].labels})), []).append(rec)
+    out: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for key in sorted(by_label):
+        recs = rng.permutation(sorted(by_label[key])).tolist()
+        for j, rec in enumerate(recs):
+            out[(j + offset) % k].extend(rec_index[rec])
+        offset += len(recs)
+    return [sorted(f) for f in out]
+
+
+def shifted_view(waves: list[np.ndarray], bank: torch.Tensor, seed: int) -> list[np.ndarray]:
+    """Each clip mixed with a foreign background segment at 0-10 dB (fixed draw per clip)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for w in waves:
+        x = torch.from_numpy(w)[None, :]
+        big = bank if bank.shape[1] >= x.shape[1] else torch.nn.functional.pad(bank, (0, x.shape[1] - bank.shape[1]))
+        mixed, _ = augment.overlay_background(x, big, (0.0, 10.0), g, p=1.0)
+        out.append(mixed[0].numpy())
+    return out
+
+
+def run_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool, clips: list[LabelledClip],
+             data: ClipSet, train_idx: list[int], test_idx: list[int], extra_bg: list[np.ndarray],
+             shift_bank: torch.Tensor, seed: int) -> dict:
+    card = ModelCard(name=name, classes=CLASSES, window_s=WINDOW_S, spectrogram=spec, arch=ARCH)
+    inner_clips = [clips[i] for i in train_idx]
+    inner = data.subset(train_idx)
+    tr, va = split_by_recording(inner_clips, 0.2, seed=seed, stratify_site=True)
+    train, val = inner.subset(tr), inner.subset(va)
+    backgrounds = list(train.negatives().waves) + (extra_bg if extra else [])
+    config = replace(BASE, **overrides, seed=seed)
+    result = fit(card, train, val, backgrounds=backgrounds, config=config)
+    val_scores = score_clips(result.net, val, WINDOW_S, hop_s=config.hop_s)
+    threshold = calibrate(val.targets, val_scores, CLASSES, TARGET)[CLASSES[0]].threshold
+    test = data.subset(test_idx)
+    clean = score_clips(result.net, test, WINDOW_S, hop_s=config.hop_s)[:, 0]
+    shifted = score_clips(result.net, shifted_view(test.waves, shift_bank, seed + 1000), WINDOW_S,
+                          sample_rate=test.sample_rate, hop_s=config.hop_s)[:, 0]
+    return {"candidate": name, "test_idx": list(test_idx), "y": test.targets[:, 0].tolist(),
+            "clean": clean.tolist(), "shifted": shifted.tolist(), "threshold": threshold,
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+
+
+def summarise(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        mine = [r for r in rows if r["candidate"] == name]
+        y = np.concatenate([r["y"] for r in mine])
+        entry = {"folds": len(mine)}
+        for view in ("clean", "shifted"):
+            s = np.concatenate([r[view] for r in mine])
+            entry[f"{view}_ap"] = average_precision(y, s)
+            entry[f"{view}_r@p"] = recall_at_precision(y, s, TARGET)
+            called = [np.asarray(r[view]) >= r["threshold"] for r in mine]
+            yy = [np.asarray(r["y"]) > 0.5 for r in mine]
+            tp = sum(int((c & t).sum()) for c, t in zip(called, yy))
+            fp = sum(int((c & ~t).sum()) for c, t in zip(called, yy))
+            entry[f"{view}_p@thr"] = tp / (tp + fp) if tp + fp else float("nan")
+        entry["score"] = float(np.mean([(entry[f"{v}_ap"] + entry[f"{v}_r@p"]) / 2 for v in ("clean", "shifted")]))
+        out[name] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pam.train.selection", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="bobwhite folder (labels.csv)")
+    ap.add_argument("--field", type=Path, default=None, help="the shared field/ folder (default: DATA/../field)")
+    ap.add_argument("--site", action="append", required=True, help="site group(s) to cross-validate within")
+    ap.add_argument("--out", type=Path, required=True, help="JSON-lines file of fold results (appended)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    field_dir = args.field or args.data.parent / "field"
+    shared = field_dir.parent
+    clips = [c for c in load_clip_table(args.data / "labels.csv") if c.site in set(args.site)]
+    data = load_clip_set(clips, CLASSES, BASE_SPEC.sample_rate)
+    extra_bg = [load_audio(LabelledClip(p, 0.0, 10.0, (), None, p.name), BASE_SPEC.sample_rate)
+                for p in sorted((shared / EXTRA_BG).glob("*.wav"))]
+    shift_waves = []
+    for rel in SHIFT_SOURCES:
+        import soundfile as sf
+        p = shared / rel
+        shift_waves.append(load_audio(LabelledClip(p, 0.0, sf.info(str(p)).duration, (), None, p.name),
+                                      BASE_SPEC.sample_rate))
+    shift_bank = augment.background_bank(shift_waves, round(4.0 * BASE_SPEC.sample_rate))
+    parts = folds(clips, args.folds, args.seed)
+    done = set()
+    rows = []
+    if args.out.is_file():
+        for line in args.out.read_text().splitlines():
+            r = json.loads(line)
+            rows.append(r)
+            done.add((r["candidate"], r["fold"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{len(clips)} clips of {args.site}, {args.folds} folds, {len(extra_bg)} extra backgrounds, "
+          f"shift bank {tuple(shift_bank.shape)}", flush=True)
+    for name in args.candidates:
+        spec, overrides, extra = CANDIDATES[name]
+        for k, test_idx in enumerate(parts):
+            if (name, k) in done:
+                continue
+            t0 = time.perf_counter()
+            train_idx = [i for i in range(len(clips)) if i not in set(test_idx)]
+            r = run_fold(name, spec, overrides, extra, clips, data, train_idx, test_idx, extra_bg, shift_bank,
+                         seed=args.seed + k)
+            r.update(fold=k, sites=args.site, seconds=round(time.perf_counter() - t0, 1))
+            rows.append(r)
+            with args.out.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(f"{name} fold {k}: best epoch {r['best_epoch']}/{r['epochs_run']} ({r['seconds']} s)", flush=True)
+        print(json.dumps({name: summarise([r for r in rows if r['candidate'] == name])[name]}), flush=True)
+    table = summarise(rows)
+    print("\ncandidate                         score  clean AP  R@P.9  P@thr | shifted AP  R@P.9  P@thr")
+    for name, e in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
+        print(f"{name:32s} {e['score']:.3f}    {e['clean_ap']:.3f}  {e['clean_r@p']:.3f}  {e['clean_p@thr']:.3f} |"
+              f"     {e['shifted_ap']:.3f}  {e['shifted_r@p']:.3f}  {e['shifted_p@thr']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
