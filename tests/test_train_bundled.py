@@ -2,56 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from pam.checkpoint import bundled_model_path, load_checkpoint
-from pam.model import Architecture
 from pam.train import bundled
+from pam.train.config import load_train_config
 
-RATE = 16000
+from train_data import tiny_config, write_clip_set
 
-
-def write_site(folder: Path, site: str, n: int, rng: np.random.Generator) -> list[str]:
-    rows = []
-    t = np.arange(int(0.3 * RATE)) / RATE
-    for i in range(n):
-        x = rng.normal(0, 0.02, 4 * RATE).astype(np.float32)
-        label = "bobwhite_covey" if i % 2 == 0 else "none"
-        if label != "none":
-            for at in (0.5, 2.0, 3.2):  # calls spread so that every 3-s crop holds one
-                k = int(at * RATE)
-                x[k:k + len(t)] += (0.2 * np.sin(2 * np.pi * (1500 * t + 2000 * t**2))).astype(np.float32)
-        name = f"clips/{site}_{i}.wav"
-        sf.write(folder / name, x, RATE, subtype="PCM_16")
-        rows.append(f"{name},{label},{site}")
-    return rows
+ROOT = Path(__file__).parents[1]
 
 
-def test_bundled_script_writes_a_loadable_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    (tmp_path / "clips").mkdir()
-    rng = np.random.default_rng(0)
-    rows = write_site(tmp_path, "WLFW_AL", 8, rng) + write_site(tmp_path, "WLFW_GA", 8, rng)
-    (tmp_path / "labels.csv").write_text("path,label,site\n" + "\n".join(rows) + "\n")
-    monkeypatch.setattr(bundled, "ARCH", Architecture(width=4, stages=2, dropout=0.0))
-    monkeypatch.setattr(bundled, "CONFIG", replace(bundled.CONFIG, epochs=1, repeats=1, batch_size=4))
+def test_bundled_script_writes_a_loadable_checkpoint_with_cross_site_numbers(tmp_path: Path, capsys) -> None:
+    write_clip_set(tmp_path, 16, sites=bundled.SITES, classes=("bobwhite_covey",))
+    cfg = tiny_config(tmp_path, train__epochs=1, train__repeats=1, model__name="bobwhite-test")
     out = tmp_path / "m.pt"
-    assert bundled.main(["--data", str(tmp_path), "--out", str(out), "--eval-seeds", "1", "--no-progress"]) == 0
+    assert bundled.main(["--config", str(cfg), "--out", str(out), "--seeds", "0", "--no-progress",
+                         "--report", str(tmp_path / "cross.json")]) == 0
     printed = capsys.readouterr().out
-    assert "WLFW_AL->WLFW_GA" in printed and "WLFW_GA->WLFW_AL" in printed
+    assert "WLFW_AL->WLFW_GA overlay=off seed 0" in printed and "WLFW_GA->WLFW_AL overlay=on seed 0" in printed
     model = load_checkpoint(out)
     card = model.card
-    assert card.classes == ["bobwhite_covey"] and card.window_s == 3.0 and card.sample_rate == 16000
+    assert card.classes == ["bobwhite_covey"] and card.name == "bobwhite-test"
     assert 0.0 <= card.thresholds["bobwhite_covey"] <= 1.0
     for key in ("WLFW_AL->WLFW_GA", "WLFW_GA->WLFW_AL"):
         for aug in ("overlay", "no_overlay"):
             assert 0.0 <= card.metrics["cross_site"][key][aug]["ap"] <= 1.0
-    assert card.training["data"]["repository"] == "GAMELab-UGA/NorthernBobwhiteCNN"
-    assert sum(card.training["data"]["clips"].values()) == 16
+            run = card.metrics["cross_site_runs"][key][aug][0]
+            # Each cross-site run held out the other site group entirely as its test split.
+            assert f"split.test_sites=[{key.split('->')[1]}]" in run["set"]
+            assert ("augment.overlay.p=0" in run["set"]) == (aug == "no_overlay")
+    assert card.training["data_source"]["repository"] == "GAMELab-UGA/NorthernBobwhiteCNN"
+    assert (tmp_path / "cross.md").read_text().count("WLFW_") >= 8
     assert model.model_id in printed
 
 
@@ -62,7 +46,8 @@ def test_shipped_bobwhite_model_card() -> None:
     assert path.stat().st_size < 5_000_000
     card = load_checkpoint(path).card
     assert card.classes == ["bobwhite_covey"] and card.window_s == 3.0
-    assert card.spectrogram == bundled.SPECTROGRAM
+    conf = load_train_config(ROOT / "configs" / "train.yaml")
+    assert card.spectrogram.to_dict() == conf.model.spectrogram.model_dump()  # trained with the shipped config
     assert 0.0 < card.thresholds["bobwhite_covey"] < 1.0
     assert set(card.metrics["cross_site"]) == {"WLFW_AL->WLFW_GA", "WLFW_GA->WLFW_AL"}
-    assert "doi:10.1002/rse2.294" in card.training["data"]["paper"]
+    assert "doi:10.1002/rse2.294" in card.training["data_source"]["paper"]

@@ -86,3 +86,23 @@ def test_search_settings_grid_and_random(tmp_path: Path) -> None:
     assert with_settings(conf, grid[0]).train.lr == grid[0]["train.lr"]
     with pytest.raises(ConfigError, match="model.width"):
         with_settings(conf, {"model.width": 0})
+
+
+def _leaves(d: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _leaves(v, key + ".") if isinstance(v, dict) and k != "space" else {key}
+    return out
+
+
+def test_example_config_and_docs_list_every_key() -> None:
+    import yaml
+
+    schema = _leaves(TrainConfig.model_validate({"data": {"tables": ["x.csv"]}}).model_dump())
+    example = _leaves(yaml.safe_load((ROOT / "configs" / "train.yaml").read_text()))
+    assert example == schema
+    doc = (ROOT / "docs" / "training.md").read_text()
+    for key in schema:
+        parent, leaf = key.rsplit(".", 1)
+        assert f"`{key}`" in doc or (f"`{parent}." in doc and f" `{leaf}`" in doc), key

@@ -42,7 +42,7 @@ def write_clip_set(folder: Path, n: int, seed: int = 0, sites: tuple[str, ...] =
             labels = tuple(c for k, c in enumerate(classes) if (i >> k) & 1)
         name = f"clips/c{i:03d}.wav"
         sf.write(folder / name, clip_audio(rng, labels), RATE, subtype="PCM_16")
-        rows.append(f"{name},{';'.join(labels) or 'none'},{sites[i % len(sites)]}")
+        rows.append(f"{name},{';'.join(labels) or 'none'},{sites[(i // 2) % len(sites)]}")  # both labels at every site
     (folder / "labels.csv").write_text("path,labels,site\n" + "\n".join(rows) + "\n")
     return folder / "labels.csv"
 
