@@ -33,9 +33,9 @@ def scan(
             failed = True
             continue
         console.print(f"{s.dump}: {s.files} files, {s.usable} usable, {s.reopened} opened, "
-                      f"{s.pending} left for later", highlight=False)
+                      f"{s.pending} left for later", highlight=False, soft_wrap=True)
         for p in s.problems:
-            console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False)
+            console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -79,13 +79,16 @@ def detect(
     except (ConfigError, ModelError, StoreBusy) as exc:
         fail(str(exc))
         return
-    _print_problems(problems + [f for f in report["failures"] if f["stage"] == "detect"])
+    _print_problems(problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")])
     console.print(
         f"run {report['run_id']}: {report['recordings_done']} recordings scored "
         f"({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time), "
         f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
         f"{report['detections']} new detections", highlight=False,
     )
+    if report.get("failure_report"):
+        console.print(f"failed and skipped files per site: {report['failure_report']}", highlight=False,
+                      soft_wrap=True)
     if show:
         _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
 
