@@ -54,8 +54,9 @@ def next_runs(conf: PamConfig, n: int = 3, after: datetime | None = None) -> lis
     from prefect._vendor.croniter import croniter
 
     zone = ZoneInfo(schedule_zone(conf))
-    it = croniter(conf.schedule.cron, (after or datetime.now(zone)).astimezone(zone))
-    return [it.get_next(datetime) for _ in range(n)]
+    # On the wall clock, then placed in the zone: 02:30 stays 02:30 across a DST change.
+    it = croniter(conf.schedule.cron, (after or datetime.now(zone)).astimezone(zone).replace(tzinfo=None))
+    return [it.get_next(datetime).replace(tzinfo=zone) for _ in range(n)]
 
 
 def load_for_serving(config_file: str | os.PathLike) -> PamConfig:
