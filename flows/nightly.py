@@ -99,7 +99,8 @@ def detect_flow(store: str, dumps: list[str], config: dict, force: bool = False,
 
 @task(name="summarize", retries=2, retry_delay_seconds=10)
 def summarize_task(store: str, config: dict) -> str:
-    return str(summarize_stage(Store(store), PamConfig.model_validate(config)))
+    # summaries (incremental), STORE/reports/report.html, and the run's table + markdown artifacts
+    return str(summarize_stage(Store(store), PamConfig.model_validate(config), logger=get_run_logger()))
 
 
 @flow(name="pam-nightly", log_prints=True)
@@ -126,5 +127,5 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
         ok = [s["dump"] for s in scans if s["error"] is None]
         report = detect_flow.with_options(task_runner=task_runner(conf.runner))(store, ok, plain, force, problems)
         summary = summarize_task(store, plain)
-    get_run_logger().info("daily counts written to %s", summary)
+    get_run_logger().info("summaries written to %s", summary)
     return {"scans": scans, "detect": report, "summary": summary}
