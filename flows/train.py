@@ -80,19 +80,9 @@ def trial_task(trial: dict) -> dict:
     return run_trial(trial, progress=False, log=_log)
 
 
-@flow(name="pam-train-search", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def hyperparameter_search(config: dict, root: str | None = None) -> dict:
-    """Map training over the config's ``search`` settings, keep the best by validation, finish it.
-
-    Trials are mapped onto the flow's task runner (``search(config)`` gives it a thread pool
-    of ``search.max_parallel`` workers, one GPU each when there are several); the best trial
-    is then calibrated, evaluated and exported like a single run.
-    """
-    from pathlib import Path
-
-    conf = TrainConfig.model_validate(config)
-    root_dir = Path(root) if root else search_dir(conf)
-    trials = plan_trials(conf, root_dir)
+@flow(name="pam-train-trials")
+def trials_flow(trials: list[dict]) -> list[dict]:
+    """Map a training task over the trials on this flow's task runner; failed trials are reported."""
     futures = trial_task.map(trials)
     results = []
     for t, f in zip(trials, futures):
@@ -100,6 +90,24 @@ def hyperparameter_search(config: dict, root: str | None = None) -> dict:
             results.append(f.result())
         except Exception as exc:  # noqa: BLE001 - a failed trial is reported, the others still count
             get_run_logger().warning("trial %d (%s) failed: %s", t["trial"], t["settings"], exc)
+    return results
+
+
+@flow(name="pam-train-search", log_prints=True)
+def hyperparameter_search(config: dict, root: str | None = None) -> dict:
+    """Map training over the config's ``search`` settings, keep the best by validation, finish it.
+
+    Trials run in a subflow on a thread pool of ``search.max_parallel`` workers (one GPU
+    each when there are several); the best trial by validation AP (or loss) is then
+    calibrated, evaluated and exported like a single run.
+    """
+    from pathlib import Path
+
+    conf = TrainConfig.model_validate(config)
+    root_dir = Path(root) if root else search_dir(conf)
+    trials = plan_trials(conf, root_dir)
+    runner = ThreadPoolTaskRunner(max_workers=conf.search.max_parallel)
+    results = trials_flow.with_options(task_runner=runner)(trials)
     best = pick_best(results, conf.search.metric)
     table = write_table(results, root_dir, best)
     create_markdown_artifact(markdown=(root_dir / "search.md").read_text(), key="pam-train-search",
@@ -111,7 +119,5 @@ def hyperparameter_search(config: dict, root: str | None = None) -> dict:
 
 
 def search(config: dict, root: str | None = None) -> dict:
-    """Run ``hyperparameter_search`` with ``search.max_parallel`` trials at once."""
-    conf = TrainConfig.model_validate(config)
-    runner = ThreadPoolTaskRunner(max_workers=conf.search.max_parallel)
-    return hyperparameter_search.with_options(task_runner=runner)(config, root)
+    """Run the ``hyperparameter_search`` flow (kept for symmetry with ``train_flow``)."""
+    return hyperparameter_search(config, root)
