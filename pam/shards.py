@@ -110,11 +110,14 @@ def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], confi
 
 
 def shard_error(index: int, recording_ids: list[str], exc: BaseException) -> dict:
-    """A failure entry for a shard that gave up as a whole (its recordings stay to do)."""
+    """A failure entry for a shard that gave up as a whole (its recordings stay to do).
+
+    ``end_run`` replaces the shard's ids by the number it left undone.
+    """
     reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return {"path": f"(shard {index}: {len(recording_ids)} recordings)", "stage": "shard", "status": "failed",
+    return {"path": f"(shard {index})", "stage": "shard", "status": "failed", "shard": index,
             "reason": reason + "; its recordings are left for the next run", "site": None,
-            "recordings": len(recording_ids)}
+            "recording_ids": list(recording_ids)}
 
 
 def end_run(store: Store, run_id: str, results: list[dict], *, scan_failures: list[dict] | None = None,
@@ -125,7 +128,13 @@ def end_run(store: Store, run_id: str, results: list[dict], *, scan_failures: li
         raise RuntimeError(f"run {run_id} has no row in {store.runs_dir}; was it started with begin_run?")
     done = store.done_table(row["model_id"], row["settings_hash"])
     mine = done[done["run_id"] == run_id]
-    failures = list(scan_failures or []) + [f for r in results for f in r["failures"]] + list(shard_errors or [])
+    committed = set(done["recording_id"])
+    errors = []
+    for e in shard_errors or []:
+        e = dict(e)
+        left = len(set(e.pop("recording_ids", [])) - committed)
+        errors.append({**e, "path": f"(shard {e['shard']}: {left} recordings left)", "recordings": left})
+    failures = list(scan_failures or []) + [f for r in results for f in r["failures"]] + errors
     report = DetectionReport(
         run_id, row["model_id"], row["settings_hash"],
         recordings_total=int(row["recordings_total"] or 0), recordings_done=len(mine),

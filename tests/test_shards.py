@@ -184,6 +184,7 @@ def test_a_shard_that_dies_is_reported_and_the_others_commit(tmp_path, conf, mon
     report = scan_and_detect(dump, store, sharded)
     [failure] = [f for f in report.failures if f["stage"] == "shard"]
     assert "killed by signal" in failure["reason"] and failure["recordings"] == 2
+    assert failure["path"] == "(shard 1: 2 recordings left)" and "recording_ids" not in failure
     assert report.recordings_done == 4 and report.recordings_failed == 2
     assert store.read_runs().iloc[0]["status"] == "failed"
     monkeypatch.undo()
