@@ -71,7 +71,17 @@ CANDIDATES: dict[str, tuple[SpectrogramSettings, dict, bool]] = {
     "specaug+pcen": (PCEN_SPEC, SPEC_AUG, False),
     "specaug+mix": (BASE_SPEC, {**SPEC_AUG, "mix_p": 0.3}, False),
     "specaug+band+extra_bg+fixed": (BAND_SPEC, {**SPEC_AUG, **FIXED}, True),
+    # Round 2, declared after round 1's within-site results (never a test-site number): the
+    # two leaders of each site group in round 1 and the two combinations they suggest. Each
+    # is cross-validated on round 1's folds (--seed 0) and on a fresh fold draw (--seed 1);
+    # the round-2 score of a candidate is the mean of its two scores.
+    "specaug+band+extra_bg": (BAND_SPEC, SPEC_AUG, True),
+    "specaug+extra_bg+fixed": (BASE_SPEC, {**SPEC_AUG, **FIXED}, True),
 }
+ROUND1 = ["base", "specaug", "specaug+band", "specaug+extra_bg", "specaug+fixed", "specaug+pcen", "specaug+mix",
+          "specaug+band+extra_bg+fixed"]
+ROUND2 = ["base", "specaug+band", "specaug+extra_bg", "specaug+band+extra_bg+fixed", "specaug+band+extra_bg",
+          "specaug+extra_bg+fixed"]
 
 
 def folds(clips: list[LabelledClip], k: int, seed: int) -> list[list[int]]:
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON-lines file of fold results (appended)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
+    ap.add_argument("--candidates", nargs="*", default=ROUND1, help=f"names from CANDIDATES (round 2: {ROUND2})")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
