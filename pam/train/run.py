@@ -258,6 +258,9 @@ def prepare_data(conf: TrainConfig, run_dir: str | os.PathLike, log: Log = print
     (run_dir / "data.json").write_text(json.dumps(info, indent=1))
     if unknown:
         log(f"labels not among data.classes are ignored: {unknown}")
+    absent = [c for c in classes if not any(c in clip.labels for clip in clips)]
+    if absent:
+        log(f"warning: no clip is labelled {absent}; the model cannot learn these classes")
     if info["per_split"]["train"] < 2:
         raise RunError(f"only {info['per_split']['train']} training clip(s) after the split")
     log(f"{len(clips)} clips, classes {classes}: {info['per_split']}; data fingerprint {info['data_fingerprint']}")
