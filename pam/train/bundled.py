@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=Path("configs/train.yaml"), help="training config")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. pam/models/bobwhite-v1.pt)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
+    ap.add_argument("--set-when-training-on", dest="site_overrides", nargs=2, action="append", default=[],
+                    metavar=("SITE", "KEY=VALUE"),
+                    help="override applied only to cross-site runs that train on SITE (a recipe chosen per site)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the cross-site runs")
     ap.add_argument("--skip-eval", action="store_true", help="train the final model only (no cross-site runs)")
     ap.add_argument("--report", type=Path, default=None, help="write the cross-site results here (JSON + .md)")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs = []
                 for seed in args.seeds:
                     t0 = time.perf_counter()
-                    r = cross_site_run(args.config, args.overrides, train_site, test_site, overlay, seed, progress)
+                    sets = args.overrides + [kv for site, kv in args.site_overrides if site == train_site]
+                    r = cross_site_run(args.config, sets, train_site, test_site, overlay, seed, progress)
                     runs.append(r)
                     print(f"{key} overlay={'on' if overlay else 'off'} seed {seed}: AP {f3(r['ap'])} ROC-AUC "
                           f"{f3(r['roc_auc'])} R@P0.9 {f3(r['recall_at_target'])} | thr {f3(r['threshold'])} "

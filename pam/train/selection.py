@@ -157,17 +157,51 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def markdown_table(files: list[Path], candidates: list[str] | None = None) -> str:
+    """Markdown: each candidate's selection score per results file (fold draw) and their mean."""
+    per_file = [summarise(read_rows(f)) for f in files]
+    names = candidates or list(dict.fromkeys(n for t in per_file for n in t))
+    head = "| candidate | " + " | ".join(f"{f.stem}: score (clean AP / R@P0.9, shifted AP / R@P0.9)" for f in files)
+    lines = [head + " | mean score |", "| --- |" + " --- |" * (len(files) + 1)]
+    rows = []
+    for name in names:
+        cells, scores = [], []
+        for t in per_file:
+            e = t.get(name)
+            if e is None:
+                cells.append("–")
+                continue
+            scores.append(e["score"])
+            cells.append(f"{e['score']:.3f} ({e['clean_ap']:.3f} / {e['clean_r@p']:.3f}, "
+                         f"{e['shifted_ap']:.3f} / {e['shifted_r@p']:.3f})")
+        rows.append((name, cells, float(np.mean(scores)) if scores else float("nan")))
+    for name, cells, mean in sorted(rows, key=lambda r: -r[2] if r[2] == r[2] else 0):
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pam.train.selection", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="bobwhite folder (labels.csv)")
+    ap.add_argument("--summarise", type=Path, nargs="+", default=None,
+                    help="only print the table of these results files (with --candidates: those, in that order)")
+    ap.add_argument("--data", type=Path, help="bobwhite folder (labels.csv)")
     ap.add_argument("--field", type=Path, default=None, help="the shared field/ folder (default: DATA/../field)")
-    ap.add_argument("--site", action="append", required=True, help="site group(s) to cross-validate within")
-    ap.add_argument("--out", type=Path, required=True, help="JSON-lines file of fold results (appended)")
+    ap.add_argument("--site", action="append", help="site group(s) to cross-validate within")
+    ap.add_argument("--out", type=Path, help="JSON-lines file of fold results (appended)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--candidates", nargs="*", default=ROUND1, help=f"names from CANDIDATES (round 2: {ROUND2})")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.summarise:
+        print(markdown_table(args.summarise, args.candidates if "--candidates" in (argv or sys.argv) else None))
+        return 0
+    if not (args.data and args.site and args.out):
+        ap.error("--data, --site and --out are required (or --summarise FILES)")
     if args.threads:
         torch.set_num_threads(args.threads)
     field_dir = args.field or args.data.parent / "field"
