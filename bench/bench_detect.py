@@ -70,7 +70,7 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     from pam.store import Store
 
     device = resolve_device(args.device)
-    workers = args.workers if args.workers is not None else default_workers()
+    workers = args.workers if args.workers is not None else default_workers(device)
     tmp = Path(tempfile.mkdtemp(prefix="pam-bench-"))
     dump, what = make_dump(tmp / "dump", args.minutes)
     model = load_checkpoint(args.model, device=device)

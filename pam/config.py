@@ -98,7 +98,7 @@ class DetectConfig(_Strict):
     hop_s: float = Field(1.5, gt=0, description="step between window starts")
     channel: Literal["mix"] | int = Field("mix", description="'mix' averages channels; an integer picks one (0-based)")
     batch_size: int = Field(256, ge=1, le=65536)
-    num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers; default: CPU cores - 1, at most 8")
+    num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers; default: on CUDA cores - 1 (at most 8), on the CPU cores // 8 (at most 4)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     min_score: float | None = Field(None, ge=0, le=1, description="one threshold for every class, overriding the model's")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class threshold overrides")

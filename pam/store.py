@@ -258,18 +258,25 @@ class Store:
                 out.add((m["run"], int(m["seq"])))
         return out
 
-    def done_table(self, model_id: str | None = None, settings_hash: str | None = None) -> pd.DataFrame:
+    def done_table(self, model_id: str | None = None, settings_hash: str | None = None,
+                   recording_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Committed work keys, filtered while reading (a season holds hundreds of thousands)."""
         files = sorted(p for p in self.done_dir.glob("done-*.parquet")) if self.done_dir.exists() else []
         if not files:
-            return schemas.DONE.empty_table().to_pandas()
+            empty = schemas.DONE.empty_table()
+            return (empty.select(columns) if columns else empty).to_pandas()
         table = ds.dataset([str(f) for f in files], schema=schemas.DONE, format="parquet")
-        flt = None
+        conditions = []
         if model_id is not None:
-            flt = ds.field("model_id") == model_id
+            conditions.append(ds.field("model_id") == model_id)
         if settings_hash is not None:
-            cond = ds.field("settings_hash") == settings_hash
+            conditions.append(ds.field("settings_hash") == settings_hash)
+        if recording_ids is not None:
+            conditions.append(ds.field("recording_id").isin(list(recording_ids)))
+        flt = None
+        for cond in conditions:
             flt = cond if flt is None else flt & cond
-        return table.to_table(filter=flt).to_pandas()
+        return table.to_table(filter=flt, columns=columns).to_pandas()
 
     def next_seq(self, run_id: str, lo: int = 0, hi: int = 10**9) -> int:
         """First free commit number of ``run_id`` in [lo, hi): a retried shard never reuses one."""
@@ -278,7 +285,7 @@ class Store:
 
     def done_keys(self, model_id: str, settings_hash: str) -> set[str]:
         """Recording ids already committed for this model and settings."""
-        return set(self.done_table(model_id, settings_hash)["recording_id"])
+        return set(self.done_table(model_id, settings_hash, columns=["recording_id"])["recording_id"])
 
     def commit(self, run_id: str, seq: int, flush: Flush, replace: bool = False,
                lock_timeout_s: float = 600.0) -> pa.Table:
@@ -288,14 +295,19 @@ class Store:
         ``replace`` is set, in which case their old rows are replaced (``--force``).
         """
         with self.lock(lock_timeout_s, what=f"commit {run_id}-{seq}"):
-            self._recover_locked()
+            if not self.holds_run_lock():
+                # A run recovers once when it takes the run lock; a bare commit (a script, a
+                # Dask worker process) cleans up here instead.
+                self._recover_locked()
             done = flush.done
             detections = flush.detections
-            model_ids = set(done.column("model_id").to_pylist())
-            settings = set(done.column("settings_hash").to_pylist())
-            existing = self.done_table()
-            already = existing[existing["model_id"].isin(model_ids) & existing["settings_hash"].isin(settings)]
-            clash = set(already["recording_id"]) & set(done.column("recording_id").to_pylist())
+            ids = set(done.column("recording_id").to_pylist())
+            existing = self.done_table(recording_ids=ids,
+                                       columns=["recording_id", "model_id", "settings_hash", "run_id"])
+            keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
+            mine = [(m, k) in keys for m, k in zip(existing["model_id"], existing["settings_hash"])]
+            already = existing.loc[pd.Series(mine, index=existing.index, dtype=bool)]
+            clash = set(already["recording_id"]) & ids
             if clash and not replace:
                 keep_done = pa.array([r not in clash for r in done.column("recording_id").to_pylist()])
                 done = done.filter(keep_done)
