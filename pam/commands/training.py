@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from pam.cli import app, console, err, fail
@@ -54,11 +55,12 @@ def _fmt(v: object) -> str:
 
 
 def _print_report(report, title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE, pad_edge=False, caption="AUC: ROC-AUC; R@P: recall at that precision; thr: threshold; "
+                                       "P / R / F1 at the threshold")
     target = float(report["target_precision"].iloc[0])
-    for col in ("class", "items", "positives", "AP", "ROC-AUC", f"R@P{target:g}", "threshold", "precision",
-                "recall", "F1"):
-        table.add_column(col, justify="left" if col == "class" else "right")
+    for col in ("class", "n", "pos", "AP", "AUC", f"R@P{target:g}", "thr", "P", "R", "F1"):
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=col != "class",
+                         overflow="fold")
     for r in report.to_dict("records"):
         table.add_row(r["class"], str(r["items"]), str(r["positives"]), *(_fmt(r[k]) for k in (
             "ap", "roc_auc", "recall_at_target", "threshold", "precision", "recall", "f1")))
