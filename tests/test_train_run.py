@@ -132,3 +132,22 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path: Path) -> Non
     fresh = run_training(conf, fresh=True, progress=False, log=quiet)
     assert fresh["train"]["resumed_from"] == 0
     assert np.isfinite(fresh["train"]["best_val_loss"])
+
+
+def test_recalibration_on_new_site_clips_sets_the_thresholds_calibrate_chooses(finished, tmp_path: Path) -> None:
+    from pam.train.calibrate import calibrate
+    from pam.train.clips import load_clip_set, load_clip_table
+    from pam.train.fit import score_clips
+    from pam.train.run import recalibrate
+
+    folder, result, _ = finished
+    parent = load_checkpoint(result["export"]["path"])
+    clips = load_clip_table(folder / "labels.csv")[:20]
+    out = recalibrate(result["export"]["path"], clips, tmp_path / "site.pt", target_precision=0.9, log=quiet)
+    model = load_checkpoint(tmp_path / "site.pt")
+    data = load_clip_set(clips, parent.card.classes, parent.card.sample_rate)
+    expected = calibrate(data.targets, score_clips(parent.net, data, 0.5, hop_s=0.5), parent.card.classes, 0.9)
+    assert model.card.thresholds == {c: pytest.approx(v.threshold) for c, v in expected.items()}
+    assert model.card.parent_id == parent.model_id == out["parent_id"]
+    for (k, a), b in zip(parent.net.state_dict().items(), model.net.state_dict().values()):
+        assert torch.equal(a, b), k  # weights unchanged

@@ -1,4 +1,4 @@
-"""Commands of the training path: train, search, evaluate, models."""
+"""Commands of the training path: train, search, evaluate, calibrate, models."""
 
 from __future__ import annotations
 
@@ -178,6 +178,36 @@ def evaluate(
         paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items)
         console.print(f"report: {paths['parquet']}, {paths['markdown']}", highlight=False)
     console.print(f"macro AP: {_fmt(macro_ap(report))}", highlight=False)
+
+
+@app.command()
+def calibrate(
+    data: Path = typer.Argument(..., help="labelled clips of the deployment site: clip table or class folders"),
+    out: Path = typer.Option(..., "--out", help="the recalibrated checkpoint to write"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    target_precision: float = typer.Option(0.9, "--target-precision", min=0.01, max=1.0),
+    method: str = typer.Option("precision", "--method", help="precision (best recall at the target) | f1"),
+) -> None:
+    """New per-class thresholds for a model from labelled clips of the site it will run at."""
+    from pam.checkpoint import bundled_model_path
+    from pam.train.clips import load_clip_table
+    from pam.train.labels import load_class_folders
+    from pam.train.run import recalibrate
+
+    if method not in ("precision", "f1"):
+        fail(f"--method: got {method!r}; use precision or f1")
+    if not data.exists():
+        fail(f"{data}: not found")
+    try:
+        clips = load_clip_table(data) if data.is_file() else load_class_folders(data)
+        result = recalibrate(model or bundled_model_path(), clips, out,
+                             target_precision if method == "precision" else None,
+                             log=lambda m: console.print(m, highlight=False))
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    console.print(f"model {result['model_id']} (thresholds from {len(clips)} clips; parent {result['parent_id']}): "
+                  f"{result['path']}", highlight=False)
 
 
 @app.command()

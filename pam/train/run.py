@@ -492,3 +492,30 @@ def run_training(conf: TrainConfig, run_dir: str | os.PathLike | None = None, *,
 
 __all__ = ["prepare_data", "train_model", "calibrate_model", "evaluate_model", "export_model", "run_training",
            "read_config", "read_split", "RunError", "ModelError"]
+
+
+def recalibrate(model_path: str | os.PathLike, clips: list[LabelledClip], out: str | os.PathLike,
+                target_precision: float | None = 0.9, placement: str = "midpoint", hop_s: float = 0.5,
+                log: Log = print) -> dict:
+    """New thresholds for an existing model from labelled clips of the site where it will run.
+
+    Scores shift between sites, so a threshold chosen on the training sites need not keep
+    its precision elsewhere; a few dozen reviewed clips of the new site are enough to move
+    it. Weights are unchanged; the new checkpoint names the old one as its parent.
+    """
+    model = load_checkpoint(model_path)
+    card = model.card
+    data = load_clip_set(clips, card.classes, card.sample_rate)
+    _, scores = evaluate_clip_set(model, data, hop_s, {}, target_precision or 0.9)
+    chosen = calibrate(data.targets, scores, card.classes, target_precision, placement)
+    old = dict(card.thresholds)
+    card.thresholds = {c: v.threshold for c, v in chosen.items()}
+    card.metrics = {**card.metrics, "recalibration": {
+        "clips": len(clips), "previous_thresholds": old, "chosen": {c: v.to_dict() for c, v in chosen.items()},
+        "sites": sorted({c.site for c in clips if c.site})}}
+    card.parent_id = model.model_id
+    model_id = save_checkpoint(out, model.net, card)
+    for c, v in chosen.items():
+        log(f"{c}: threshold {old.get(c, 0.5):.3f} -> {v.threshold:.3f} ({v.method}; on these clips precision "
+            f"{v.precision:.3f} recall {v.recall:.3f}, {v.positives} positives, {v.negatives} negatives)")
+    return {"model_id": model_id, "path": str(out), "thresholds": card.thresholds, "parent_id": model.model_id}

@@ -137,6 +137,45 @@ def run_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool,
             "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
 
 
+def calibration_fold(name: str, clips: list[LabelledClip], data: ClipSet, train_idx: list[int],
+                     test_idx: list[int], extra_bg: list[np.ndarray], shift_bank: torch.Tensor, seed: int,
+                     views: int) -> dict:
+    """Fit one fold, then compare thresholds from clean validation clips and from clean plus
+    ``views`` overlaid copies of each (``pam.train.calibrate.augmented_views``), at the
+    held-out fold's clean and shifted views: true and false positives at each threshold."""
+    from pam.train.calibrate import augmented_views
+
+    spec, overrides, extra = CANDIDATES[name]
+    card = ModelCard(name=name, classes=CLASSES, window_s=WINDOW_S, spectrogram=spec, arch=ARCH)
+    inner_clips = [clips[i] for i in train_idx]
+    inner = data.subset(train_idx)
+    tr, va = split_by_recording(inner_clips, 0.2, seed=seed, stratify_site=True)
+    train, val = inner.subset(tr), inner.subset(va)
+    backgrounds = list(train.negatives().waves) + (extra_bg if extra else [])
+    config = replace(BASE, **overrides, seed=seed)
+    result = fit(card, train, val, backgrounds=backgrounds, config=config)
+    score = lambda waves: score_clips(result.net, waves, WINDOW_S, sample_rate=data.sample_rate,  # noqa: E731
+                                      hop_s=config.hop_s)[:, 0]
+    clean_val = score(val.waves)
+    noisy = augmented_views(val.waves, backgrounds, views, config.snr_db, config.gain_db, 1.0, seed)
+    noisy_val = score(noisy)
+    y_val = val.targets[:, 0]
+    thresholds = {
+        "clean": calibrate(y_val[:, None], clean_val[:, None], CLASSES, TARGET)[CLASSES[0]].threshold,
+        f"views{views}": calibrate(np.r_[y_val, np.repeat(y_val, views)][:, None],
+                                   np.r_[clean_val, noisy_val][:, None], CLASSES, TARGET)[CLASSES[0]].threshold,
+    }
+    test = data.subset(test_idx)
+    y = test.targets[:, 0] > 0.5
+    out = {"candidate": name, "fold": None, "thresholds": thresholds}
+    for view, waves in (("clean", test.waves), ("shifted", shifted_view(test.waves, shift_bank, seed + 1000))):
+        s = score(waves)
+        for method, t in thresholds.items():
+            called = s >= t
+            out[f"{view}/{method}"] = [int((called & y).sum()), int((called & ~y).sum()), int((~called & y).sum())]
+    return out
+
+
 def summarise(rows: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in dict.fromkeys(r["candidate"] for r in rows):
@@ -196,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--candidates", nargs="*", default=ROUND1, help=f"names from CANDIDATES (round 2: {ROUND2})")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--calibration", type=int, default=0, metavar="VIEWS",
+                    help="compare calibration on clean validation clips with clean + VIEWS overlaid copies "
+                         "(for the first --candidates entry) instead of scoring candidates")
     args = ap.parse_args(argv)
     if args.summarise:
         print(markdown_table(args.summarise, args.candidates if "--candidates" in (argv or sys.argv) else None))
@@ -228,6 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(clips)} clips of {args.site}, {args.folds} folds, {len(extra_bg)} extra backgrounds, "
           f"shift bank {tuple(shift_bank.shape)}", flush=True)
+    if args.calibration:
+        name = args.candidates[0]
+        for k, test_idx in enumerate(parts):
+            if (name, k) in done:
+                continue
+            train_idx = [i for i in range(len(clips)) if i not in set(test_idx)]
+            r = calibration_fold(name, clips, data, train_idx, test_idx, extra_bg, shift_bank, args.seed + k,
+                                 args.calibration)
+            r.update(fold=k, sites=args.site)
+            rows.append(r)
+            with args.out.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(f"{name} fold {k}: thresholds {r['thresholds']}", flush=True)
+        for key in [k for k in rows[0] if "/" in k]:
+            tp, fp, fn = (sum(r[key][i] for r in rows) for i in range(3))
+            print(f"{key:22s} precision {tp / (tp + fp) if tp + fp else float('nan'):.3f} recall {tp / (tp + fn):.3f}")
+        return 0
     for name in args.candidates:
         spec, overrides, extra = CANDIDATES[name]
         for k, test_idx in enumerate(parts):
