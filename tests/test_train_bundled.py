@@ -20,7 +20,8 @@ def test_bundled_script_writes_a_loadable_checkpoint_with_cross_site_numbers(tmp
     cfg = tiny_config(tmp_path, train__epochs=1, train__repeats=1, model__name="bobwhite-test")
     out = tmp_path / "m.pt"
     assert bundled.main(["--config", str(cfg), "--out", str(out), "--seeds", "0", "--no-progress",
-                         "--report", str(tmp_path / "cross.json")]) == 0
+                         "--report", str(tmp_path / "cross.json"),
+                         "--set-when-training-on", "WLFW_GA", "train.lr=0.005"]) == 0
     printed = capsys.readouterr().out
     assert "WLFW_AL->WLFW_GA overlay=off seed 0" in printed and "WLFW_GA->WLFW_AL overlay=on seed 0" in printed
     model = load_checkpoint(out)
@@ -34,8 +35,13 @@ def test_bundled_script_writes_a_loadable_checkpoint_with_cross_site_numbers(tmp
             # Each cross-site run held out the other site group entirely as its test split.
             assert f"split.test_sites=[{key.split('->')[1]}]" in run["set"]
             assert ("augment.overlay.p=0" in run["set"]) == (aug == "no_overlay")
+    # A recipe chosen for one training site applies to its runs only; the shipped recipe is also measured both ways.
+    protocol_ga = card.metrics["cross_site_runs"]["WLFW_GA->WLFW_AL"]["overlay"][0]["set"]
+    protocol_al = card.metrics["cross_site_runs"]["WLFW_AL->WLFW_GA"]["overlay"][0]["set"]
+    shipped_ga = card.metrics["cross_site_shipped_recipe_runs"]["WLFW_GA->WLFW_AL"]["overlay"][0]["set"]
+    assert "train.lr=0.005" in protocol_ga and "train.lr=0.005" not in protocol_al + shipped_ga
     assert card.training["data_source"]["repository"] == "GAMELab-UGA/NorthernBobwhiteCNN"
-    assert (tmp_path / "cross.md").read_text().count("WLFW_") >= 8
+    assert (tmp_path / "cross.md").read_text().count("WLFW_") >= 16
     assert model.model_id in printed
 
 
