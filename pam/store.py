@@ -108,7 +108,10 @@ def _write_json_atomic(obj: object, path: Path) -> None:
 
 
 def partition_dir(site: str | None, day: str | None) -> str:
-    return f"site={quote(site or UNKNOWN, safe='')}/date={day or UNKNOWN}"
+    """Hive folder of a site and UTC day; a missing one (None, or NaN out of a pandas groupby) is 'unknown'."""
+    site = site if isinstance(site, str) and site else UNKNOWN
+    day = day if isinstance(day, str) and day else UNKNOWN
+    return f"site={quote(site, safe='')}/date={day}"
 
 
 @dataclass(frozen=True)

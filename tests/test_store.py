@@ -152,3 +152,21 @@ def test_site_names_with_odd_characters_round_trip(tmp_path):
     assert set(store.read_detections()["site"]) == {site}
     assert len(store.detection_files(sites=[site])) == 1
     assert store.detection_files(sites=["other"]) == []
+
+
+def test_undated_recordings_land_in_the_unknown_partition_and_summaries_cope(tmp_path):
+    """A file with no start time (no recorder name or header) has no UTC day; pandas hands the groupby
+    key over as NaN, which once became a 'date=nan' folder that broke the nightly summary."""
+    from pam.config import PamConfig
+    from pam.summaries import summarize
+
+    store = Store(tmp_path)
+    run = new_run_id()
+    flush = make_flush(["r1"], run)
+    det = flush.detections.to_pydict()
+    det["start_time"] = [None] * len(det["start_time"])
+    det["date"] = [None] * len(det["date"])
+    store.commit(run, 0, Flush(pa.table(det, schema=flush.detections.schema), flush.done))
+    assert [p.parent.name for p in store.detection_files()] == ["date=unknown"]
+    assert len(store.read_detections()) == 3
+    summarize(store, PamConfig())  # the undated rows are counted apart, not parsed as a day
