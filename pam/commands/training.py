@@ -12,7 +12,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from pam.cli import app, console, err, fail
+from pam.cli import app, console, fail
 from pam.config import ConfigError
 
 SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set train.epochs=10 (repeatable)")

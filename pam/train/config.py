@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pam.config import ConfigError, _format_errors
+from pam.config import ConfigError, _format_errors, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -287,22 +287,6 @@ def set_dotted(data: dict, dotted: str, value: object) -> None:
     node[last] = value
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
 def validate(data: dict, source: str, base: Path) -> TrainConfig:
     try:
         conf = TrainConfig.model_validate(data)
@@ -314,7 +298,7 @@ def validate(data: dict, source: str, base: Path) -> TrainConfig:
 def load_train_config(path: str | os.PathLike, overrides: list[str] | dict | None = None) -> TrainConfig:
     """Read, override (``['train.lr=0.001', ...]`` or ``{'train.lr': 0.001}``) and validate."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
         set_dotted(data, key, value)
