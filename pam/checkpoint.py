@@ -22,7 +22,7 @@ from pam.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 
 FORMAT = "pam-checkpoint"
 VERSION = 1
-BUNDLED = "bobwhite-v1.pt"
+BUNDLED = "bobwhite-v2.pt"
 
 
 class ModelError(ValueError):

@@ -1,6 +1,6 @@
 """Build pam's bundled Northern Bobwhite covey-call model with the training flow, and measure it across sites.
 
-    python -m pam.train.bundled --config configs/train.yaml --out pam/models/bobwhite-v1.pt
+    python -m pam.train.bundled --config configs/train.yaml --out pam/models/bobwhite-v2.pt
 
 1. Cross-site evaluation, both ways (train on WLFW_AL, test on WLFW_GA, and the reverse),
    with and without background overlay, over several seeds. Every run is an ordinary
@@ -172,7 +172,7 @@ def evaluate_cross_site(config: Path, overrides: list[str], site_overrides: list
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pam.train.bundled", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=Path("configs/train.yaml"), help="training config")
-    ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. pam/models/bobwhite-v1.pt)")
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. pam/models/bobwhite-v2.pt)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
     ap.add_argument("--set-when-training-on", dest="site_overrides", nargs=2, action="append", default=[],
                     metavar=("SITE", "KEY=VALUE"),
