@@ -334,10 +334,12 @@ def detect_recordings(
     ready: list[int] = []
     seq = store.next_seq(run_id, seq_start, seq_end)
     last_flush = time.monotonic()
-    total_h = float(todo["duration_s"].sum()) / 3600 if len(todo) else 0.0
-    bar = tqdm(total=total_h, unit="h", desc="audio", disable=not progress,
+    # Counted in whole milliseconds per recording (so the bar never passes its total through float
+    # rounding) and shown in hours through unit_scale.
+    file_ms = {int(i): int(round(float(d) * 1000)) if d == d else 0 for i, d in todo["duration_s"].items()}
+    bar = tqdm(total=sum(file_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="audio", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
-    shown: dict[int, float] = {}
+    shown: dict[int, int] = {}
 
     def flush() -> None:
         nonlocal seq, ready, last_flush
@@ -395,20 +397,18 @@ def detect_recordings(
                             p.starts.append(start[hit_rows[sel]])
                             p.classes.append(hit_cls[sel])
                             p.scores.append(hit_scores[sel])
-                        dur = float(todo.at[int(i), "duration_s"])
-                        now_h = min(dur, p.windows * settings.hop_s) / 3600
-                        bar.update(now_h - shown.get(int(i), 0.0))
-                        shown[int(i)] = now_h
+                        now_ms = min(file_ms[int(i)], int(p.windows * settings.hop_s * 1000))
+                        bar.update(now_ms - shown.get(int(i), 0))
+                        shown[int(i)] = now_ms
                 for i in batch["finished"]:
                     pending.setdefault(int(i), _Pending())
                     ready.append(int(i))
-                    dur_h = float(todo.at[int(i), "duration_s"]) / 3600
-                    bar.update(dur_h - shown.get(int(i), 0.0))
-                    shown[int(i)] = dur_h
+                    bar.update(file_ms[int(i)] - shown.get(int(i), 0))
+                    shown[int(i)] = file_ms[int(i)]
                 for i, reason, transient in batch["errors"]:
                     i = int(i)
                     pending.pop(i, None)
-                    bar.update(-shown.pop(i, 0.0))
+                    bar.update(-shown.pop(i, 0))
                     path = str(todo.at[i, "path"])
                     if transient and attempts[i] <= retries.count:
                         again.append(i)
