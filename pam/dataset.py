@@ -82,8 +82,16 @@ def read_windows(
         need = int(offsets[-1]) + out_len
         if wave.shape[0] < need:
             wave = torch.nn.functional.pad(wave, (0, need - wave.shape[0]))
-        index = torch.from_numpy(offsets)[:, None] + torch.arange(out_len)[None, :]
-        yield starts, wave[index]
+        yield starts, _cut(wave, offsets, out_len)
+
+
+def _cut(wave: torch.Tensor, offsets: np.ndarray, length: int) -> torch.Tensor:
+    """Windows [n, length] at ``offsets``: a strided view when they are evenly spaced (the usual
+    case), else one copy per window; an index tensor of n x length would cost more than the model."""
+    steps = np.diff(offsets)
+    if len(offsets) > 1 and steps[0] > 0 and (steps == steps[0]).all():
+        return wave[int(offsets[0]):].unfold(0, length, int(steps[0]))[: len(offsets)]
+    return torch.stack([wave[int(o) : int(o) + length] for o in offsets])
 
 
 class WindowBatches(IterableDataset):

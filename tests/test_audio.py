@@ -142,3 +142,15 @@ def test_probe_permission_denied_even_as_root(tmp_path, monkeypatch):
     with pytest.raises(AudioError) as e:
         probe(p)
     assert e.value.status == "unreadable" and e.value.reason == "permission denied"
+
+
+@pytest.mark.parametrize("offsets", [[0, 24000, 48000, 72000], [5, 24005, 48006, 72006], [7], [0, 50000, 100000]])
+def test_window_cutting_matches_plain_indexing(offsets):
+    """Even spacing takes the strided-view path, uneven spacing (rounding) and single windows
+    the copying one, gaps (hop > window) included; all equal indexing sample by sample."""
+    from pam.dataset import _cut
+
+    wave = torch.arange(200_000, dtype=torch.float32)
+    offs = np.array(offsets)
+    want = wave[torch.from_numpy(offs)[:, None] + torch.arange(48000)[None, :]]
+    assert torch.equal(_cut(wave, offs, 48000), want)
