@@ -11,7 +11,7 @@ Audio: the 96 real Song Meter SM4 recordings in ../shared/data/field/scikit-maad
 22.05 kHz), concatenated and looped to the length asked for; synthetic noise when that
 folder is absent. Usage:
 
-    python bench/bench_detect.py [--minutes 30] [--device auto] [--batch-size 256] [--workers N] [--memory]
+    python bench/bench_detect.py [--minutes 30] [--repeat 3] [--device auto] [--batch-size 256] [--workers N] [--memory]
 """
 
 from __future__ import annotations
@@ -84,43 +84,47 @@ def bench_throughput(args: argparse.Namespace) -> dict:
         ds = WindowBatches(tasks, card.sample_rate, card.window_s, hop_s, args.batch_size)
         return make_loader(ds, num_workers=workers, pin_memory=device.type == "cuda")
 
-    # decode alone
-    t = time.perf_counter()
-    batches = []
-    for b in loader():
-        if b["audio"].shape[0]:
-            batches.append(b["audio"])
-    decode_s = time.perf_counter() - t
-    n_windows = sum(x.shape[0] for x in batches)
-
-    # forward alone on the same windows, already in (device) memory
     net = model.net.eval()
-    ready = [x.to(device) for x in batches]
-    with torch.inference_mode():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            net(ready[0][:8])  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for x in ready:
-                torch.sigmoid(net(x).float()).cpu()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            forward_s = time.perf_counter() - t
-    del ready, batches
+    decode_t, forward_t, e2e_t = [], [], []
+    for r in range(args.repeat):  # interleaved, medians reported: this machine is noisy
+        # decode alone
+        t = time.perf_counter()
+        batches = []
+        for b in loader():
+            if b["audio"].shape[0]:
+                batches.append(b["audio"])
+        decode_t.append(time.perf_counter() - t)
+        n_windows = sum(x.shape[0] for x in batches)
 
-    # end to end into a fresh store
-    store = Store(tmp / "store")
-    t = time.perf_counter()
-    report = run_detection(store, rows, model, DetectConfig(hop_s=hop_s, batch_size=args.batch_size,
-                                                             num_workers=workers, device=args.device),
-                           progress=False)
-    e2e_s = time.perf_counter() - t
+        # forward alone on the same windows, already in (device) memory
+        ready = [x.to(device) for x in batches]
+        with torch.inference_mode():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                net(ready[0][:8])  # warm-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                for x in ready:
+                    torch.sigmoid(net(x).float()).cpu()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                forward_t.append(time.perf_counter() - t)
+        del ready, batches
+
+        # end to end into a fresh store
+        store = Store(tmp / f"store-{r}")
+        t = time.perf_counter()
+        report = run_detection(store, rows, model, DetectConfig(hop_s=hop_s, batch_size=args.batch_size,
+                                                                 num_workers=workers, device=args.device),
+                               progress=False)
+        e2e_t.append(time.perf_counter() - t)
+    decode_s, forward_s, e2e_s = (float(np.median(v)) for v in (decode_t, forward_t, e2e_t))
     out = {
         "audio": what, "audio_h": audio_s / 3600, "windows": n_windows, "device": str(device),
         "torch_threads": torch.get_num_threads(), "workers": workers, "batch_size": args.batch_size,
         "forward_x": audio_s / forward_s, "decode_x": audio_s / decode_s, "end2end_x": audio_s / e2e_s,
         "windows_per_s_forward": n_windows / forward_s, "detections": report.detections,
+        "repeats": args.repeat, "end2end_over_forward_each": [f / e for f, e in zip(forward_t, e2e_t)],
     }
     out["loss_vs_forward"] = 1 - out["end2end_x"] / out["forward_x"]
     out["loss_vs_slower_stage"] = 1 - out["end2end_x"] / min(out["forward_x"], out["decode_x"])
@@ -172,18 +176,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--hop", type=float, default=1.5)
+    ap.add_argument("--repeat", type=int, default=3, help="measure each stage this many times, interleaved; medians")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory, 10 min vs 2 h file")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     if not args.skip_throughput:
         r = bench_throughput(args)
         print(f"audio: {r['audio_h']:.2f} h of {r['audio']}, {r['windows']} windows, device {r['device']}, "
-              f"{r['torch_threads']} torch threads, {r['workers']} loader workers, batch {r['batch_size']}")
+              f"{r['torch_threads']} torch threads, {r['workers']} loader workers, batch {r['batch_size']}, "
+              f"medians of {r['repeats']} interleaved runs")
         print(f"forward only : {r['forward_x']:8.1f} s audio / s  ({r['windows_per_s_forward']:.0f} windows/s)")
         print(f"decode only  : {r['decode_x']:8.1f} s audio / s")
         print(f"end to end   : {r['end2end_x']:8.1f} s audio / s  ({r['detections']} detections written)")
         print(f"end to end loses {100 * r['loss_vs_forward']:.0f}% against forward only, "
               f"{100 * r['loss_vs_slower_stage']:.0f}% against the slower of forward and decode")
+        print("end to end / forward in each run: " + ", ".join(f"{v:.2f}" for v in r["end2end_over_forward_each"]))
         print("json:", json.dumps(r))
     if args.memory:
         m = bench_memory(args)
