@@ -1,0 +1,41 @@
+"""The recipe-selection script's folds and fold fits, on a few real clips (two epochs: structure, not skill)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pam.train import augment
+from pam.train import selection as S
+from pam.train.clips import load_clip_set, load_clip_table
+
+
+def test_folds_and_fold_fits_score_exactly_the_held_out_clips(shared_data: Path, monkeypatch) -> None:
+    clips = [c for c in load_clip_table(shared_data / "bobwhite" / "labels.csv") if c.site == "WLFW_AL"]
+    clips = [c for c in clips if c.labels][:8] + [c for c in clips if not c.labels][:8]
+    parts = S.folds(clips, 4, seed=0)
+    assert sorted(i for p in parts for i in p) == list(range(len(clips)))  # a partition
+    for p in parts:  # whole recordings, both labels in every fold
+        assert not {clips[i].recording for i in p} & {clips[i].recording for q in parts if q is not p for i in q}
+        assert {bool(clips[i].labels) for i in p} == {True, False}
+
+    data = load_clip_set(clips, S.CLASSES, S.BASE_SPEC.sample_rate)
+    bank = augment.background_bank([data.negatives().waves[0]], round(4.0 * S.BASE_SPEC.sample_rate))
+    test_idx, train_idx = parts[0], [i for p in parts[1:] for i in p]
+    tiny = {**S.SPEC_AUG, "epochs": 2}
+    torch.manual_seed(0)
+    r = S.run_fold("tiny", S.BAND_SPEC, tiny, True, clips, data, train_idx, test_idx,
+                   [data.negatives().waves[1]], bank, seed=0)
+    assert r["test_idx"] == test_idx and len(r["y"]) == len(r["clean"]) == len(r["shifted"]) == len(test_idx)
+    assert r["y"] == [float(bool(clips[i].labels)) for i in test_idx]
+    assert 0.0 <= r["threshold"] <= 1.0 and r["epochs_run"] == 2
+
+    monkeypatch.setitem(S.CANDIDATES, "tiny", (S.BAND_SPEC, tiny, True))
+    c = S.calibration_fold("tiny", clips, data, train_idx, test_idx, [data.negatives().waves[1]], bank, 0, 2)
+    positives = int(np.sum([bool(clips[i].labels) for i in test_idx]))
+    for view in ("clean", "shifted"):
+        for method in ("clean", "views2"):
+            tp, fp, fn = c[f"{view}/{method}"]
+            assert tp + fn == positives and 0 <= fp <= len(test_idx) - positives
