@@ -115,9 +115,11 @@ def shifted_view(waves: list[np.ndarray], bank: torch.Tensor, seed: int) -> list
     return out
 
 
-def run_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool, clips: list[LabelledClip],
-             data: ClipSet, train_idx: list[int], test_idx: list[int], extra_bg: list[np.ndarray],
-             shift_bank: torch.Tensor, seed: int) -> dict:
+def fit_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool, clips: list[LabelledClip],
+             data: ClipSet, train_idx: list[int], extra_bg: list[np.ndarray], seed: int):
+    """Train a fold's training part as ``pam train`` would: an inner validation split by recording,
+    overlay from the inner training clips' absences (plus ``extra_bg`` when ``extra``).
+    Returns (fit result, inner validation set, overlay backgrounds, fit config)."""
     card = ModelCard(name=name, classes=CLASSES, window_s=WINDOW_S, spectrogram=spec, arch=ARCH)
     inner_clips = [clips[i] for i in train_idx]
     inner = data.subset(train_idx)
@@ -125,7 +127,13 @@ def run_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool,
     train, val = inner.subset(tr), inner.subset(va)
     backgrounds = list(train.negatives().waves) + (extra_bg if extra else [])
     config = replace(BASE, **overrides, seed=seed)
-    result = fit(card, train, val, backgrounds=backgrounds, config=config)
+    return fit(card, train, val, backgrounds=backgrounds, config=config), val, backgrounds, config
+
+
+def run_fold(name: str, spec: SpectrogramSettings, overrides: dict, extra: bool, clips: list[LabelledClip],
+             data: ClipSet, train_idx: list[int], test_idx: list[int], extra_bg: list[np.ndarray],
+             shift_bank: torch.Tensor, seed: int) -> dict:
+    result, val, _, config = fit_fold(name, spec, overrides, extra, clips, data, train_idx, extra_bg, seed)
     val_scores = score_clips(result.net, val, WINDOW_S, hop_s=config.hop_s)
     threshold = calibrate(val.targets, val_scores, CLASSES, TARGET)[CLASSES[0]].threshold
     test = data.subset(test_idx)
@@ -146,14 +154,7 @@ def calibration_fold(name: str, clips: list[LabelledClip], data: ClipSet, train_
     from pam.train.calibrate import augmented_views
 
     spec, overrides, extra = CANDIDATES[name]
-    card = ModelCard(name=name, classes=CLASSES, window_s=WINDOW_S, spectrogram=spec, arch=ARCH)
-    inner_clips = [clips[i] for i in train_idx]
-    inner = data.subset(train_idx)
-    tr, va = split_by_recording(inner_clips, 0.2, seed=seed, stratify_site=True)
-    train, val = inner.subset(tr), inner.subset(va)
-    backgrounds = list(train.negatives().waves) + (extra_bg if extra else [])
-    config = replace(BASE, **overrides, seed=seed)
-    result = fit(card, train, val, backgrounds=backgrounds, config=config)
+    result, val, backgrounds, config = fit_fold(name, spec, overrides, extra, clips, data, train_idx, extra_bg, seed)
     score = lambda waves: score_clips(result.net, waves, WINDOW_S, sample_rate=data.sample_rate,  # noqa: E731
                                       hop_s=config.hop_s)[:, 0]
     clean_val = score(val.waves)
