@@ -108,11 +108,7 @@ def write_raven(det: pd.DataFrame, out: Path, nyquist: dict[str, float], low_hz:
         for i, r in enumerate(rows.itertuples(index=False), start=1):
             lines.append("\t".join([str(i), "Spectrogram 1", "1", _seconds(r.start_s), _seconds(r.end_s),
                                     f"{low:.1f}", f"{high:.1f}", str(r.label), f"{float(r.score):.4f}"]))
-        file = out / f"{stem}.Table.1.selections.txt"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        index.append({"table": str(file.relative_to(out)), "recording": path, "site": rows["site"].iloc[0],
-                      "selections": len(rows)})
+        index.append(_write_table(out, f"{stem}.Table.1.selections.txt", lines, path, rows))
     return index
 
 
@@ -123,12 +119,17 @@ def write_audacity(det: pd.DataFrame, out: Path) -> list[dict]:
         rows = det[det["path"] == path].sort_values(["start_s", "label"], kind="stable")
         lines = [f"{_seconds(r.start_s)}\t{_seconds(r.end_s)}\t{r.label} {float(r.score):.3f}"
                  for r in rows.itertuples(index=False)]
-        file = out / f"{stem}.labels.txt"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        index.append({"table": str(file.relative_to(out)), "recording": path, "site": rows["site"].iloc[0],
-                      "selections": len(rows)})
+        index.append(_write_table(out, f"{stem}.labels.txt", lines, path, rows))
     return index
+
+
+def _write_table(out: Path, name: str, lines: list[str], path: str, rows: pd.DataFrame) -> dict:
+    """Write one recording's table under ``out``; its row of the export index."""
+    file = out / name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"table": str(file.relative_to(out)), "recording": path, "site": rows["site"].iloc[0],
+            "selections": len(rows)}
 
 
 def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
