@@ -39,3 +39,22 @@ def test_folds_and_fold_fits_score_exactly_the_held_out_clips(shared_data: Path,
         for method in ("clean", "views2"):
             tp, fp, fn = c[f"{view}/{method}"]
             assert tp + fn == positives and 0 <= fp <= len(test_idx) - positives
+
+
+
+def test_out_of_fold_rule_takes_its_threshold_from_the_other_folds_only() -> None:
+    rows = [
+        {"fold": 0, "y": [1, 1, 0], "clean": [0.9, 0.6, 0.1], "shifted": [0.9, 0.4, 0.7], "threshold": 0.5},
+        {"fold": 1, "y": [1, 0, 0], "clean": [0.99, 0.95, 0.2], "shifted": [0, 0, 0], "threshold": 0.5},
+        {"fold": 2, "y": [1, 1, 0], "clean": [0.995, 0.999, 0.3], "shifted": [0, 0, 0], "threshold": 0.5},
+    ]
+    counts = S.calibration_rules(rows)
+    # Worked by hand: fold 0's threshold comes from folds 1 and 2 (positives 0.99-0.999 above the
+    # negative 0.95: midpoint 0.97, so 0.9 and 0.6 are missed); fold 1's from folds 0 and 2 (all
+    # positives above the negatives: 0.45, so 0.95 is a false call); fold 2's from folds 0 and 1
+    # (0.97 again: both of its positives called).
+    assert counts["out-of-fold"]["clean"] == [3, 1, 2]
+    assert counts["out-of-fold"]["shifted"] == [0, 0, 5]
+    # each fold's own validation threshold, 0.5
+    assert counts["validation"]["clean"] == [5, 1, 0]
+    assert counts["validation"]["shifted"] == [1, 1, 4]

@@ -226,6 +226,26 @@ def calibration_rules(rows: list[dict]) -> dict[str, dict[str, list[int]]]:
     return out
 
 
+def calibration_rules_table(files: list[Path], candidate: str) -> str:
+    """Markdown: precision / recall / F1 of each calibration rule per results file and view."""
+    lines = ["| results | view | " + " | ".join(f"{r}: P / R / F1" for r in CALIBRATION_RULES) + " |",
+             "| --- | --- |" + " --- |" * len(CALIBRATION_RULES)]
+    f1: dict[str, list[float]] = {r: [] for r in CALIBRATION_RULES}
+    for path in files:
+        rows = sorted((r for r in read_rows(path) if r["candidate"] == candidate), key=lambda r: r["fold"])
+        counts = calibration_rules(rows)
+        for view in ("clean", "shifted"):
+            cells = []
+            for rule in CALIBRATION_RULES:
+                tp, fp, fn = counts[rule][view]
+                f1[rule].append(2 * tp / (2 * tp + fp + fn))
+                cells.append(f"{tp / (tp + fp) if tp + fp else float('nan'):.3f} / {tp / (tp + fn):.3f} / "
+                             f"{f1[rule][-1]:.3f}")
+            lines.append(f"| {path.stem} | {view} | " + " | ".join(cells) + " |")
+    lines.append("| mean F1 | | " + " | ".join(f"{np.mean(v):.3f}" for v in f1.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -257,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pam.train.selection", description=__doc__.split("\n\n")[0])
     ap.add_argument("--summarise", type=Path, nargs="+", default=None,
                     help="only print the table of these results files (with --candidates: those, in that order)")
+    ap.add_argument("--calibration-rules", type=Path, nargs="+", default=None, metavar="FILE",
+                    help="only compare the calibration rules (round 3) on these results files, for the first "
+                         "--candidates entry")
     ap.add_argument("--data", type=Path, help="bobwhite folder (labels.csv)")
     ap.add_argument("--field", type=Path, default=None, help="the shared field/ folder (default: DATA/../field)")
     ap.add_argument("--site", action="append", help="site group(s) to cross-validate within")
@@ -271,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.summarise:
         print(markdown_table(args.summarise, args.candidates if "--candidates" in (argv or sys.argv) else None))
+        return 0
+    if args.calibration_rules:
+        print(calibration_rules_table(args.calibration_rules, args.candidates[0]))
         return 0
     if not (args.data and args.site and args.out):
         ap.error("--data, --site and --out are required (or --summarise FILES)")
