@@ -348,9 +348,13 @@ def detect_recordings(
         if seq >= seq_end:
             raise RuntimeError(f"run {run_id} used up its commit numbers {seq_start}-{seq_end - 1}; "
                                "raise detect.flush_every")
-        committed = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
-                                                           model.model_id, key, run_id),
-                                 replace=force, lock_timeout_s=conf.lock_timeout_s)
+        result = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
+                                                        model.model_id, key, run_id),
+                              replace=force, lock_timeout_s=conf.lock_timeout_s)
+        committed = result.done
+        if result.superseded:
+            logger.warning("%d earlier result(s) of this model replaced: the same recording under other detection "
+                           "settings, or a file rewritten since it was analysed", result.superseded)
         report.recordings_done += committed.num_rows
         report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
         report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)

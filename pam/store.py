@@ -20,8 +20,9 @@ Commit protocol, which makes every stage idempotent and crash-safe:
 A part file counts only when its ``done`` file exists, so a crash between 1 and 2 leaves
 parts nobody reads, and the next commit deletes them. Recordings already committed by
 another run are dropped at commit time, so two runs on one store never double a row.
-Re-doing recordings (``--force``) goes through a journal (``.replace-<run>-<seq>.json``)
-so that a crash half-way is finished by the next run rather than losing or doubling rows.
+Replacing rows (``--force``; new settings for a recording; a rewritten file's old content)
+goes through a journal (``.replace-<run>-<seq>.json``) so that a crash half-way is finished
+by the next run rather than losing or doubling rows.
 """
 
 from __future__ import annotations
@@ -120,6 +121,29 @@ class Flush:
 
     detections: pa.Table  # schemas.DETECTIONS plus string columns site, date
     done: pa.Table  # schemas.DONE
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit made visible, and how many earlier analyses it made out of date."""
+
+    done: pa.Table  # the done rows committed (recordings another run had committed are left out)
+    superseded: int  # older done rows replaced: same recording under other settings, or the path's old content
+
+
+def _out_of_date(existing: pd.DataFrame, done: pa.Table) -> pd.DataFrame:
+    """Done rows of ``existing`` that ``done`` replaces: for the same model, the same recording
+    under other settings, or another recording (an earlier content) at the same path."""
+    model = done.column("model_id").to_pylist()
+    settings = dict(zip(zip(done.column("recording_id").to_pylist(), model), done.column("settings_hash").to_pylist()))
+    current = {(p, m): r for r, p, m in zip(done.column("recording_id").to_pylist(), done.column("path").to_pylist(),
+                                          model) if p}
+    stale = []
+    for r, m, k, p in zip(existing["recording_id"], existing["model_id"], existing["settings_hash"], existing["path"]):
+        other_settings = (r, m) in settings and settings[(r, m)] != k
+        other_content = (p, m) in current and current[(p, m)] != r
+        stale.append(other_settings or other_content)
+    return existing.loc[pd.Series(stale, index=existing.index, dtype=bool)]
 
 
 class Store:
@@ -261,14 +285,17 @@ class Store:
                 out.add((m["run"], int(m["seq"])))
         return out
 
-    def done_table(self, model_id: str | None = None, settings_hash: str | None = None,
-                   recording_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-        """Committed work keys, filtered while reading (a season holds hundreds of thousands)."""
+    def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None) -> pd.DataFrame:
         files = sorted(p for p in self.done_dir.glob("done-*.parquet")) if self.done_dir.exists() else []
         if not files:
             empty = schemas.DONE.empty_table()
             return (empty.select(columns) if columns else empty).to_pandas()
         table = ds.dataset([str(f) for f in files], schema=schemas.DONE, format="parquet")
+        return table.to_table(filter=flt, columns=columns).to_pandas()
+
+    def done_table(self, model_id: str | None = None, settings_hash: str | None = None,
+                   recording_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Committed work keys, filtered while reading (a season holds hundreds of thousands)."""
         conditions = []
         if model_id is not None:
             conditions.append(ds.field("model_id") == model_id)
@@ -279,7 +306,7 @@ class Store:
         flt = None
         for cond in conditions:
             flt = cond if flt is None else flt & cond
-        return table.to_table(filter=flt, columns=columns).to_pandas()
+        return self._done_rows(flt, columns)
 
     def next_seq(self, run_id: str, lo: int = 0, hi: int = 10**9) -> int:
         """First free commit number of ``run_id`` in [lo, hi): a retried shard never reuses one."""
@@ -291,11 +318,15 @@ class Store:
         return set(self.done_table(model_id, settings_hash, columns=["recording_id"])["recording_id"])
 
     def commit(self, run_id: str, seq: int, flush: Flush, replace: bool = False,
-               lock_timeout_s: float = 600.0) -> pa.Table:
+               lock_timeout_s: float = 600.0) -> Committed:
         """Make a flush visible atomically; returns the done rows actually committed.
 
         Recordings that another run committed meanwhile are dropped (never doubled), unless
-        ``replace`` is set, in which case their old rows are replaced (``--force``).
+        ``replace`` is set, in which case their old rows are replaced (``--force``). Rows a
+        commit makes out of date are replaced too: the same model's rows of the same
+        recording under other settings, and of an earlier content of the same path (a file
+        rewritten after it was analysed). So each recording path holds one set of rows per
+        model, and counts never add up two analyses of one piece of audio.
         """
         with self.lock(lock_timeout_s, what=f"commit {run_id}-{seq}"):
             if not self.holds_run_lock():
@@ -305,12 +336,15 @@ class Store:
             done = flush.done
             detections = flush.detections
             ids = set(done.column("recording_id").to_pylist())
-            existing = self.done_table(recording_ids=ids,
-                                       columns=["recording_id", "model_id", "settings_hash", "run_id"])
+            paths = {p for p in done.column("path").to_pylist() if p}
+            existing = self._done_rows((ds.field("recording_id").isin(list(ids))
+                                        | ds.field("path").isin(list(paths))),
+                                       ["recording_id", "model_id", "settings_hash", "run_id", "path"])
             keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
-            mine = [(m, k) in keys for m, k in zip(existing["model_id"], existing["settings_hash"])]
+            mine = [(m, k) in keys and r in ids for r, m, k in
+                    zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
             already = existing.loc[pd.Series(mine, index=existing.index, dtype=bool)]
-            clash = set(already["recording_id"]) & ids
+            clash = set(already["recording_id"])
             if clash and not replace:
                 keep_done = pa.array([r not in clash for r in done.column("recording_id").to_pylist()])
                 done = done.filter(keep_done)
@@ -318,20 +352,21 @@ class Store:
                 detections = detections.filter(keep_det)
                 clash = set()
             if done.num_rows == 0:
-                return done
+                return Committed(done, 0)
+            stale = _out_of_date(existing, done)
+            old = pd.concat([already[already["recording_id"].isin(clash)], stale])
             self._write_parts(run_id, seq, detections)
             journal = self.root / f".replace-{run_id}-{seq:05d}.json"
-            if clash:
-                old = already[already["recording_id"].isin(clash)]
+            if len(old):
                 _write_json_atomic(
                     {"keys": old[["recording_id", "model_id", "settings_hash", "run_id"]].values.tolist()},
                     journal,
                 )
             write_parquet_atomic(done.cast(schemas.with_version("done")),
                                  self.done_dir / f"done-{run_id}-{seq:05d}.parquet")
-            if clash:
+            if len(old):
                 self._apply_journal(journal)
-            return done
+            return Committed(done, len(stale))
 
     def _write_parts(self, run_id: str, seq: int, detections: pa.Table) -> None:
         if detections.num_rows == 0:

@@ -124,14 +124,16 @@ def test_force_redoes_without_doubling(tmp_path, model_path):
     assert set(store.read_detections()["run_id"]) == {forced.run_id}
 
 
-def test_changed_settings_are_new_work(tmp_path, model_path):
+def test_changed_settings_are_new_work_that_replaces_the_old_rows(tmp_path, model_path):
     dump = make_dump(tmp_path / "dump", n_files=2)
     store = Store(tmp_path / "store")
-    run_nightly([str(dump)], store, PamConfig(model=str(model_path), detect=DetectConfig(num_workers=0)), progress=False)
+    _, first = run_nightly([str(dump)], store, PamConfig(model=str(model_path), detect=DetectConfig(num_workers=0)),
+                           progress=False)
     _, other = run_nightly([str(dump)], store, PamConfig(model=str(model_path), detect=DetectConfig(num_workers=0, hop_s=3.0)),
                            progress=False)
     assert other.recordings_done == 2
-    assert store.read_detections()["settings_hash"].nunique() == 2
+    assert set(store.read_detections()["settings_hash"]) == {other.settings_hash} != {first.settings_hash}
+    assert store.done_keys(first.model_id, first.settings_hash) == set()
 
 
 @pytest.mark.parametrize("batch_size, workers", [(1, 0), (7, 2), (1000, 1)])

@@ -1,5 +1,6 @@
-"""New-data detection at scale: a rerun over a folder of 1,000 processed files opens no
-audio file (counted by inotify, which sees libsndfile's own opens) and takes seconds."""
+"""Reruns: over a folder of 1,000 processed files a rerun opens no audio file (counted by
+inotify, which sees libsndfile's own opens; its speed is measured by bench/bench_rerun.py);
+new settings and rewritten files replace rows instead of adding to them."""
 
 from __future__ import annotations
 
@@ -52,5 +53,37 @@ def test_rerun_over_1000_processed_files_reads_no_audio_and_is_fast(tmp_path):
         sf.info(str(sites[3] / next(p.name for p in sites[3].iterdir())))  # the counter does see opens
         assert len(opens.files()) >= 1
     assert again.recordings_done == 0 and again.recordings_skipped == N and again.failures == []
-    print(f"rerun over {N} processed files: {elapsed:.2f} s")
-    assert elapsed < 5.0
+    print(f"rerun over {N} processed files: {elapsed:.2f} s (timed in bench/bench_rerun.py, not asserted here)")
+
+
+def test_new_settings_or_a_rewritten_file_replace_rows_instead_of_adding_to_the_counts(tmp_path):
+    from pam.pipeline import run_nightly
+    from pam.summaries import read_summary
+
+    dump = tmp_path / "dump"
+    for i, name in enumerate(["20240501_060000.WAV", "20240501_070000.WAV"]):
+        write_wav(dump / "SITE" / name, noise(30.0, 16000, seed=i), 16000)
+    model = every_window_model(tmp_path / "m.pt")  # class "a" fires on every window
+    store = Store(tmp_path / "store")
+
+    def night(hop_s: float) -> int:
+        conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, hop_s=hop_s))
+        _, report = run_nightly([str(dump)], store, conf, progress=False)
+        daily = read_summary(store, "daily_counts")
+        assert int(daily.loc[daily["label"] == "a", "detections"].sum()) == len(store.read_detections())
+        return report.recordings_done
+
+    assert night(1.5) == 2
+    windows_at_1_5 = len(store.read_detections())
+    assert night(1.0) == 2  # new settings: both analysed again, their old rows replaced
+    det = store.read_detections()
+    assert det["settings_hash"].nunique() == 1 and len(det) > windows_at_1_5
+    assert len(store.done_table()) == 2
+
+    first = dump / "SITE" / "20240501_060000.WAV"
+    write_wav(first, noise(15.0, 16000, seed=7), 16000)  # the file rewritten: half as long, new content
+    before = len(det)
+    assert night(1.0) == 1
+    det = store.read_detections()
+    assert det["recording_id"].nunique() == 2 and len(store.done_table()) == 2
+    assert len(det) < before  # the old 30-s content's rows are gone, not kept beside the new ones

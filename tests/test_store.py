@@ -71,7 +71,7 @@ def test_second_commit_of_same_recording_is_dropped(tmp_path):
     a, b = new_run_id(), new_run_id()
     store.commit(a, 0, make_flush(["r1", "r2"], a))
     committed = store.commit(b, 0, make_flush(["r2", "r3"], b))
-    assert committed.column("recording_id").to_pylist() == ["r3"]
+    assert committed.done.column("recording_id").to_pylist() == ["r3"] and committed.superseded == 0
     det = store.read_detections()
     assert len(det) == 9
     assert det.groupby("recording_id")["run_id"].nunique().max() == 1
@@ -113,6 +113,45 @@ def test_replace_supersedes_old_rows(tmp_path):
     assert len(det[det["recording_id"] == "r1"]) == 3
     done = store.done_table()
     assert sorted(zip(done["recording_id"], done["run_id"])) == [("r1", a), ("r2", b)]
+
+
+def _retag(flush: Flush, column: str, mapping: dict) -> Flush:
+    """The flush with ``column`` values swapped through ``mapping`` (in detections and done)."""
+    def swap(t: pa.Table) -> pa.Table:
+        i = t.schema.get_field_index(column)
+        return t.set_column(i, t.schema.field(i), pa.array([mapping.get(v, v) for v in t.column(column).to_pylist()],
+                                                            t.schema.field(i).type))
+    return Flush(swap(flush.detections), swap(flush.done))
+
+
+def test_new_settings_replace_the_same_models_rows_of_that_recording(tmp_path):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))  # settings s1
+    result = store.commit(b, 0, _retag(make_flush(["r2"], b, per_rec=1), "settings_hash", {"s1": "s2"}))
+    assert result.superseded == 1 and result.done.num_rows == 1
+    det = store.read_detections()
+    assert sorted(zip(det["recording_id"], det["settings_hash"])) == [("r1", "s1")] * 3 + [("r2", "s2")]
+    done = store.done_table()
+    assert sorted(zip(done["recording_id"], done["settings_hash"])) == [("r1", "s1"), ("r2", "s2")]
+    # another model's rows of the same recording are its own and stay
+    c = new_run_id()
+    other = store.commit(c, 0, _retag(make_flush(["r2"], c, per_rec=2), "model_id", {"m1": "m2"}))
+    assert other.superseded == 0
+    assert sorted(store.read_detections().query("recording_id == 'r2'")["model_id"]) == ["m1", "m2", "m2"]
+
+
+def test_a_rewritten_file_replaces_the_rows_of_its_old_content(tmp_path):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))
+    # r2's file rewritten: same path /d/r2.wav, new content id r2b, analysed again
+    rewritten = _retag(make_flush(["r2b"], b, per_rec=2), "path", {"/d/r2b.wav": "/d/r2.wav"})
+    result = store.commit(b, 0, rewritten)
+    assert result.superseded == 1
+    det = store.read_detections()
+    assert sorted(det["recording_id"]) == ["r1"] * 3 + ["r2b"] * 2
+    assert sorted(store.done_table()["recording_id"]) == ["r1", "r2b"]
 
 
 def test_replace_interrupted_after_done_is_finished_by_next_commit(tmp_path, monkeypatch):
