@@ -58,3 +58,15 @@ def test_out_of_fold_rule_takes_its_threshold_from_the_other_folds_only() -> Non
     # each fold's own validation threshold, 0.5
     assert counts["validation"]["clean"] == [5, 1, 0]
     assert counts["validation"]["shifted"] == [1, 1, 4]
+
+
+def test_round_4_score_adds_f1_at_the_calibrated_threshold() -> None:
+    fold = {"candidate": "c", "y": [1, 1, 0, 0], "clean": [0.9, 0.8, 0.2, 0.1], "shifted": [0.9, 0.3, 0.5, 0.1],
+            "threshold": 0.85}
+    e = S.calibrated_score([dict(fold, fold=0), dict(fold, fold=1)])["c"]
+    # clean: AP 1, recall at precision 0.9 is 1, at 0.85 half the calls are found: F1 2/3
+    assert abs(e["clean_f1@thr"] - 2 / 3) < 1e-12
+    # shifted: ranking 1,0,1,0: AP (1 + 2/3) / 2; recall at precision 0.9 is 1/2; F1 at 0.85 is 2/3
+    assert abs(e["shifted_ap"] - 5 / 6) < 1e-9 and abs(e["shifted_r@p"] - 0.5) < 1e-9
+    expected = ((1 + 1 + 2 / 3) / 3 + (5 / 6 + 0.5 + 2 / 3) / 3) / 2
+    assert abs(e["calibrated_score"] - expected) < 1e-9

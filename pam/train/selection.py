@@ -237,6 +237,23 @@ def calibrated_score(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def calibrated_score_table(groups: dict[str, list[Path]]) -> str:
+    """Markdown: round 4's score per candidate and site group (mean over its draws), best mean first."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for group, files in groups.items():
+        for path in files:
+            for name, e in calibrated_score(read_rows(path)).items():
+                scores.setdefault(name, {}).setdefault(group, []).append(e["calibrated_score"])
+    lines = ["| candidate | " + " | ".join(groups) + " | mean |", "| --- |" + " --- |" * (len(groups) + 1)]
+    rows = []
+    for name, per in scores.items():
+        cells = [float(np.mean(per[g])) if g in per else float("nan") for g in groups]
+        rows.append((name, cells, float(np.mean(cells))))
+    for name, cells, mean in sorted(rows, key=lambda r: -r[2]):
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {mean:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def calibration_rules(rows: list[dict]) -> dict[str, dict[str, list[int]]]:
     """True/false positives and misses per rule and view, pooled over the folds of one draw."""
     out: dict[str, dict[str, list[int]]] = {r: {} for r in CALIBRATION_RULES}
@@ -309,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-rules", type=Path, nargs="+", default=None, metavar="FILE",
                     help="only compare the calibration rules (round 3) on these results files, for the first "
                          "--candidates entry")
+    ap.add_argument("--calibrated-score", nargs="+", default=None, metavar="GROUP=FILE[,FILE]",
+                    help="only print round 4's table: per site group, its results files (fold draws)")
     ap.add_argument("--data", type=Path, help="bobwhite folder (labels.csv)")
     ap.add_argument("--field", type=Path, default=None, help="the shared field/ folder (default: DATA/../field)")
     ap.add_argument("--site", action="append", help="site group(s) to cross-validate within")
@@ -323,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.summarise:
         print(markdown_table(args.summarise, args.candidates if "--candidates" in (argv or sys.argv) else None))
+        return 0
+    if args.calibrated_score:
+        groups = {g: [Path(f) for f in files.split(",")]
+                  for g, files in (item.split("=", 1) for item in args.calibrated_score)}
+        print(calibrated_score_table(groups))
         return 0
     if args.calibration_rules:
         print(calibration_rules_table(args.calibration_rules, args.candidates[0]))
