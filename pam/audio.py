@@ -190,7 +190,8 @@ def read_span(snd: sf.SoundFile, start: int, frames: int, channel: int | None = 
         mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     else:
         if channel >= data.shape[1]:
-            raise AudioError("bad_channel", f"channel {channel} asked for, file has {data.shape[1]}")
+            raise AudioError("bad_channel", f"detect.channel is {channel} (counted from 0) but the file has "
+                                             f"{data.shape[1]} channel(s)")
         mono = data[:, channel]
     n = len(mono)  # may be short if the file ends early
     out[lo - start: lo - start + n] = mono

@@ -169,7 +169,7 @@ def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: s
 
 # -- SQL ---------------------------------------------------------------------------------------
 def sql_connection(store: Store):
-    """A DuckDB connection with views: detections, recordings, done, runs, verified, summaries."""
+    """A DuckDB connection with views: detections, recordings, done, runs, verified, failures, summaries."""
     import duckdb
 
     from pam.review import verified_files
@@ -191,6 +191,8 @@ def sql_connection(store: Store):
     _files_view(con, "runs", sorted(store.runs_dir.glob("run-*.parquet")) if store.runs_dir.exists() else [],
                 schemas.RUNS)
     _files_view(con, "verified", verified_files(store), schemas.VERIFIED)
+    _files_view(con, "failures", sorted(store.reports_dir.glob("failures-*.parquet"))
+                if store.reports_dir.exists() else [], schemas.FAILURES)
     for name in SUMMARY_TABLES:
         path = summary_path(store, name)
         _files_view(con, name, [path] if path.exists() else [], schemas.TABLES[name][0])

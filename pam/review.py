@@ -162,7 +162,8 @@ def import_review(store: Store, csv: Path) -> tuple[pd.DataFrame, Path | None]:
     now = datetime.now(timezone.utc)
     get = lambda col: rows[col] if col in rows.columns else pd.Series([""] * len(rows))  # noqa: E731
     score = pd.to_numeric(get("score"), errors="coerce")
-    start_time = pd.to_datetime(get("start_time").replace("", None), utc=True, errors="coerce")
+    # ISO8601: rows written with and without fractional seconds mix in one column
+    start_time = pd.to_datetime(get("start_time").replace("", None), utc=True, errors="coerce", format="ISO8601")
     data = {
         "recording_id": [_text(v) for v in get("recording_id")],
         "path": rows["recording"].str.strip().tolist(),

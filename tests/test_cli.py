@@ -72,3 +72,44 @@ def test_runs_lists_runs(tmp_path, dump):
     runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
     res = runner.invoke(app, ["runs", str(store)])
     assert res.exit_code == 0 and "completed" in res.output
+
+
+def test_detect_shows_undated_detections_and_copes_with_empty_and_missing_dumps(tmp_path):
+    model = every_window_model(tmp_path / "m.pt")
+    undated = tmp_path / "undated"
+    write_wav(undated / "field" / "pond.wav", noise(4.0, 16000), 16000)  # no recorder's name or header
+    args = ["--model", str(model), "--no-prefect", "--workers", "0"]
+    res = runner.invoke(app, ["detect", str(undated), "--store", str(tmp_path / "s1"), *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "time unknown" in res.output and "pond.wav" in res.output
+
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["detect", str(tmp_path / "empty"), "--store", str(tmp_path / "s2"), *args],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "no recordings in these dumps" in res.output
+
+    # a mistyped dump: the other dump is still analysed, then the command fails for cron to see
+    res = runner.invoke(app, ["detect", str(undated), str(tmp_path / "nosuch"), "--store", str(tmp_path / "s3"),
+                              *args], catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    assert "1 recordings scored" in res.output
+    assert re.search(r"error: \S*nosuch: .*does not exist", res.output.replace("\n", ""))
+
+
+def test_detect_fails_when_every_recording_fails(tmp_path, dump):
+    model = every_window_model(tmp_path / "m.pt")
+    conf = tmp_path / "ch.yaml"
+    conf.write_text("detect:\n  channel: 1\n")  # the second channel of mono files
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(model),
+                              "--config", str(conf), "--no-prefect", "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    assert "0 recordings scored" in res.output and "1 failed" in res.output
+    assert "detect.channel is 1 (counted from 0) but the file has 1 channel(s)" in res.output
+    failed = Store(tmp_path / "s").sql("SELECT status, stage FROM failures ORDER BY stage")  # the SQL view
+    assert sorted(zip(failed["stage"], failed["status"])) == [("detect", "failed"), ("scan", "empty")]
+
+
+def test_runs_on_a_missing_store_is_an_error(tmp_path):
+    res = runner.invoke(app, ["runs", str(tmp_path / "nosuch")])
+    assert res.exit_code == 2 and "does not exist" in res.output

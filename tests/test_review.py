@@ -77,6 +77,10 @@ def test_verdicts_become_precision_and_training_labels(store, tmp_path):
     rows, written = import_review(store, res.csv)
     assert written.parent == store.root / "labels" and written.name.startswith("verified-")
     assert len(rows) == 6  # the blank verdict is not a verdict
+    times = read_verified(store).set_index(["label", "start_s"])["start_time"]
+    assert times.notna().all()  # whole seconds (05:00:09) and fractions (05:00:04.5) both kept
+    assert times.loc[("owl", 9.0)] == pd.Timestamp("2024-05-01T05:00:09", tz="UTC")
+    assert times.loc[("owl", 4.5)] == pd.Timestamp("2024-05-01T05:00:04.5", tz="UTC")
     precision = summarize(store).tables["precision"].set_index("label")
     assert precision.loc["owl", ["verified_true", "verified_false", "unsure"]].tolist() == [2, 1, 1]
     assert precision.loc["owl", "precision"] == pytest.approx(2 / 3)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
+import pyarrow as pa
 import typer
 from rich.table import Table
 
@@ -68,6 +70,7 @@ def detect(
             result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
             report = result["detect"]
             problems = [p for s in result["scans"] for p in s["problems"]]
+            unscanned = [f"{s['dump']}: {s['error']}" for s in result["scans"] if s["error"]]
         else:
             from dataclasses import asdict
 
@@ -76,6 +79,7 @@ def detect(
             scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
             report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed}
             problems = [p for s in scans for p in s.problems]
+            unscanned = [f"{s.dump}: {s.error}" for s in scans if s.error]
     except (ConfigError, ModelError, StoreBusy) as exc:
         fail(str(exc))
         return
@@ -91,6 +95,12 @@ def detect(
                       soft_wrap=True)
     if show:
         _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
+    # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
+    # failed and none could be analysed; a few bad files among good ones are reported, not fatal.
+    for line in unscanned:
+        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    if unscanned or (report["recordings_failed"] and not report["recordings_done"]):
+        raise typer.Exit(1)
 
 
 def _quiet_prefect_defaults() -> None:
@@ -117,10 +127,13 @@ def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, lim
     from pam.pipeline import recordings_in
 
     recordings = recordings_in(st, [str(d) for d in dumps])
+    if recordings.empty:
+        console.print("no recordings in these dumps")
+        return
     sites = {s for s in recordings["site"] if isinstance(s, str)}
     dataset = st.detections_dataset(st.detection_files(sites=sites))
     wanted = (pads.field("model_id") == model_id) & (pads.field("settings_hash") == key) & pads.field(
-        "recording_id").isin(list(recordings["recording_id"]))
+        "recording_id").isin(pa.array(list(recordings["recording_id"]), pa.string()))
     det = dataset.to_table(filter=wanted).to_pandas()
     if det.empty:
         console.print("no detections in these dumps")
@@ -133,7 +146,7 @@ def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, lim
         console.print(f"  [bold]{first['site']}[/bold]  {Path(path).name}", highlight=False)
         for r in rows.itertuples(index=False):
             t = r.start_time
-            when = f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 100000}" if t is not None else "time unknown"
+            when = f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 100000}" if pd.notna(t) else "time unknown        "
             console.print(f"    {when}  {r.start_s:7.1f} s  {r.label}  {r.score:.3f}", highlight=False)
     if len(det) > limit:
         console.print(f"  ... {len(det) - limit} more (--show N for more; pam query {st.root} for all)",
@@ -143,6 +156,8 @@ def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, lim
 @app.command()
 def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = typer.Option(20, "--limit")) -> None:
     """List the runs recorded in a store, newest first."""
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
     frame = Store(store).read_runs().sort_values("started_at", ascending=False).head(limit)
     table = Table()
     for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
