@@ -147,8 +147,11 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
                       model_id: str | None = None, merge_gap_s: float | None = None,
                       low_hz: float | None = None, high_hz: float | None = None) -> ExportResult:
     """Write the detections matching the filters in ``fmt`` (raven | audacity | csv) under ``out``."""
+    from pam.manifest import check_outside_dumps
+
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_outside_dumps(store, out, "export folder")
     found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
                              model_id=model_id)
     det = found.rows

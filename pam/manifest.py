@@ -89,6 +89,20 @@ def check_store_outside(store: Store, dump: str | os.PathLike) -> None:
                         "(pam never writes into input folders)")
 
 
+class OutputInsideDump(ConfigError):
+    """An export or review folder would be written into an input folder: refused."""
+
+
+def check_outside_dumps(store: Store, out: str | os.PathLike, what: str) -> None:
+    """pam never writes into an input folder: refuse ``out`` inside any dump the store has scanned
+    (a clip folder there would also be scanned as recordings by the next run)."""
+    manifest = store.read_manifest()
+    for dump in sorted({d for d in manifest["dump"] if isinstance(d, str) and d}):
+        if nested_path(out, dump):
+            raise OutputInsideDump(f"{Path(out).expanduser().resolve()}: the {what} must not be inside the dump "
+                                   f"{dump} (pam never writes into input folders; the next run would scan it)")
+
+
 def _printable(path: Path) -> str | None:
     """The path as text that Parquet can hold, or None when its name is not valid UTF-8."""
     text = str(path)

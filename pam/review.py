@@ -85,11 +85,25 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
                 strategy: str = "random", seed: int = 0, pad_s: float = 1.0, min_score: float | None = None,
                 model_id: str | None = None, sites: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None) -> ReviewSet:
-    """Sample detections per species, cut them to clips under ``out_dir/clips`` and write ``review.csv``."""
+    """Sample detections per species, cut them to clips under ``out_dir/clips`` and write ``review.csv``.
+
+    Refuses an ``out_dir`` inside a scanned dump, and one whose ``review.csv`` already holds
+    verdicts (import it first, or choose another folder), so no reviewing work is overwritten.
+    """
+    from pam.manifest import check_outside_dumps
+
+    out_dir = Path(out_dir)
+    check_outside_dumps(store, out_dir, "review folder")
+    existing = out_dir / "review.csv"
+    if existing.is_file():
+        old = pd.read_csv(existing, dtype=str, keep_default_na=False)
+        filled = int((old.get("verdict", pd.Series(dtype=str)).str.strip() != "").sum())
+        if filled:
+            raise ReviewError(f"{existing}: already holds {filled} verdict(s); import it (pam review-import) and "
+                              "use another --out for the next round, so that no verdict is overwritten")
     found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
                              model_id=model_id)
     picked = sample_detections(found.rows, n, strategy, seed).sort_values(["path", "start_s"], ignore_index=True)
-    out_dir = Path(out_dir)
     rows, notes = [], list(found.notes)
     missing: list[str] = []
     for path, group in picked.groupby("path", sort=True):

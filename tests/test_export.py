@@ -84,3 +84,11 @@ def test_merge_windows_joins_overlaps_only():
 def test_unknown_format_is_refused(store, tmp_path):
     with pytest.raises(ValueError, match="format must be one of raven, audacity, csv"):
         export_detections(store, tmp_path / "x", "xlsx")
+
+
+def test_export_into_a_scanned_dump_is_refused(store, tmp_path):
+    from pam.manifest import OutputInsideDump
+
+    dump = store.read_manifest()["dump"].iloc[0]
+    with pytest.raises(OutputInsideDump, match="must not be inside the dump"):
+        export_detections(store, f"{dump}/AM01", "raven")

@@ -118,3 +118,19 @@ def test_bad_verdicts_are_listed_by_line(store, tmp_path):
     assert not (store.root / "labels").exists()
     with pytest.raises(ReviewError, match="review CSV not found"):
         import_review(store, tmp_path / "nope.csv")
+
+
+def test_review_never_overwrites_verdicts_nor_writes_into_a_dump(store, tmp_path):
+    from pam.manifest import OutputInsideDump
+
+    res = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")
+    again = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")  # nothing filled in yet
+    assert again.csv == res.csv
+    fill(res.csv, {9.0: "true"})
+    before = res.csv.read_text()
+    with pytest.raises(ReviewError, match=r"already holds 1 verdict"):
+        make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")
+    assert res.csv.read_text() == before
+    dump = store.read_manifest()["dump"].iloc[0]  # the dump the manifest names
+    with pytest.raises(OutputInsideDump, match="must not be inside the dump"):
+        make_review(store, f"{dump}/A/review", n=2)
