@@ -53,6 +53,8 @@ def bundled_model_path() -> Path:
 def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> str:
     """Write atomically; returns the new model id."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the checkpoint's file name, e.g. {path / (card.name + '.pt')}")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -72,8 +74,12 @@ def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> st
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return model_id_of(path)
 
 

@@ -40,6 +40,14 @@ def test_model_id_changes_with_thresholds(tmp_path):
     assert a != b
 
 
+def test_saving_to_a_folder_is_a_clear_error_that_leaves_nothing(tmp_path):
+    c = card()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=r"is a folder; give the checkpoint's file name, e\.g\. .*t\.pt"):
+        save_checkpoint(tmp_path / "out", c.build(), c)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
+
+
 def test_front_end_runs_on_the_model_device():
     net = PamNet(2)
     assert any(name.startswith("frontend.mel") for name, _ in net.named_buffers())

@@ -95,5 +95,9 @@ def test_evaluate_command_prints_macro_ap_and_writes_reports(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "(clips)" in result.output
     assert "macro AP: 1.000" in result.output or "macro AP: 0.500" in result.output  # two clips, one positive
+    (tmp_path / "typo.csv").write_text("path,start_s,end_s,label\nscape/dawn.wav,3.0,6.0,A\n"
+                                       "scape/dawn.wav,6.0,9.0,none\n")
+    typo = CliRunner().invoke(app, ["evaluate", str(tmp_path / "typo.csv"), "--model", str(model)])
+    assert typo.exit_code == 2 and "labels found: A (1)" in typo.output.replace("\n", "")
     missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.csv"), "--model", str(model)])
     assert missing.exit_code == 2 and "not found" in missing.output

@@ -151,3 +151,28 @@ def test_recalibration_on_new_site_clips_sets_the_thresholds_calibrate_chooses(f
     assert model.card.parent_id == parent.model_id == out["parent_id"]
     for (k, a), b in zip(parent.net.state_dict().items(), model.net.state_dict().values()):
         assert torch.equal(a, b), k  # weights unchanged
+
+
+def test_recalibration_refuses_misspelt_labels_and_keeps_thresholds_of_absent_classes(finished, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pam.train.clips import UnknownLabels, load_clip_table
+    from pam.train.run import recalibrate
+
+    folder, result, _ = finished
+    parent = load_checkpoint(result["export"]["path"])
+    clips = load_clip_table(folder / "labels.csv")[:20]
+    misspelt = [replace(c, labels=tuple(label.upper() for label in c.labels)) for c in clips]
+    with pytest.raises(UnknownLabels, match="none of the 20 clips is labelled with the model's classes"):
+        recalibrate(result["export"]["path"], misspelt, tmp_path / "bad.pt", log=quiet)
+    assert not (tmp_path / "bad.pt").exists()
+
+    first, *others = parent.card.classes
+    only_first = [replace(c, labels=tuple(label for label in c.labels if label == first)) for c in clips]
+    lines: list[str] = []
+    recalibrate(result["export"]["path"], only_first, tmp_path / "site.pt", log=lines.append)
+    model = load_checkpoint(tmp_path / "site.pt")
+    for c in others:  # no clip of these classes: their thresholds are not reset to 0.5
+        assert model.card.thresholds[c] == pytest.approx(parent.card.thresholds[c])
+        assert any(line.startswith(f"{c}: threshold") and "kept" in line for line in lines)
+

@@ -227,6 +227,26 @@ class ClipSet:
         return self.subset(np.flatnonzero(self.targets.sum(axis=1) == 0))
 
 
+class UnknownLabels(ValueError):
+    """Labelled clips that name none of the model's classes."""
+
+
+def require_known_labels(clips: list[LabelledClip], classes: list[str]) -> None:
+    """Refuse labelled data in which no clip carries any of the model's classes but some carry
+    other labels: a misspelt class would otherwise turn every positive into a negative."""
+    known = set(classes)
+    if any(set(c.labels) & known for c in clips):
+        return
+    foreign: dict[str, int] = {}
+    for c in clips:
+        for label in c.labels:
+            foreign[label] = foreign.get(label, 0) + 1
+    if foreign:
+        found = ", ".join(f"{k} ({v})" for k, v in sorted(foreign.items()))
+        raise UnknownLabels(f"none of the {len(clips)} clips is labelled with the model's classes "
+                             f"({', '.join(classes)}); labels found: {found}")
+
+
 def load_clip_set(clips: list[LabelledClip], classes: list[str], sample_rate: int) -> ClipSet:
     """Read every clip's audio into memory (fine for the thousands of clips of a training set)."""
     return ClipSet(

@@ -26,7 +26,7 @@ import torch
 
 from pam.checkpoint import LoadedModel
 from pam.dataset import read_windows
-from pam.train.clips import ClipSet, LabelledClip, load_clip_set, load_clip_table
+from pam.train.clips import ClipSet, LabelledClip, load_clip_set, load_clip_table, require_known_labels
 from pam.train.fit import score_clips
 from pam.train.labels import AnnotatedRecording, find_raven_tables, load_annotation_table, load_raven_recordings
 from pam.train.labels import load_class_folders
@@ -80,6 +80,7 @@ def evaluate_clips(model: LoadedModel, clips: list[LabelledClip], hop_s: float =
                    thresholds: dict[str, float] | None = None, target_precision: float = 0.9
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Report and a per-clip score table for labelled clips (labels of other classes are ignored)."""
+    require_known_labels(clips, model.card.classes)
     data = load_clip_set(clips, model.card.classes, model.card.sample_rate)
     report, scores = evaluate_clip_set(model, data, hop_s, thresholds, target_precision)
     items = pd.DataFrame({"path": [str(c.path) for c in clips], "start_s": [c.start_s for c in clips],

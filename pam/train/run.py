@@ -45,7 +45,7 @@ from pam.config import ConfigError
 from pam.manifest import fingerprint as file_fingerprint
 from pam.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 from pam.train.calibrate import calibrate
-from pam.train.clips import ClipSet, LabelledClip, classes_of, load_audio, load_clip_set
+from pam.train.clips import ClipSet, LabelledClip, classes_of, load_audio, load_clip_set, require_known_labels
 from pam.train.config import ModelSection, SpectrogramSection, TrainConfig
 from pam.train.curves import plot_learning_curve
 from pam.train.evaluate import evaluate_clip_set, macro_ap, write_report, to_markdown
@@ -505,17 +505,25 @@ def recalibrate(model_path: str | os.PathLike, clips: list[LabelledClip], out: s
     """
     model = load_checkpoint(model_path)
     card = model.card
+    require_known_labels(clips, card.classes)
     data = load_clip_set(clips, card.classes, card.sample_rate)
     _, scores = evaluate_clip_set(model, data, hop_s, {}, target_precision or 0.9)
     chosen = calibrate(data.targets, scores, card.classes, target_precision, placement)
     old = dict(card.thresholds)
-    card.thresholds = {c: v.threshold for c, v in chosen.items()}
+    # a class without positives among these clips keeps the threshold it had
+    card.thresholds = {c: (v.threshold if v.positives else old.get(c, v.threshold)) for c, v in chosen.items()}
     card.metrics = {**card.metrics, "recalibration": {
         "clips": len(clips), "previous_thresholds": old, "chosen": {c: v.to_dict() for c, v in chosen.items()},
         "sites": sorted({c.site for c in clips if c.site})}}
     card.parent_id = model.model_id
     model_id = save_checkpoint(out, model.net, card)
     for c, v in chosen.items():
+        if not v.positives:
+            log(f"{c}: threshold {old.get(c, 0.5):.3f} kept (no clip of this class among these {len(clips)})")
+            continue
         log(f"{c}: threshold {old.get(c, 0.5):.3f} -> {v.threshold:.3f} ({v.method}; on these clips precision "
             f"{v.precision:.3f} recall {v.recall:.3f}, {v.positives} positives, {v.negatives} negatives)")
+        if v.positives < 10 or v.negatives < 10:
+            log(f"{c}: only {v.positives} positive and {v.negatives} negative clips; a threshold from so few is "
+                "rough (review a few dozen of each if you can)")
     return {"model_id": model_id, "path": str(out), "thresholds": card.thresholds, "parent_id": model.model_id}
