@@ -20,7 +20,7 @@ import pandas as pd
 
 from pam.config import PamConfig
 from pam.store import Store
-from pam.summaries import SummaryResult, summarize
+from pam.summaries import SummaryResult, one_model_per_label, summarize
 
 log = logging.getLogger("pam.report")
 
@@ -187,7 +187,7 @@ def _html_table(frame: pd.DataFrame, limit: int = 200) -> str:
 
 def _markdown(store: Store, species: pd.DataFrame, rich: pd.DataFrame, notes: list[str]) -> str:
     lines = [f"# pam summary for `{store.root}`", "",
-             f"{len(rich)} sites, {rich['analysed_h'].sum():.1f} h analysed, "
+             f"{len(rich)} sites, {rich['analysed_h'].sum():.2f} h analysed, "
              f"{int(rich['detections'].sum()) if len(rich) else 0} detections, {len(species)} species.", ""]
     if len(species):
         lines += ["| species | detections | sites | site-days detected / surveyed | precision |", "|---|---|---|---|---|"]
@@ -206,7 +206,9 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
 
     matplotlib.use("Agg")
     summary = summary or summarize(store, config, **filters)
-    tables = summary.tables
+    # totals over models count each species with one model (summaries.label_models)
+    tables = {**summary.tables, **{name: one_model_per_label(summary.tables[name], summary.label_models)
+                                   for name in ("daily_counts", "hourly_counts", "diel")}}
     species = species_summary(tables)
     rich = tables["site_richness"]
     figures = [
@@ -216,11 +218,12 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
          diel_figure(tables["diel"], tables["effort"], species["species"].head(top).tolist())),
     ]
     sites_table = rich.drop(columns=["species_list"]).assign(
-        recorded_h=rich["recorded_h"].round(1), analysed_h=rich["analysed_h"].round(1))
+        recorded_h=rich["recorded_h"].round(2), analysed_h=rich["analysed_h"].round(2))
     by_site = tables["daily_counts"].pivot_table(index="label", columns="site", values="detections", aggfunc="sum",
                                                  fill_value=0).reset_index().rename(columns={"label": "species"})
     n_h = float(rich["analysed_h"].sum()) if len(rich) else 0.0
-    cards = [("sites", len(rich)), ("hours analysed", f"{n_h:,.0f}"), ("species", len(species)),
+    hours = f"{n_h:,.0f}" if n_h >= 100 else f"{n_h:.2f}"  # short test deployments are minutes, not 0 h
+    cards = [("sites", len(rich)), ("hours analysed", hours), ("species", len(species)),
              ("detections", f"{int(tables['hourly_counts']['detections'].sum()):,}")]
     parts = [f"<h1>Passive acoustic monitoring summary</h1><p class='meta'>Store {html.escape(str(store.root))} - "
              f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC - days and hours are each site's local time</p>",

@@ -53,6 +53,8 @@ class SummaryResult:
     recounted_days: int
     new_done_files: int
     notes: list[str] = field(default_factory=list)
+    # the model whose rows count for each species in totals over models (site tables, report)
+    label_models: dict[str, str] = field(default_factory=dict)
 
 
 def summary_path(store: Store, name: str) -> Path:
@@ -208,6 +210,33 @@ def _joined(values: pd.Series) -> str:
     return ";".join(sorted(set(values)))
 
 
+def label_models(hourly: pd.DataFrame, runs: pd.DataFrame, done: pd.DataFrame) -> dict[str, str]:
+    """For each species, the model whose detections count in totals over models.
+
+    Two models with a class in common (a recalibrated copy, a retrained model) both scored the
+    same audio; adding their detections would count each call twice. The model of the most
+    recent run wins; models without a run (committed by a script) are ranked by the number of
+    recordings they scored.
+    """
+    latest = runs.dropna(subset=["model_id", "started_at"]).groupby("model_id")["started_at"].max()
+    scored = done.groupby("model_id")["recording_id"].nunique()
+    out: dict[str, str] = {}
+    for label, models in hourly.groupby("label")["model_id"]:
+        candidates = sorted(set(models))
+        dated = [m for m in candidates if m in latest.index]
+        out[str(label)] = (max(dated, key=lambda m: latest[m]) if dated
+                           else max(candidates, key=lambda m: (scored.get(m, 0), m)))
+    return out
+
+
+def one_model_per_label(frame: pd.DataFrame, models: dict[str, str]) -> pd.DataFrame:
+    """Rows of ``frame`` (label, model_id columns) from each species' counting model only."""
+    if frame.empty or not models:
+        return frame
+    keep = [models.get(label, m) == m for label, m in zip(frame["label"], frame["model_id"])]
+    return frame[np.asarray(keep, dtype=bool)]
+
+
 def site_days_table(effort: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
     """Effort and richness per site x local day; counts null where the day was not surveyed."""
     eff = effort.groupby(["site", "local_date"], as_index=False)[["recorded_h", "analysed_h"]].sum()
@@ -338,11 +367,18 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     effort, effort_notes = effort_table(manifest, done, config)
     effort, hourly = _plain(effort), _plain(hourly)
     notes += effort_notes
-    site_days = site_days_table(effort, hourly)
+    counting = label_models(hourly, store.read_runs(), done)
+    shared = hourly.groupby("label")["model_id"].nunique()
+    for label in shared[shared > 1].index:
+        notes.append(f"{label} has detections of {shared[label]} models; site totals and the report count "
+                     f"model {counting[label]} (the latest run's), the per-model tables keep each; "
+                     "--model chooses one")
+    once = one_model_per_label(hourly, counting)
+    site_days = site_days_table(effort, once)
     tables = {
         "effort": effort, "hourly_counts": hourly, "site_days": site_days,
         "daily_counts": daily_counts_table(surveyed_by_model(done, manifest, config), hourly),
-        "site_richness": site_richness_table(site_days, hourly),
+        "site_richness": site_richness_table(site_days, once),
         "diel": diel_table(effort, hourly),
     }
     tables["occupancy"] = detection_histories(site_days, tables["daily_counts"], period_days)
@@ -352,7 +388,7 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     # the done files listed before reading: a flush committed meanwhile is recounted next time
     _write_state(store, {"version": STATE_VERSION, "inputs": inputs, "period_days": period_days,
                          "done_files": done_now})
-    return SummaryResult(tables, store.summaries_dir, full, recounted, len(new_flushes), notes)
+    return SummaryResult(tables, store.summaries_dir, full, recounted, len(new_flushes), notes, counting)
 
 
 def write_daily_counts(store: Store, config: PamConfig | None = None) -> pd.DataFrame:

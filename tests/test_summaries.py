@@ -8,12 +8,16 @@ with one hour straddling local midnight. Model m2 scored only recording a1.
 
 import math
 import shutil
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pamstore import Rec, build, commit
+from pam import schemas
 from pam.config import PamConfig
 from pam.store import Store
 from pam.summaries import read_summary, summarize
@@ -76,7 +80,8 @@ def test_site_days_tell_zero_from_not_recorded(store):
     days = summarize(store, CONF).tables["site_days"]
     cols = ["site", "local_date", "recorded_h", "analysed_h", "surveyed", "detections", "species", "species_list"]
     assert rows(days, cols) == rows(pd.DataFrame([
-        ("A", "2024-05-01", 2.0, 2.0, True, 5, 2, "owl;wren"),
+        # m1's 4 detections; m2's owl in the same audio is not added (m1 counts: it scored more recordings)
+        ("A", "2024-05-01", 2.0, 2.0, True, 4, 2, "owl;wren"),
         ("A", "2024-05-02", 2.0, 2.0, True, 0, 0, ""),  # recorded and scored, nothing found: a real zero
         ("A", "2024-05-04", 1.0, 1.0, True, 1, 1, "wren"),
         ("B", "2024-04-30", 2.0, 2.0, True, 1, 1, "owl"),
@@ -123,7 +128,7 @@ def test_site_richness_over_deployment(store):
     cols = ["site", "first_date", "last_date", "days_recorded", "days_surveyed", "recorded_h", "analysed_h",
             "detections", "species", "species_list"]
     assert rows(rich, cols) == [
-        ("A", "2024-05-01", "2024-05-04", 3, 3, 5.0, 5.0, 6, 2, "owl;wren"),
+        ("A", "2024-05-01", "2024-05-04", 3, 3, 5.0, 5.0, 5, 2, "owl;wren"),  # m1 only (see site_days)
         ("B", "2024-04-30", "2024-05-03", 4, 3, 9.0, 8.0, 3, 2, "owl;wren"),
         ("C", "2024-05-01", "2024-05-02", 2, 2, 1.0, 1.0, 2, 1, "owl"),
     ]
@@ -243,3 +248,22 @@ def test_daylight_saving_change_in_local_hours(tmp_path):
         ("2024-11-03", 0, 1.0), ("2024-11-03", 1, 2.0), ("2024-11-03", 2, 1.0)]
     # 05:30 UTC = 01:30 EDT and 06:30 UTC = 01:30 EST: the same local hour, two real minutes
     assert rows(res.tables["hourly_counts"], ["local_hour", "detections", "positive_minutes"]) == [(1, 2, 2)]
+
+
+def test_two_models_of_one_species_are_not_added_in_site_totals(tmp_path):
+    store = build(tmp_path / "store", RECS)  # m1 scored everything, m2 only a1
+    res = summarize(store, CONF)
+    assert res.label_models == {"owl": "m1", "wren": "m1"}
+    assert any("owl has detections of 2 models" in n and "model m1" in n for n in res.notes)
+    # a newer run with m2 (say a recalibrated copy now in use): m2 counts for owl from then on
+    row = {"run_id": "r-new", "flow": "detect", "status": "completed", "model_id": "m2",
+           "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)}
+    table = pa.Table.from_pylist([row], schema=schemas.RUNS)
+    store.runs_dir.mkdir(exist_ok=True)
+    pq.write_table(table, store.runs_dir / "run-r-new.parquet")
+    res = summarize(store, CONF, full=True)
+    assert res.label_models["owl"] == "m2"
+    a = res.tables["site_richness"].set_index("site").loc["A"]
+    assert a["detections"] == 1 + 2  # m2's one owl + m1's two wrens; m1's owls are not added
+    assert res.tables["daily_counts"]["model_id"].nunique() == 2  # per-model tables keep both
+

@@ -96,7 +96,7 @@ def summarize(
     _notes(res.notes)
     rich = res.tables["site_richness"]
     if len(rich):
-        shown = rich.drop(columns=["species_list"]).round({"recorded_h": 1, "analysed_h": 1})
+        shown = rich.drop(columns=["species_list"]).round({"recorded_h": 2, "analysed_h": 2})
         _print_frame(shown.head(30), title="sites: effort and richness")
 
 
