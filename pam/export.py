@@ -155,11 +155,21 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
     found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
                              model_id=model_id)
     det = found.rows
+    notes = list(found.notes)
+    if model_id is None and len(det) and fmt != "csv":
+        # a selection table has no model column: list each call once, from the species' counting model
+        from pam.summaries import label_models, one_model_per_label
+
+        shared = det.groupby("label")["model_id"].nunique()
+        if (shared > 1).any():
+            counting = label_models(det, store.read_runs(), store.done_table(columns=["recording_id", "model_id"]))
+            det = one_model_per_label(det, counting).reset_index(drop=True)
+            notes += [f"{label}: detections of {shared[label]} models; exported those of model {counting[label]} "
+                      "(the latest run's; --model chooses)" for label in shared[shared > 1].index]
     if merge_gap_s is not None:
         det = merge_windows(det, merge_gap_s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    notes = list(found.notes)
     if fmt == "csv":
         frame = with_local_time(det, config or PamConfig())
         frame["start_time"] = frame["start_time"].map(lambda t: t.isoformat() if pd.notna(t) else "")

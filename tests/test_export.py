@@ -92,3 +92,16 @@ def test_export_into_a_scanned_dump_is_refused(store, tmp_path):
     dump = store.read_manifest()["dump"].iloc[0]
     with pytest.raises(OutputInsideDump, match="must not be inside the dump"):
         export_detections(store, f"{dump}/AM01", "raven")
+
+
+def test_a_selection_table_lists_each_call_once_when_two_models_found_it(tmp_path):
+    recs = [Rec("r1", "North", "2024-05-01T05:00", 600, path="/dumps/North/20240501_050000.WAV", sample_rate=48000,
+                scored_by=("m1", "m2"),
+                detections=[(12.0, "owl", 0.93, "m1"), (12.0, "owl", 0.97, "m2"), (30.0, "owl", 0.6, "m2")]),
+            Rec("r2", "North", "2024-05-01T06:00", 600, path="/dumps/North/20240501_060000.WAV", sample_rate=48000,
+                detections=[(3.0, "owl", 0.8, "m1")])]
+    store = build(tmp_path / "store", recs)  # m1 scored both recordings, m2 one: m1 counts (no runs here)
+    res = export_detections(store, tmp_path / "raven", "raven")
+    assert res.detections == 2 and any("exported those of model m1" in n for n in res.notes)
+    both = export_detections(store, tmp_path / "m2", "raven", model_id="m2")
+    assert both.detections == 2 and not any("models" in n for n in both.notes)
