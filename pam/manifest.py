@@ -46,6 +46,8 @@ class ScanResult:
     pending: list[str] = field(default_factory=list)  # still being copied: left for the next run
     folder_errors: list[tuple[str, str]] = field(default_factory=list)
     pending_reasons: dict[str, str] = field(default_factory=dict)  # path -> why it is left
+    # recordings whose start time changed with the site clock in the config; their results were removed
+    reclocked: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> pd.DataFrame:
@@ -201,6 +203,7 @@ def scan(
     folder_errors: list[tuple[str, str]] = []
     pending: dict[str, str] = {}
     fresh: list[tuple[Path, os.stat_result]] = []  # new or changed: to be opened
+    reclocked: list[str] = []
     for path in _walk(dump, folder_errors):
         text = _printable(path)
         if text is None:
@@ -220,7 +223,10 @@ def scan(
             continue
         prev = known.get(text)
         if prev is not None and prev["size"] == st.st_size and _same_time(prev["mtime"], mtime):
-            rows.append({**prev, "scanned_at": now})
+            row = {**prev, "scanned_at": now}
+            if _clock_changed(row, config):
+                reclocked.append(row["recording_id"])
+            rows.append(row)
             continue
         fresh.append((path, st))
     if fresh and config.scan.settle_s:
@@ -255,8 +261,24 @@ def scan(
         others.loc[vanished, "reason"] = "no longer in the dump at the last scan"
         merged = pd.concat([x for x in (others, frame) if len(x)], ignore_index=True) if len(others) or len(frame) else current
         store.write_manifest(_typed(merged))
+    if reclocked:
+        store.retire(reclocked)  # after the manifest lock: the retirement takes it again
     result_rows = _typed(frame) if len(frame) else store.read_manifest().iloc[0:0]
-    return ScanResult(dump, result_rows, reopened, list(pending), folder_errors, pending_reasons=pending)
+    return ScanResult(dump, result_rows, reopened, list(pending), folder_errors, pending_reasons=pending,
+                      reclocked=reclocked)
+
+
+def _clock_changed(row: dict, config: PamConfig) -> bool:
+    """Re-read a known Song Meter file's start time from its name (local time) with the site's
+    clock as configured now; updates ``row`` and says whether the time moved. Names are all it
+    takes, so no file is opened; AudioMoth times (UTC, or an offset in the header) never move."""
+    if row.get("recorder") != "songmeter" or row.get("time_source") != "filename":
+        return False
+    now = recorders.parse_filename(row["path"], config.site_tz(row.get("site"))).start_time
+    if now is None or _same_time(row.get("start_time"), now):
+        return False
+    row["start_time"] = now
+    return True
 
 
 def _moved(path: Path, st: os.stat_result) -> bool:

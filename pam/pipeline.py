@@ -58,6 +58,15 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         summary.problems.append({"path": path, "stage": "scan", "status": "pending", "reason": reason,
                                  "site": site_of(Path(path), result.dump, config)})
         logger.info("%s: left for the next run: %s", path, reason)
+    if result.reclocked:
+        logger.warning("%d Song Meter recording(s) in %s have new start times from the site clocks in the config; "
+                       "their earlier detections were removed and they will be analysed again",
+                       len(result.reclocked), summary.dump)
+    unclocked = sorted({s for s, r in zip(rows["site"], rows["recorder"]) if r == "songmeter"
+                        and s not in config.sites}) if len(rows) else []
+    if unclocked:
+        logger.warning("Song Meter file names give local time, but site(s) %s have no timezone or utc_offset in the "
+                       "config (sites.<site>); their times were read as UTC", ", ".join(map(str, unclocked)))
     logger.info("scanned %s: %d files, %d usable, %d opened, %d left for later (still being written)",
                 summary.dump, summary.files, summary.usable, summary.reopened, summary.pending)
     return summary

@@ -53,6 +53,7 @@ from pam import schemas
 PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
 DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
 JOURNAL_NAME = re.compile(r"^\.replace-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.json$")
+RETIRE_NAME = re.compile(r"^\.retire-[0-9a-f]+\.json$")
 UNKNOWN = "unknown"
 
 
@@ -407,6 +408,22 @@ class Store:
         journal.unlink()
         _fsync_dir(self.root)
 
+    def retire(self, recording_ids: Iterable[str], lock_timeout_s: float = 600.0) -> int:
+        """Remove every model's done and detection rows of these recordings, so that the next
+        detection run analyses them again (their start times changed). Returns the done rows
+        removed. Journalled: a crash half-way is finished by the next commit or ``recover()``."""
+        ids = list(dict.fromkeys(recording_ids))
+        if not ids:
+            return 0
+        with self.lock(lock_timeout_s, what="retire"):
+            old = self.done_table(recording_ids=ids, columns=["recording_id", "model_id", "settings_hash", "run_id"])
+            if old.empty:
+                return 0
+            journal = self.root / f".retire-{uuid.uuid4().hex[:12]}.json"
+            _write_json_atomic({"keys": old.values.tolist()}, journal)
+            self._apply_journal(journal)
+            return len(old)
+
     def _recover_locked(self) -> None:
         """Finish or discard what a crashed run left: journals, orphan parts, temp files."""
         committed = self._committed_flushes()
@@ -416,6 +433,8 @@ class Store:
                     self._apply_journal(Path(entry.path))
                 else:
                     os.unlink(entry.path)
+            elif RETIRE_NAME.match(entry.name):
+                self._apply_journal(Path(entry.path))
         if self.detections_dir.exists():
             for dirpath, _dirs, files in os.walk(self.detections_dir):
                 for name in files:

@@ -87,3 +87,38 @@ def test_new_settings_or_a_rewritten_file_replace_rows_instead_of_adding_to_the_
     det = store.read_detections()
     assert det["recording_id"].nunique() == 2 and len(store.done_table()) == 2
     assert len(det) < before  # the old 30-s content's rows are gone, not kept beside the new ones
+
+
+def test_a_site_clock_added_later_moves_song_meter_times_and_redoes_their_detections(tmp_path, caplog):
+    import logging
+
+    import pandas as pd
+
+    from pam.pipeline import run_nightly
+
+    dump = tmp_path / "dump"
+    write_wav(dump / "CREEK" / "SMA01234_20240415_064500.wav", noise(6.0, 16000), 16000)  # local time in the name
+    write_wav(dump / "POND" / "20240415_064500.WAV", noise(6.0, 16000, seed=1), 16000)  # AudioMoth: UTC
+    model = every_window_model(tmp_path / "m.pt")
+    store = Store(tmp_path / "store")
+    plain = PamConfig(model=str(model), detect=DetectConfig(num_workers=0))
+    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+        run_nightly([str(dump)], store, plain, progress=False)
+    assert "site(s) CREEK have no timezone or utc_offset" in caplog.text
+    first = store.read_detections().groupby("site")["start_time"].min()
+    assert first["CREEK"] == pd.Timestamp("2024-04-15T06:45", tz="UTC")  # read as UTC, as warned
+
+    clocked = plain.model_copy(update={"sites": PamConfig.model_validate(
+        {"sites": {"CREEK": {"utc_offset": "-05:00"}}}).sites})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+        _, report = run_nightly([str(dump)], store, clocked, progress=False)
+    assert "1 Song Meter recording(s)" in caplog.text
+    assert report.recordings_done == 1 and report.recordings_skipped == 1  # only the moved one is redone
+    manifest = store.read_manifest().set_index("site")
+    assert manifest.loc["CREEK", "start_time"] == pd.Timestamp("2024-04-15T11:45", tz="UTC")
+    det = store.read_detections()
+    again = det.groupby("site")["start_time"].min()
+    assert again["CREEK"] == pd.Timestamp("2024-04-15T11:45", tz="UTC") and again["POND"] == first["POND"]
+    assert len(det) == len(store.read_detections().drop_duplicates(["recording_id", "start_s", "label"]))
+    assert len(store.done_table()) == 2

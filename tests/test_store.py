@@ -154,6 +154,23 @@ def test_a_rewritten_file_replaces_the_rows_of_its_old_content(tmp_path):
     assert sorted(store.done_table()["recording_id"]) == ["r1", "r2b"]
 
 
+def test_retire_removes_every_models_rows_and_survives_a_crash(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    a, b = new_run_id(), new_run_id()
+    store.commit(a, 0, make_flush(["r1", "r2"], a))
+    store.commit(b, 0, _retag(make_flush(["r2"], b), "model_id", {"m1": "m2"}))
+    monkeypatch.setattr(Store, "_apply_journal", lambda self, journal: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        store.retire(["r2"])
+    monkeypatch.undo()
+    assert list(tmp_path.glob(".retire-*.json"))  # the crash left the journal
+    store.recover()
+    assert not list(tmp_path.glob(".retire-*.json"))
+    assert set(store.read_detections()["recording_id"]) == {"r1"}
+    assert list(store.done_table()["recording_id"]) == ["r1"]
+    assert store.retire(["r2"]) == 0  # nothing left to remove
+
+
 def test_replace_interrupted_after_done_is_finished_by_next_commit(tmp_path, monkeypatch):
     store = Store(tmp_path)
     a, b = new_run_id(), new_run_id()
