@@ -7,13 +7,14 @@ key and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
 from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -214,19 +215,52 @@ class PamConfig(_Strict):
         return conf.tz() if conf else timezone.utc
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = []
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic names the branch of a union in the error location (``literal['mix']``, ``int``)."""
+    return isinstance(part, str) and ("[" in part or part in _UNION_TAGS)
+
+
+def _close_keys(model: type | None, loc: tuple, key: str) -> list[str]:
+    """Field names near ``key`` in the section ``loc`` leads to, for a "did you mean"."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if model else None
+        model = getattr(field, "annotation", None) if field else None
+        if model is None or not hasattr(model, "model_fields"):
+            return []
+    return difflib.get_close_matches(key, list(getattr(model, "model_fields", {})), n=1, cutoff=0.6)
+
+
+def _format_errors(source: str, exc: ValidationError, overridden: Iterable[str] = (),
+                   model: type | None = None) -> str:
+    """One line per problem, naming where the bad value came from: the file, or the command line
+    for keys given there (``overridden``: dotted keys). Union branches fold into one line."""
+    overridden = set(overridden)
+    merged: dict[str, tuple[str, list[str]]] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            near = _close_keys(model, loc[:-1], str(loc[-1])) if loc else []
+            if near:
+                msg += f" (did you mean {'.'.join(map(str, loc[:-1] + (near[0],)))}?)"
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg.lower()}"
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{source}: {key}: {msg}" if err["loc"] else f"{source}: {msg}")
-    return "\n".join(lines)
+        elif len(loc) < len(err["loc"]):  # another branch of a union: say what it accepts
+            msg = msg[:1].lower() + msg[1:]
+        where = "command line" if any(key == k or key.startswith(k + ".") for k in overridden) else source
+        prefix = f"{where}: {key}" if err["loc"] else where
+        if prefix in merged:
+            merged[prefix][1].append(msg)
+        else:
+            merged[prefix] = (prefix, [msg])
+    return "\n".join(f"{prefix}: {' or '.join(msgs)}" for prefix, msgs in merged.values())
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
@@ -264,7 +298,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     try:
         return PamConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        given = [k for k, v in (overrides or {}).items() if v is not None]
+        raise ConfigError(_format_errors(source, exc, given, PamConfig)) from None
 
 
 def settings_hash(settings: dict) -> str:

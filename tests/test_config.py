@@ -26,6 +26,28 @@ def test_errors_name_key_and_allowed_values(tmp_path):
     assert all(l.startswith(str(p)) for l in lines)
 
 
+def test_errors_say_the_command_line_fold_unions_and_suggest_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("detect:\n  hop: 1.0\n  channel: left\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, {"detect.device": "gpu", "detect.batch_size": None})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3  # the union (a channel name or an index) is one line, not two
+    assert f"{p}: detect.hop: unknown key (did you mean detect.hop_s?)" in lines
+    assert any(l.startswith(f"{p}: detect.channel: got 'left'") and "'mix'" in l and "integer" in l for l in lines)
+    assert any(l.startswith("command line: detect.device: got 'gpu'") for l in lines)
+
+
+def test_train_overrides_are_blamed_on_the_command_line():
+    from pathlib import Path
+
+    from pam.train.config import load_train_config
+
+    with pytest.raises(ConfigError) as e:
+        load_train_config(Path(__file__).parents[1] / "configs" / "train.yaml", ["train.epoch=2"])
+    assert str(e.value) == "command line: train.epoch: unknown key (did you mean train.epochs?)"
+
+
 @pytest.mark.parametrize("text, message", [
     ("detect: [1, 2\n", r"not valid YAML \(line"),
     ("- a\n- b\n", "top level must be a mapping"),

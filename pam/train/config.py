@@ -287,11 +287,11 @@ def set_dotted(data: dict, dotted: str, value: object) -> None:
     node[last] = value
 
 
-def validate(data: dict, source: str, base: Path) -> TrainConfig:
+def validate(data: dict, source: str, base: Path, overridden: list[str] | None = None) -> TrainConfig:
     try:
         conf = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, overridden or [], TrainConfig)) from None
     return resolve_paths(conf, base)
 
 
@@ -299,10 +299,10 @@ def load_train_config(path: str | os.PathLike, overrides: list[str] | dict | Non
     """Read, override (``['train.lr=0.001', ...]`` or ``{'train.lr': 0.001}``) and validate."""
     path = Path(path)
     data = read_yaml_mapping(path)
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    items = list(overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or []))
     for key, value in items:
         set_dotted(data, key, value)
-    conf = validate(data, str(path), path.resolve().parent)
+    conf = validate(data, str(path), path.resolve().parent, [key for key, _ in items])
     if conf.output.name is None:
         conf = conf.model_copy(update={"output": conf.output.model_copy(update={"name": path.stem})})
     return conf
@@ -329,4 +329,4 @@ def with_settings(conf: TrainConfig, settings: dict[str, object], source: str = 
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, model=TrainConfig)) from None
