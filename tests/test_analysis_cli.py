@@ -1,5 +1,7 @@
 """The analysis commands end to end through the CLI, on a small store with real audio files."""
 
+import io
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -37,6 +39,8 @@ def test_summarize_and_sql(store, tmp_path):
     res = invoke("sql", store.root, "SELECT site, local_date, detections FROM site_days ORDER BY site, local_date")
     assert res.exit_code == 0, res.output
     assert "2024-05-04" in res.output  # B's 23:59:30 UTC detection is on the 4th at +02:00
+    piped = pd.read_csv(io.StringIO(res.output))  # not a terminal here: plain CSV, every row
+    assert list(piped.columns) == ["site", "local_date", "detections"] and "2024-05-04" in set(piped["local_date"])
     out = tmp_path / "occ.csv"
     res = invoke("sql", store.root, "SELECT * FROM occupancy WHERE label = 'owl'", "--out", out)
     assert res.exit_code == 0 and set(pd.read_csv(out)["period"]) == {1, 2}

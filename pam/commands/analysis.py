@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -168,7 +169,7 @@ def sql(
     statement: str = typer.Argument(..., help="SQL over views detections, recordings, done, runs, verified, "
                                               "and every summary (daily_counts, site_days, diel, occupancy, ...)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the result to .csv or .parquet"),
-    show: int = typer.Option(50, "--show", help="rows to print"),
+    show: int = typer.Option(50, "--show", help="rows to print (to a terminal; piped output is every row as CSV)"),
 ) -> None:
     """Run SQL (DuckDB) over the store."""
     from pam.query import run_sql
@@ -182,6 +183,10 @@ def sql(
     if out is not None:
         _write_frame(frame, out, None)
         console.print(f"{len(frame)} rows written to {out}", highlight=False, soft_wrap=True)
+        return
+    if not console.is_terminal:
+        # piped or redirected: every row as CSV, for the next program (a table would wrap at 80 columns)
+        frame.to_csv(sys.stdout, index=False)
         return
     _print_frame(frame.head(show))
     if len(frame) > show:
