@@ -141,6 +141,24 @@ def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
     return det.assign(local_time=local)
 
 
+def _remove_previous_export(out: Path) -> None:
+    """Delete the tables an earlier export listed in ``out/index.csv`` (pam's own files only), so a
+    re-export with other filters leaves no stale table beside the new ones."""
+    index = out / "index.csv"
+    if not index.is_file():
+        return
+    try:
+        listed = pd.read_csv(index, dtype=str, keep_default_na=False).get("table", pd.Series(dtype=str))
+    except (ValueError, OSError, pd.errors.ParserError):
+        return
+    root = out.resolve()
+    for name in listed:
+        path = (out / name).resolve()
+        if name and root in path.parents and path.is_file():
+            path.unlink()
+    index.unlink()
+
+
 def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | None = None,
                       species: Sequence[str] | None = None, sites: Sequence[str] | None = None,
                       start: str | None = None, end: str | None = None, min_score: float | None = None,
@@ -170,6 +188,7 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
         det = merge_windows(det, merge_gap_s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_export(out)
     if fmt == "csv":
         frame = with_local_time(det, config or PamConfig())
         frame["start_time"] = frame["start_time"].map(lambda t: t.isoformat() if pd.notna(t) else "")

@@ -105,3 +105,13 @@ def test_a_selection_table_lists_each_call_once_when_two_models_found_it(tmp_pat
     assert res.detections == 2 and any("exported those of model m1" in n for n in res.notes)
     both = export_detections(store, tmp_path / "m2", "raven", model_id="m2")
     assert both.detections == 2 and not any("models" in n for n in both.notes)
+
+
+def test_re_export_with_other_filters_leaves_no_stale_table(store, tmp_path):
+    first = export_detections(store, tmp_path / "raven", "raven")
+    assert len(first.files) == 2
+    (tmp_path / "raven" / "my_notes.txt").write_text("mine")  # not pam's: kept
+    again = export_detections(store, tmp_path / "raven", "raven", sites=["South"])
+    written = sorted(p.relative_to(tmp_path / "raven").as_posix() for p in (tmp_path / "raven").rglob("*.txt"))
+    assert written == sorted([f.relative_to(tmp_path / "raven").as_posix() for f in again.files] + ["my_notes.txt"])
+    assert len(again.files) == 1

@@ -221,7 +221,9 @@ def export(
         fail(str(exc))
         return
     _notes(res.notes)
-    console.print(f"{res.detections} detections in {len(res.files)} file(s) under {res.folder}", highlight=False, soft_wrap=True)
+    what = "selections (overlapping windows merged)" if merge else "detections"
+    console.print(f"{res.detections} {what} in {len(res.files)} file(s) under {res.folder}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
