@@ -44,7 +44,7 @@ class SiteConfig(_Strict):
     """Where a site is and which clock it keeps."""
 
     timezone: str | None = Field(None, description="IANA name, e.g. America/Chicago")
-    utc_offset: str | None = Field(None, description="fixed offset, e.g. -05:00 (used when no timezone)")
+    utc_offset: str | None = Field(None, description="fixed offset, e.g. -05:00 (instead of a timezone)")
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
 
@@ -59,6 +59,13 @@ class SiteConfig(_Strict):
         if v is not None and not OFFSET.match(v.strip()):
             raise ValueError(f"utc_offset {v!r} is not like '+02:00' or '-5'")
         return v
+
+    @model_validator(mode="after")
+    def _one_clock(self) -> "SiteConfig":
+        if self.timezone and self.utc_offset:
+            raise ValueError("give timezone or utc_offset, not both (a timezone follows daylight saving, "
+                             "an offset does not)")
+        return self
 
     def tz(self) -> tzinfo:
         if self.timezone:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -127,13 +128,25 @@ def query_detections(store: Store, species: str | Sequence[str] | None = None, s
         table = table.slice(0, max(0, limit))
     notes = []
     if total == 0:
-        notes.append(_empty_note(store, species_list, site_list, len(files)))
+        notes.append(_empty_note(store, species_list, site_list, len(files), model_id))
     return QueryResult(table.select(cols).to_pandas(), files, notes, total)
 
 
-def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None, n_files: int) -> str:
+def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None, n_files: int,
+                model_id: str | None = None) -> str:
+    """Why nothing matched, naming what the store does hold when a species, site or model is not in it."""
     if not store.detection_files():
         return "the store has no committed detections yet"
+    if sites:
+        known_sites = {unquote(p.parent.parent.name.removeprefix("site=")) for p in store.detection_files()}
+        missing = [s for s in sites if s not in known_sites]
+        if missing:
+            return (f"no detections at site(s) {', '.join(missing)} (sites are case-sensitive; sites with "
+                    f"detections: {', '.join(sorted(known_sites))})")
+    if model_id is not None:
+        models = set(store.detections_dataset().to_table(columns=["model_id"]).column("model_id").unique().to_pylist())
+        if model_id not in models:
+            return f"no detections by model {model_id} (models in the store: {', '.join(sorted(models))})"
     if n_files == 0:
         return "no detection files for these sites and dates" + (f" (sites asked: {', '.join(sites)})" if sites else "")
     if species:

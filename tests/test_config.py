@@ -53,6 +53,7 @@ def test_train_overrides_are_blamed_on_the_command_line():
     ("- a\n- b\n", "top level must be a mapping"),
     ("sites:\n  A: {timezone: Mars/Olympus}\n", "unknown time zone"),
     ("sites:\n  A: {utc_offset: 'five'}\n", "utc_offset"),
+    ("sites:\n  A: {timezone: Europe/Berlin, utc_offset: '+01:00'}\n", "timezone or utc_offset, not both"),
     ("scan: {site_from: regex}\n", "site_regex is not set"),
     ("scan: {site_from: regex, site_regex: '(unclosed'}\n", "does not compile"),
     ("scan: {site_from: regex, site_regex: '[^/]+'}\n", "named group"),

@@ -115,6 +115,13 @@ def test_unknown_species_is_empty_with_a_note(store):
     assert res.rows.empty and "dodo" in res.notes[0] and "owl" in res.notes[0]
 
 
+def test_unknown_site_or_model_is_empty_with_a_note_naming_what_exists(store):
+    res = query_detections(store, sites="s1")  # sites are case-sensitive
+    assert res.rows.empty and "no detections at site(s) s1" in res.notes[0] and "S1" in res.notes[0]
+    res = query_detections(store, model_id="m9")
+    assert res.rows.empty and res.notes == ["no detections by model m9 (models in the store: m1, m2)"]
+
+
 def test_bad_input_is_one_clear_line(store, tmp_path):
     with pytest.raises(QueryError, match="--start '2024-13-45' is not a date"):
         query_detections(store, start="2024-13-45")

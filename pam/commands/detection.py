@@ -84,9 +84,10 @@ def detect(
         fail(str(exc))
         return
     _print_problems(problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")])
+    speed = (f" ({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time)"
+             if report["recordings_done"] else "")
     console.print(
-        f"run {report['run_id']}: {report['recordings_done']} recordings scored "
-        f"({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time), "
+        f"run {report['run_id']}: {report['recordings_done']} recordings scored{speed}, "
         f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
         f"{report['detections']} new detections", highlight=False,
     )
