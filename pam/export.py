@@ -187,14 +187,16 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
     if merge_gap_s is not None:
         det = merge_windows(det, merge_gap_s)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_previous_export(out)
     if fmt == "csv":
+        # --out names the CSV file itself when it ends in .csv, else the folder to hold detections.csv
+        path = out if out.suffix.lower() == ".csv" else out / "detections.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
         frame = with_local_time(det, config or PamConfig())
         frame["start_time"] = frame["start_time"].map(lambda t: t.isoformat() if pd.notna(t) else "")
-        path = out / "detections.csv"
         frame.to_csv(path, index=False)
-        return ExportResult(out, [path], len(det), notes)
+        return ExportResult(path.parent, [path], len(det), notes)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_export(out)
     if fmt == "raven":
         nyquist = _nyquist(store, det)
         unknown = [p for p, hz in nyquist.items() if hz == 0.0]

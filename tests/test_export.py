@@ -68,6 +68,9 @@ def test_csv_has_local_time_beside_utc(store, tmp_path):
     assert south["start_time"] == "2024-05-01T05:00:58.500000+00:00"
     assert south["local_time"] == "2024-05-01T00:00:58.500000-05:00"
     assert len(frame) == 4
+    named = export_detections(store, tmp_path / "out" / "dets.csv", "csv", config=conf)  # a file name, not a folder
+    assert named.files == [tmp_path / "out" / "dets.csv"] and (tmp_path / "out" / "dets.csv").is_file()
+    assert pd.read_csv(named.files[0]).equals(frame)
 
 
 def test_merge_windows_joins_overlaps_only():

@@ -197,7 +197,7 @@ def sql(
 def export(
     store: Path = StoreArg,
     fmt: str = typer.Option(..., "--format", help="raven | audacity | csv"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder to write to"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write to (csv: or a .csv file name)"),
     species: Optional[list[str]] = SpeciesOpt,
     site: Optional[list[str]] = SiteOpt,
     start: Optional[str] = StartOpt,
@@ -279,4 +279,5 @@ def review_import(
     if labels_out is not None:
         write_training_labels(st, labels_out)
     console.print(f"{len(rows)} verdicts imported to {written} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
-                  f"training clip table with {n_clips} clips: {labels_out or labels}", highlight=False, soft_wrap=True)
+                  f"training clip table with {n_clips} clips: {labels_out or labels}; `pam summarize {store}` "
+                  "updates the precision table", highlight=False, soft_wrap=True)
