@@ -115,3 +115,61 @@ def test_pam_serve_registers_the_nightly_deployment_and_a_triggered_run_complete
     det = Store(store).read_detections()
     assert len(det) == 2 and set(det["site"]) == {"AM01"}
     assert Store(store).read_runs().iloc[0]["status"] == "completed"
+
+
+def test_pam_serve_without_a_server_runs_its_own_and_the_cron_starts_runs(tmp_path):
+    """Prefect's temporary server has no scheduler, so `pam serve` starts a real one: the cron
+    (every minute here) must create a run that completes, and stopping pam serve stops it."""
+    import re
+
+    import prefect.client.orchestration as orchestration
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    dump = tmp_path / "incoming"
+    write_wav(dump / "AM01" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    config = tmp_path / "nightly.yaml"
+    config.write_text(f"model: '{model}'\nschedule:\n  cron: '* * * * *'\n  timezone: UTC\n"
+                      f"  dumps: ['{dump}']\n  store: '{store}'\n  name: every-minute\n"
+                      "detect:\n  num_workers: 0\nretries:\n  delay_s: 0\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "5"}
+    env.pop("PREFECT_API_URL", None)
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([str(BIN / "pam"), "serve", "--config", str(config)], env=env, cwd=REPO,
+                             start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    server_pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (m := re.search(r"local Prefect server for the schedule: (http://127\.0\.0\.1:\d+/api) \(pid (\d+)",
+                                  log.read_text())):
+            assert serve.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        api = m.group(1)
+        server_pids = [int(m.group(2))]
+        with temporary_settings({PREFECT_API_URL: api}):
+            deadline = time.monotonic() + 200
+            state = None
+            while state != StateType.COMPLETED:
+                assert serve.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, (state, log.read_text()[-3000:])
+                with orchestration.get_client(sync_client=True) as client:
+                    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                        name=DeploymentFilterName(any_=["every-minute"])))
+                done = [r for r in runs if r.state and r.state.type == StateType.COMPLETED]
+                state = StateType.COMPLETED if done else None
+                time.sleep(2)
+    finally:
+        stop(serve)
+    assert serve.poll() is not None
+    time.sleep(1)
+    alive = [p for p in server_pids if subprocess.run(["kill", "-0", str(p)], capture_output=True).returncode == 0]
+    for p in alive:  # leave nothing running, whatever the assertion below says
+        os.kill(p, signal.SIGKILL)
+    assert alive == [], "the local Prefect server outlived pam serve"
+    assert len(Store(store).read_detections()) == 2

@@ -34,7 +34,7 @@ def serve(
     training = training_deployments()
     for dep in training:
         console.print(f"{dep.flow_name}/{dep.name}: on demand (prefect deployment run '{dep.flow_name}/{dep.name}' "
-                      "--param config=...)", highlight=False, soft_wrap=True)
+                      "--params '{\"config\": {...}}')", highlight=False, soft_wrap=True, markup=False)
     if not training:
         console.print("training flows: not available (no flows/train.py); serving the nightly flow only",
                       highlight=False, soft_wrap=True)
@@ -42,4 +42,7 @@ def serve(
         return
     from pam.schedule import serve as serve_deployments
 
-    serve_deployments(config)
+    try:
+        serve_deployments(config, announce=lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False))
+    except RuntimeError as exc:  # the local Prefect server did not start
+        fail(str(exc), code=1)

@@ -8,7 +8,7 @@ Stages pass the run folder, never arrays, so any stage can be rerun alone. The r
     split.csv               every clip and its split (train / val / test): the split, reproducible
     data.json               classes, counts per split, site and class, the data fingerprint
     checkpoints/last.pt     full training state after the last finished epoch (resume)
-    checkpoints/best.pt     the best state so far (lowest validation loss)
+    checkpoints/best.pt     the best state so far (lowest validation loss; train.keep: best only)
     checkpoints/trained.pt  the trained network as a pam checkpoint, before calibration
     history.parquet         one row per epoch: training and validation loss and AP, lr, time
     learning_curve.png      the same, drawn
