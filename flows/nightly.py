@@ -19,6 +19,7 @@ or scheduled: ``pam serve --config configs/nightly.yaml`` (see docs/operations.m
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
@@ -30,7 +31,7 @@ from pam.failures import render_markdown
 from pam.manifest import check_store_outside
 from pam.pipeline import scan_stage, summarize_stage
 from pam.shards import begin_run, end_run, run_shard, shard_error
-from pam.store import Store
+from pam.store import Store, StoreBusy
 
 
 @task(name="scan", retries=2, retry_delay_seconds=10)
@@ -120,7 +121,14 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
     plain = conf.model_dump(mode="json")
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(Store(store), d)
-    with Store(store).run_lock(conf.runner.wait_s, what=f"pam-nightly on {';'.join(dumps)}"):
+    with ExitStack() as held:
+        try:
+            held.enter_context(Store(store).run_lock(conf.runner.wait_s, what=f"pam-nightly on {';'.join(dumps)}"))
+        except StoreBusy as exc:
+            # Another run is on this store: an expected deferral, not a failure (no failure
+            # automation should fire); the next run picks up what is left.
+            get_run_logger().warning("%s", exc)
+            return {"busy": str(exc), "scans": [], "detect": None, "summary": None}
         scan = scan_task.with_options(retries=conf.retries.count, retry_delay_seconds=conf.retries.delay_s)
         scans = [scan(d, store, plain) for d in dumps]
         problems = [p for s in scans for p in s["problems"]]

@@ -44,3 +44,32 @@ def test_cli_runs_through_prefect_by_default(tmp_path, prefect_harness):
     assert "1 recordings scored" in res.output
     runs = Store(tmp_path / "s").read_runs()
     assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
+
+
+def test_a_busy_store_ends_the_flow_as_a_deferral_not_a_failure(tmp_path, prefect_harness):
+    import subprocess
+    import sys
+
+    from flows.nightly import nightly
+
+    write_wav(tmp_path / "dump" / "S1" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    store = tmp_path / "store"
+    Store(store).ensure()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pam.store import Store\n"
+        f"with Store({str(store)!r}).run_lock(what='holder test'):\n"
+        "    print('held', flush=True)\n    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        model = every_window_model(tmp_path / "m.pt")
+        conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0))
+        state = nightly([str(tmp_path / "dump")], str(store), conf.model_dump(mode="json"), return_state=True)
+        assert state.is_completed()  # not Failed: failure automations must not fire for a deferral
+        out = state.result()
+        assert "holder test" in out["busy"] and out["detect"] is None
+        res = CliRunner().invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(store), "--model", str(model)])
+        assert res.exit_code == 2 and "busy with another pam run" in res.output.replace("\n", " ")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Store(store).read_detections().empty

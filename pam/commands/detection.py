@@ -68,9 +68,11 @@ def detect(
             from flows.nightly import nightly
 
             result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+            if result.get("busy"):
+                fail(result["busy"])
             report = result["detect"]
             problems = [p for s in result["scans"] for p in s["problems"]]
-            unscanned = [f"{s['dump']}: {s['error']}" for s in result["scans"] if s["error"]]
+            unscanned = [s["error"] for s in result["scans"] if s["error"]]
         else:
             from dataclasses import asdict
 
@@ -79,7 +81,7 @@ def detect(
             scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
             report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed}
             problems = [p for s in scans for p in s.problems]
-            unscanned = [f"{s.dump}: {s.error}" for s in scans if s.error]
+            unscanned = [s.error for s in scans if s.error]
     except (ConfigError, ModelError, StoreBusy) as exc:
         fail(str(exc))
         return
@@ -98,7 +100,7 @@ def detect(
         _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
     # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
     # failed and none could be analysed; a few bad files among good ones are reported, not fatal.
-    for line in unscanned:
+    for line in unscanned:  # the scan's message names the dump already
         err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
     if unscanned or (report["recordings_failed"] and not report["recordings_done"]):
         raise typer.Exit(1)
