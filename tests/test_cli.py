@@ -74,6 +74,29 @@ def test_runs_lists_runs(tmp_path, dump):
     assert res.exit_code == 0 and "completed" in res.output
 
 
+def test_runs_shows_what_an_interrupted_run_committed(tmp_path, dump):
+    from datetime import datetime, timezone
+
+    from test_store import make_flush
+
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
+    st = Store(store)
+    killed = "20990101T000000Z-dead00"  # a run killed after committing two recordings
+    st.write_run({"run_id": killed, "flow": "detect", "status": "running", "model_id": "m1",
+                  "started_at": datetime(2099, 1, 1, tzinfo=timezone.utc)})
+    st.commit(killed, 0, make_flush(["x1", "x2"], killed, per_rec=3))
+    (store / ".run.lock").write_text("pid 999999999 on " + __import__("socket").gethostname() + ": gone")
+    res = runner.invoke(app, ["runs", str(store)])
+    assert res.exit_code == 0, res.output
+    rows = [[c.strip() for c in l.split("│")[1:-1]] for l in res.output.splitlines() if "interrupted" in l and "│" in l]
+    assert len(rows) == 1  # (the table folds long ids; the status cell is the test)
+    status, counts, detections = rows[0][1], rows[0][3], rows[0][4]
+    assert (status, counts, detections) == ("interrupted", "2/0/0", "6")
+    assert "completed" in res.output
+
+
 def test_detect_shows_undated_detections_and_copes_with_empty_and_missing_dumps(tmp_path):
     model = every_window_model(tmp_path / "m.pt")
     undated = tmp_path / "undated"

@@ -161,15 +161,57 @@ def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = ty
     """List the runs recorded in a store, newest first."""
     if not store.is_dir():
         fail(f"store {store} does not exist")
-    frame = Store(store).read_runs().sort_values("started_at", ascending=False).head(limit)
+    st = Store(store)
+    frame = st.read_runs().sort_values("started_at", ascending=False).head(limit)
+    # A run that never finished (killed, power cut) has no counts in its row; what it committed
+    # is in the done table. It is "interrupted" unless it still holds the store's run lock.
+    unfinished = frame.loc[frame["status"] == "running", "run_id"].tolist()
+    committed = (st.done_table(columns=["run_id", "recording_id", "audio_s", "detections"])
+                 .query("run_id in @unfinished").groupby("run_id").agg(
+                     recordings=("recording_id", "nunique"), audio_s=("audio_s", "sum"), detections=("detections", "sum"))
+                 if unfinished else None)
+    alive = _run_lock_holder_alive(st)
     table = Table()
     for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
         table.add_column(col, overflow="fold")
     for r in frame.itertuples(index=False):
-        counts = "/".join(str(_int(v)) for v in (r.recordings_done, r.recordings_skipped, r.recordings_failed))
-        audio_h = (r.audio_s or 0) / 3600 if r.audio_s == r.audio_s else 0.0
-        table.add_row(r.run_id, r.status, r.model_id or "", counts, str(_int(r.detections)), f"{audio_h:.2f}")
+        done, detections, audio_s, status = r.recordings_done, r.detections, r.audio_s, r.status
+        if status == "running":
+            if committed is not None and r.run_id in committed.index:
+                got = committed.loc[r.run_id]
+                done, detections, audio_s = got["recordings"], got["detections"], got["audio_s"]
+            if not alive or r.run_id != frame.loc[frame["status"] == "running", "run_id"].iloc[0]:
+                status = "interrupted"
+        counts = "/".join(str(_int(v)) for v in (done, r.recordings_skipped, r.recordings_failed))
+        audio_h = (audio_s or 0) / 3600 if audio_s == audio_s else 0.0
+        table.add_row(r.run_id, status, r.model_id or "", counts, str(_int(detections)), f"{audio_h:.2f}")
     console.print(table)
+    if "running" in set(frame["status"]):
+        console.print("interrupted: the run stopped without finishing (what it committed is kept and counted "
+                      "here; the next run does the rest)", highlight=False, soft_wrap=True)
+
+
+def _run_lock_holder_alive(st: Store) -> bool:
+    """Whether the process named in the store's run lock file is alive (on this host)."""
+    import re
+    import socket
+
+    try:
+        text = (st.root / ".run.lock").read_text(errors="replace")
+    except OSError:
+        return False
+    m = re.match(r"pid (\d+) on (\S+?):", text)
+    if not m:
+        return False
+    if m.group(2) != socket.gethostname():
+        return True  # another machine's run: cannot tell, assume it is going on
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _int(v) -> int:
