@@ -62,6 +62,11 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         logger.warning("%d Song Meter recording(s) in %s have new start times from the site clocks in the config; "
                        "their earlier detections were removed and they will be analysed again",
                        len(result.reclocked), summary.dump)
+    undated = rows[rows["status"].isin(USABLE) & rows["start_time"].isna()] if len(rows) else rows
+    if len(undated):
+        logger.warning("%d usable file(s) in %s have no start time (no recorder time stamp in the name or header, "
+                       "or an impossible one), e.g. %s: their detections carry no time and the summaries leave "
+                       "them out", len(undated), summary.dump, Path(undated["path"].iloc[0]).name)
     unclocked = sorted({s for s, r in zip(rows["site"], rows["recorder"]) if r == "songmeter"
                         and s not in config.sites}) if len(rows) else []
     if unclocked:

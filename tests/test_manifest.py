@@ -160,3 +160,16 @@ def test_unreadable_subfolder_is_recorded_and_scan_goes_on(dump, tmp_path, monke
     bad = rows[rows["path"] == blocked].iloc[0]
     assert bad["status"] == "unreadable" and "Permission denied" in bad["reason"]
     assert (rows["status"] == "ok").sum() == 2  # the AM01 files still made it
+
+
+def test_scan_warns_about_usable_files_without_a_start_time(tmp_path, caplog):
+    import logging
+
+    from pam.pipeline import scan_stage
+
+    write_wav(tmp_path / "dump" / "A" / "20240501_006000.WAV", noise(1.0, 8000), 8000)  # minute 60
+    write_wav(tmp_path / "dump" / "A" / "20240501_010000.WAV", noise(1.0, 8000), 8000)
+    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+        s = scan_stage(tmp_path / "dump", Store(tmp_path / "store"), PamConfig())
+    assert s.usable == 2
+    assert "1 usable file(s)" in caplog.text and "20240501_006000.WAV" in caplog.text
