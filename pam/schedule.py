@@ -13,17 +13,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pam.config import ConfigError, PamConfig, load_config
@@ -127,84 +119,14 @@ def deployments(config_file: str | os.PathLike) -> list:
     return [nightly_deployment(config_file)] + training_deployments()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM when the parent dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@contextmanager
-def local_prefect_server(timeout_s: float = 180.0) -> Iterator[tuple[str, int]]:
-    """A ``prefect server start`` on loopback, for as long as the block runs; yields its API URL and pid.
-
-    Prefect's own temporary server (what a flow starts when no ``PREFECT_API_URL`` is set) has
-    no scheduler: a served deployment's cron would never create a run. This one is a full
-    server (scheduler included, its database under ``PREFECT_HOME``). It is stopped when the
-    block ends, and by the kernel if this process dies. Its log: PREFECT_HOME/pam-serve-server.log.
-    """
-    from prefect.settings import PREFECT_HOME
-
-    exe = Path(sys.executable).parent / "prefect"
-    command = [str(exe) if exe.exists() else (shutil.which("prefect") or "prefect"),
-               "server", "start", "--host", "127.0.0.1", "--port", str(_free_port())]
-    api = f"http://127.0.0.1:{command[-1]}/api"
-    home = Path(PREFECT_HOME.value()).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    with open(home / "pam-serve-server.log", "ab") as server_log:
-        proc = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the local Prefect server exited (code {proc.returncode}); "
-                                   f"see {home / 'pam-serve-server.log'}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the local Prefect server did not answer at {api} within {timeout_s:.0f} s")
-            time.sleep(0.5)
-        yield api, proc.pid
-    finally:
-        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-
-
-def api_configured() -> bool:
-    """Whether runs go to a Prefect server named by PREFECT_API_URL (environment or profile)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return bool(PREFECT_API_URL.value())
-
-
 def serve(config_file: str | os.PathLike, limit: int | None = 2, announce=print) -> None:
     """Serve the deployments from this process until interrupted (Ctrl-C or SIGTERM stops it).
 
     With no PREFECT_API_URL a local server is started for the schedule and stopped with it.
     """
     from prefect import serve as prefect_serve
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pam.prefect_server import api_configured, prefect_api
 
     def stop(signum, frame):  # a service manager's SIGTERM: leave through the finally blocks
         raise KeyboardInterrupt
@@ -213,13 +135,8 @@ def serve(config_file: str | os.PathLike, limit: int | None = 2, announce=print)
     if api_configured():
         prefect_serve(*deployments(config_file), limit=limit, print_starting_message=True)
         return
-    with local_prefect_server() as (api, pid):
+    with prefect_api() as (api, pid):
         announce(f"started a local Prefect server for the schedule: {api} (pid {pid}; UI at {api.removesuffix('/api')}); "
                  f"it stops with pam serve. Start a run by hand: PREFECT_API_URL={api} prefect deployment run "
                  "'pam-nightly/<schedule.name>'")
-        os.environ["PREFECT_API_URL"] = api  # flow runs started from here report to it as well
-        try:
-            with temporary_settings({PREFECT_API_URL: api}):
-                prefect_serve(*deployments(config_file), limit=limit, print_starting_message=True)
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        prefect_serve(*deployments(config_file), limit=limit, print_starting_message=True)

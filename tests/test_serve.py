@@ -173,3 +173,38 @@ def test_pam_serve_without_a_server_runs_its_own_and_the_cron_starts_runs(tmp_pa
         os.kill(p, signal.SIGKILL)
     assert alive == [], "the local Prefect server outlived pam serve"
     assert len(Store(store).read_detections()) == 2
+
+
+def test_the_local_server_dies_with_its_process_even_by_kill_9(tmp_path):
+    script = ("import sys, time\nfrom pam.prefect_server import local_prefect_server\n"
+              "with local_prefect_server() as (api, pid):\n    print(pid, api, flush=True)\n    time.sleep(120)\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    owner = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    server = None
+    try:
+        pid, api = owner.stdout.readline().split()
+        server = int(pid)
+        with urllib.request.urlopen(f"{api}/health", timeout=5) as r:
+            assert r.status == 200
+        owner.kill()  # SIGKILL: no finally block runs in the owner
+        owner.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server, 0)
+                if Path(f"/proc/{server}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break  # exited; only its parent (init here) has not reaped it yet
+            except (ProcessLookupError, FileNotFoundError):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the Prefect server outlived the process that started it")
+    finally:
+        owner.kill()
+        if server is not None:
+            try:
+                os.killpg(server, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

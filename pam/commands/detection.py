@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pam.cli import ConfigOpt, StoreOpt, app, cli_config, console, err, fail
 from pam.config import ConfigError
+from pam.prefect_server import PrefectServerError
 from pam.store import Store, StoreBusy
 
 
@@ -66,8 +67,10 @@ def detect(
         if prefect:
             _quiet_prefect_defaults()
             from flows.nightly import nightly
+            from pam.prefect_server import prefect_api
 
-            result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+            with prefect_api():  # a server tied to this process, so a kill -9 leaves none behind
+                result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
             if result.get("busy"):
                 fail(result["busy"])
             report = result["detect"]
@@ -84,6 +87,9 @@ def detect(
             unscanned = [s.error for s in scans if s.error]
     except (ConfigError, ModelError, StoreBusy) as exc:
         fail(str(exc))
+        return
+    except PrefectServerError as exc:
+        fail(str(exc), code=1)
         return
     _print_problems(problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")])
     speed = (f" ({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time)"

@@ -40,9 +40,10 @@ def serve(
                       highlight=False, soft_wrap=True)
     if dry_run:
         return
+    from pam.prefect_server import PrefectServerError
     from pam.schedule import serve as serve_deployments
 
     try:
         serve_deployments(config, announce=lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False))
-    except RuntimeError as exc:  # the local Prefect server did not start
+    except PrefectServerError as exc:
         fail(str(exc), code=1)

@@ -20,11 +20,13 @@ SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set tra
 
 def _errors() -> tuple[type[BaseException], ...]:
     from pam.checkpoint import ModelError
+    from pam.prefect_server import PrefectServerError
     from pam.train.clips import ClipTableError
     from pam.train.fit import ResumeError
     from pam.train.run import RunError
 
-    return (ConfigError, ModelError, ClipTableError, RunError, ResumeError, ValueError, FileNotFoundError)
+    return (ConfigError, ModelError, ClipTableError, RunError, ResumeError, ValueError, FileNotFoundError,
+            PrefectServerError)
 
 
 def _load(config: Path, overrides: list[str] | None):
@@ -84,8 +86,10 @@ def train(
         if prefect:
             _prefect_env()
             from flows.train import train_flow
+            from pam.prefect_server import prefect_api
 
-            result = train_flow(conf.plain(), folder, fresh, progress)
+            with prefect_api():
+                result = train_flow(conf.plain(), folder, fresh, progress)
         else:
             from pam.train.run import run_training
 
@@ -128,8 +132,10 @@ def search(
         if prefect:
             _prefect_env()
             from flows.train import search as search_flow
+            from pam.prefect_server import prefect_api
 
-            result = search_flow(conf.plain(), str(root) if root else None)
+            with prefect_api():
+                result = search_flow(conf.plain(), str(root) if root else None)
             exported = result["export"]
         else:
             from pam.train.run import calibrate_model, evaluate_model, export_model
