@@ -180,19 +180,21 @@ def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = ty
     table = Table()
     for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
         table.add_column(col, overflow="fold")
+    interrupted = 0
     for r in frame.itertuples(index=False):
         done, detections, audio_s, status = r.recordings_done, r.detections, r.audio_s, r.status
         if status == "running":
             if committed is not None and r.run_id in committed.index:
                 got = committed.loc[r.run_id]
                 done, detections, audio_s = got["recordings"], got["detections"], got["audio_s"]
-            if not alive or r.run_id != frame.loc[frame["status"] == "running", "run_id"].iloc[0]:
+            if not alive or r.run_id != unfinished[0]:  # only the newest can still hold the lock
                 status = "interrupted"
+                interrupted += 1
         counts = "/".join(str(_int(v)) for v in (done, r.recordings_skipped, r.recordings_failed))
         audio_h = (audio_s or 0) / 3600 if audio_s == audio_s else 0.0
         table.add_row(r.run_id, status, r.model_id or "", counts, str(_int(detections)), f"{audio_h:.2f}")
     console.print(table)
-    if "running" in set(frame["status"]):
+    if interrupted:
         console.print("interrupted: the run stopped without finishing (what it committed is kept and counted "
                       "here; the next run does the rest)", highlight=False, soft_wrap=True)
 
