@@ -15,7 +15,7 @@ from pam.config import PamConfig
 from pam.detect import DetectionReport
 from pam.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.commands, notebooks)
-from pam.shards import detect_sharded
+from pam.shards import detect_sharded, require_in_process_runner
 from pam.store import Store
 
 log = logging.getLogger("pam.pipeline")
@@ -103,6 +103,7 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
     Holds the store's run lock throughout (``runner.wait_s``), so a second run on the same
     store waits or stops with StoreBusy instead of doing the same work twice.
     """
+    require_in_process_runner(config)  # before anything is written
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"nightly {';'.join(str(d) for d in dumps)}"):

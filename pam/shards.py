@@ -151,6 +151,13 @@ def end_run(store: Store, run_id: str, results: list[dict], *, scan_failures: li
     return report
 
 
+def require_in_process_runner(config: PamConfig) -> None:
+    """Without Prefect, shards run on threads of this process; a Dask runner needs the flow."""
+    if config.runner.kind == "dask":
+        raise ConfigError("runner.kind: dask runs through the Prefect flow; run `pam detect` without "
+                          "--no-prefect, or set runner.kind: threads")
+
+
 def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
                    scan_failures: list[dict] | None = None, progress: bool = True,
                    logger: Logger | None = None) -> DetectionReport:
@@ -160,9 +167,7 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
     then reported, and the run goes on with the other shards.
     """
     logger = logger or log
-    if config.runner.kind == "dask":
-        raise ConfigError("runner.kind: dask runs through the Prefect flow; run `pam detect` without "
-                          "--no-prefect, or set runner.kind: threads")
+    require_in_process_runner(config)
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"detect {';'.join(dumps)}"):

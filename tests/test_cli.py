@@ -136,3 +136,12 @@ def test_detect_fails_when_every_recording_fails(tmp_path, dump):
 def test_runs_on_a_missing_store_is_an_error(tmp_path):
     res = runner.invoke(app, ["runs", str(tmp_path / "nosuch")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_dask_runner_without_prefect_is_refused_before_the_store_is_made(tmp_path, dump):
+    conf = tmp_path / "dask.yaml"
+    conf.write_text("runner:\n  kind: dask\n")
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--config", str(conf),
+                              "--no-prefect"])
+    assert res.exit_code == 2 and "runs through the Prefect flow" in res.output
+    assert not (tmp_path / "s").exists()
