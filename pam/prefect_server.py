@@ -112,6 +112,22 @@ def prefect_api() -> Iterator[tuple[str | None, int | None]]:
         os.environ["PREFECT_API_URL"] = api
         try:
             with temporary_settings({PREFECT_API_URL: api}):
-                yield api, pid
+                try:
+                    yield api, pid
+                finally:
+                    _drain_to_server()
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+def _drain_to_server(timeout_s: float = 15.0) -> None:
+    """Send the logs and events Prefect still holds while the server is up; otherwise they are
+    retried against a stopped server at exit (a minute of "All connection attempts failed")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort: the run itself is finished
+            pass
