@@ -26,7 +26,8 @@ class PrefectServerError(RuntimeError):
     """The local Prefect server did not start or did not answer."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -42,6 +43,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def wait_healthy(api: str, proc: subprocess.Popen, timeout_s: float, log: Path | None = None) -> None:
+    """Return once the server process ``proc`` answers ``API/health``; PrefectServerError when it
+    exits first or does not answer within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise PrefectServerError(f"the local Prefect server exited (code {proc.returncode})"
+                                     + (f"; see {log}" if log else ""))
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise PrefectServerError(f"the local Prefect server did not answer at {api} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 @contextmanager
 def local_prefect_server(timeout_s: float = 180.0) -> Iterator[tuple[str, int]]:
     """A ``prefect server start`` on loopback, for as long as the block runs; yields its API URL and pid.
@@ -55,7 +75,7 @@ def local_prefect_server(timeout_s: float = 180.0) -> Iterator[tuple[str, int]]:
 
     exe = Path(sys.executable).parent / "prefect"
     command = [str(exe) if exe.exists() else (shutil.which("prefect") or "prefect"),
-               "server", "start", "--host", "127.0.0.1", "--port", str(_free_port())]
+               "server", "start", "--host", "127.0.0.1", "--port", str(free_port())]
     api = f"http://127.0.0.1:{command[-1]}/api"
     home = Path(PREFECT_HOME.value()).expanduser()
     home.mkdir(parents=True, exist_ok=True)
@@ -64,20 +84,7 @@ def local_prefect_server(timeout_s: float = 180.0) -> Iterator[tuple[str, int]]:
         proc = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise PrefectServerError(f"the local Prefect server exited (code {proc.returncode}); "
-                                   f"see {home / 'pam-prefect-server.log'}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise PrefectServerError(f"the local Prefect server did not answer at {api} within {timeout_s:.0f} s")
-            time.sleep(0.5)
+        wait_healthy(api, proc, timeout_s, home / "pam-prefect-server.log")
         yield api, proc.pid
     finally:
         for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from pathlib import Path
 import pytest
 
 from models import every_window_model
+from pam.prefect_server import free_port, wait_healthy
 from pam.store import Store
 from synth import noise, write_wav
 
 pytestmark = pytest.mark.prefect
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -47,18 +41,26 @@ def stop(proc: subprocess.Popen) -> None:
         time.sleep(0.5)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "prefect server exited"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"prefect server not healthy at {url} after {timeout} s")
+def nightly_config(tmp_path: Path, cron: str, timezone: str, name: str) -> tuple[Path, Path]:
+    """A one-file dump, the every-window model and a nightly config over them: (config, store)."""
+    dump = tmp_path / "incoming"
+    write_wav(dump / "AM01" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    model = every_window_model(tmp_path / "m.pt")
+    store = tmp_path / "store"
+    config = tmp_path / "nightly.yaml"
+    config.write_text(f"model: '{model}'\nschedule:\n  cron: '{cron}'\n  timezone: {timezone}\n"
+                      f"  dumps: ['{dump}']\n  store: '{store}'\n  name: {name}\n"
+                      "detect:\n  num_workers: 0\nretries:\n  delay_s: 0\n")
+    return config, store
+
+
+def prefect_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment for a Prefect process of the test: own home, quiet, no API URL inherited."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+           **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env
 
 
 def test_pam_serve_registers_the_nightly_deployment_and_a_triggered_run_completes(tmp_path):
@@ -67,19 +69,10 @@ def test_pam_serve_registers_the_nightly_deployment_and_a_triggered_run_complete
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    dump = tmp_path / "incoming"
-    write_wav(dump / "AM01" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
-    model = every_window_model(tmp_path / "m.pt")
-    store = tmp_path / "store"
-    config = tmp_path / "nightly.yaml"
-    config.write_text(f"model: '{model}'\nschedule:\n  cron: '0 2 * * *'\n  timezone: Europe/Berlin\n"
-                      f"  dumps: ['{dump}']\n  store: '{store}'\n  name: lab-test\n"
-                      "detect:\n  num_workers: 0\nretries:\n  delay_s: 0\n")
+    config, store = nightly_config(tmp_path, "0 2 * * *", "Europe/Berlin", "lab-test")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path)
     logs = tmp_path / "logs"
     logs.mkdir()
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -87,7 +80,7 @@ def test_pam_serve_registers_the_nightly_deployment_and_a_triggered_run_complete
                               stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
     serve = None
     try:
-        wait_healthy(api, server, 120)
+        wait_healthy(api, server, 120, logs / "server.log")
         serve = subprocess.Popen([str(BIN / "pam"), "serve", "--config", str(config)],
                                  env={**env, "PREFECT_API_URL": api}, cwd=REPO, start_new_session=True,
                                  stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
@@ -127,18 +120,8 @@ def test_pam_serve_without_a_server_runs_its_own_and_the_cron_starts_runs(tmp_pa
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    dump = tmp_path / "incoming"
-    write_wav(dump / "AM01" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
-    model = every_window_model(tmp_path / "m.pt")
-    store = tmp_path / "store"
-    config = tmp_path / "nightly.yaml"
-    config.write_text(f"model: '{model}'\nschedule:\n  cron: '* * * * *'\n  timezone: UTC\n"
-                      f"  dumps: ['{dump}']\n  store: '{store}'\n  name: every-minute\n"
-                      "detect:\n  num_workers: 0\nretries:\n  delay_s: 0\n")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "5"}
-    env.pop("PREFECT_API_URL", None)
+    config, store = nightly_config(tmp_path, "* * * * *", "UTC", "every-minute")
+    env = prefect_env(tmp_path, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5", PREFECT_RUNNER_POLL_FREQUENCY="5")
     log = tmp_path / "serve.log"
     serve = subprocess.Popen([str(BIN / "pam"), "serve", "--config", str(config)], env=env, cwd=REPO,
                              start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -178,9 +161,7 @@ def test_pam_serve_without_a_server_runs_its_own_and_the_cron_starts_runs(tmp_pa
 def test_the_local_server_dies_with_its_process_even_by_kill_9(tmp_path):
     script = ("import sys, time\nfrom pam.prefect_server import local_prefect_server\n"
               "with local_prefect_server() as (api, pid):\n    print(pid, api, flush=True)\n    time.sleep(120)\n")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    env.pop("PREFECT_API_URL", None)
+    env = prefect_env(tmp_path)
     owner = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
     server = None
     try:
