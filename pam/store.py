@@ -261,6 +261,26 @@ class Store:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}: {what}, since {stamp}".encode(), 0)
         return fd
 
+    def run_lock_holder_alive(self) -> bool:
+        """Whether the process named in ``.run.lock`` (as ``_acquire_run_lock`` writes it) is alive;
+        a holder on another host is taken as alive, since it cannot be checked from here."""
+        try:
+            text = (self.root / ".run.lock").read_text(errors="replace")
+        except OSError:
+            return False
+        m = re.match(r"pid (\d+) on (\S+?):", text)
+        if not m:
+            return False
+        if m.group(2) != socket.gethostname():
+            return True
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def holds_run_lock(self) -> bool:
         """Whether this process holds this store's run lock."""
         with _RUN_LOCKS_GUARD:

@@ -176,7 +176,7 @@ def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = ty
                  .query("run_id in @unfinished").groupby("run_id").agg(
                      recordings=("recording_id", "nunique"), audio_s=("audio_s", "sum"), detections=("detections", "sum"))
                  if unfinished else None)
-    alive = _run_lock_holder_alive(st)
+    alive = st.run_lock_holder_alive()
     table = Table()
     for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
         table.add_column(col, overflow="fold")
@@ -197,29 +197,6 @@ def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = ty
     if interrupted:
         console.print("interrupted: the run stopped without finishing (what it committed is kept and counted "
                       "here; the next run does the rest)", highlight=False, soft_wrap=True)
-
-
-def _run_lock_holder_alive(st: Store) -> bool:
-    """Whether the process named in the store's run lock file is alive (on this host)."""
-    import re
-    import socket
-
-    try:
-        text = (st.root / ".run.lock").read_text(errors="replace")
-    except OSError:
-        return False
-    m = re.match(r"pid (\d+) on (\S+?):", text)
-    if not m:
-        return False
-    if m.group(2) != socket.gethostname():
-        return True  # another machine's run: cannot tell, assume it is going on
-    try:
-        os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _int(v) -> int:
