@@ -62,12 +62,12 @@ def make_dump(folder: Path, minutes: float, files: int = 6) -> tuple[Path, str]:
 
 
 def bench_throughput(args: argparse.Namespace) -> dict:
-    from pam.checkpoint import load_checkpoint
+    from pam.detect.checkpoint import load_checkpoint
     from pam.config import DetectConfig
-    from pam.dataset import RecordingTask, WindowBatches, make_loader
-    from pam.detect import default_workers, resolve_device, run_detection
-    from pam.manifest import scan
-    from pam.store import Store
+    from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
+    from pam.detect.detection import default_workers, resolve_device, run_detection
+    from pam.io.manifest import scan
+    from pam.store.store import Store
 
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else default_workers(device)
@@ -135,11 +135,11 @@ def child_peak(path: Path, workers: int, args: argparse.Namespace) -> dict:
     """Run detection on one file in a fresh process; report its peak RSS (and its workers')."""
     code = f"""
 import json, resource, tempfile
-from pam.checkpoint import load_checkpoint
+from pam.detect.checkpoint import load_checkpoint
 from pam.config import DetectConfig
-from pam.detect import run_detection
-from pam.manifest import scan
-from pam.store import Store
+from pam.detect.detection import run_detection
+from pam.io.manifest import scan
+from pam.store.store import Store
 tmp = tempfile.mkdtemp()
 store = Store(tmp)
 rows = scan({str(path.parent.parent)!r}, store).rows

@@ -4,7 +4,7 @@ Builds (or reuses) the synthetic season store of bench/season_store.py, without 
 gaps: 100 sites x 120 days x 1,000 detections a day = 12 million rows in 12,000 part files.
 Then times, for one species at one site over one week:
 
-  pruned - pam.query.query_detections, the code path of `pam query`: files chosen by folder
+  pruned - pam.store.query.query_detections, the code path of `pam query`: files chosen by folder
            names (site, UTC date), then a pyarrow filter;
   full   - every committed file read, the same filter applied afterwards in pandas;
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import season_store  # noqa: E402
 
-from pam.query import full_scan, query_detections  # noqa: E402
-from pam.store import Store  # noqa: E402
+from pam.store.query import full_scan, query_detections  # noqa: E402
+from pam.store.store import Store  # noqa: E402
 
 QUESTION = {"species": "northern_bobwhite", "sites": "S042", "start": "2024-05-06", "end": "2024-05-12"}
 

@@ -26,8 +26,8 @@ from models import every_window_model  # noqa: E402
 from synth import noise, write_wav  # noqa: E402
 
 from pam.config import DetectConfig, PamConfig  # noqa: E402
-from pam.pipeline import detect_stage, run_nightly, scan_stage  # noqa: E402
-from pam.store import Store  # noqa: E402
+from pam.ops.pipeline import detect_stage, run_nightly, scan_stage  # noqa: E402
+from pam.store.store import Store  # noqa: E402
 
 
 def scan_and_detect(dump: Path, store: Store, conf: PamConfig):

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pam import schemas  # noqa: E402
-from pam.store import Store, partition_dir  # noqa: E402
+from pam.store.store import Store, partition_dir  # noqa: E402
 
 START = datetime(2024, 4, 1, tzinfo=timezone.utc)
 RATE = 48000
@@ -163,10 +163,11 @@ def write_config(path: Path, sites: list[str]) -> None:
 
 def simulate_review(store: Store, out: Path, seed: int) -> None:
     """A pretend reviewer: 40 top detections per species judged, mostly true at high scores."""
-    from pam.review import import_review
+    from pam.analysis.review import import_review
+    from pam.store.query import query_detections
 
     rng = np.random.default_rng(seed)
-    det = store.query(columns=["path", "start_s", "end_s", "label", "score", "site", "model_id", "recording_id"])
+    det = query_detections(store, columns=["path", "start_s", "end_s", "label", "score", "site", "model_id", "recording_id"]).rows
     rows = det.sort_values("score", ascending=False).groupby("label").head(40)
     verdict = np.where(rng.random(len(rows)) < rows["score"].to_numpy() - 0.05, "true", "false")
     review = pd.DataFrame({"clip": "", "recording": rows["path"], "start_s": rows["start_s"], "end_s": rows["end_s"],

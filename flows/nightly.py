@@ -27,11 +27,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pam.config import PamConfig, RunnerConfig, load_config
-from pam.failures import render_markdown
-from pam.manifest import check_store_outside
-from pam.pipeline import scan_stage, summarize_stage
-from pam.shards import begin_run, end_run, run_shard, shard_error
-from pam.store import Store, StoreBusy
+from pam.store.failures import render_markdown
+from pam.io.manifest import check_store_outside
+from pam.ops.pipeline import scan_stage, summarize_stage
+from pam.detect.shards import begin_run, end_run, run_shard, shard_error
+from pam.store.store import Store, StoreBusy
 
 
 @task(name="scan", retries=2, retry_delay_seconds=10)

@@ -240,7 +240,7 @@ def _close_keys(model: type | None, loc: tuple, key: str) -> list[str]:
     return difflib.get_close_matches(key, list(getattr(model, "model_fields", {})), n=1, cutoff=0.6)
 
 
-def _format_errors(source: str, exc: ValidationError, overridden: Iterable[str] = (),
+def format_errors(source: str, exc: ValidationError, overridden: Iterable[str] = (),
                    model: type | None = None) -> str:
     """One line per problem, naming where the bad value came from: the file, or the command line
     for keys given there (``overridden``: dotted keys). Union branches fold into one line."""
@@ -306,7 +306,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
         return PamConfig.model_validate(data)
     except ValidationError as exc:
         given = [k for k, v in (overrides or {}).items() if v is not None]
-        raise ConfigError(_format_errors(source, exc, given, PamConfig)) from None
+        raise ConfigError(format_errors(source, exc, given, PamConfig)) from None
 
 
 def settings_hash(settings: dict) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pam.checkpoint import save_checkpoint
-from pam.model import Architecture, ModelCard
+from pam.detect.checkpoint import save_checkpoint
+from pam.detect.model import Architecture, ModelCard
 
 
 def every_window_model(path: Path, window_s: float = 3.0, seed: int = 0) -> Path:

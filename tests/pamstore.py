@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pam import schemas
-from pam.store import Flush, Store, new_run_id
+import pam.store.schemas as schemas
+from pam.store.store import Flush, Store, new_run_id
 
 NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
 

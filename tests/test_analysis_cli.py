@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pamstore import Rec, build
-from pam.cli import app
+from pam.cli.main import app
 from synth import noise, write_wav
 
 runner = CliRunner()

@@ -5,9 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pam.audio import AudioError, is_audio_name, probe, read_span, resample
-from pam.dataset import read_windows
-from pam.windows import window_grid
+from pam.io.audio import AudioError, is_audio_name, probe, read_span, resample
+from pam.detect.dataset import read_windows
+from pam.detect.windows import window_grid
 from synth import noise, tone, write_wav
 
 
@@ -138,7 +138,7 @@ def test_probe_permission_denied_even_as_root(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(p))
 
-    monkeypatch.setattr("pam.audio.open", denied, raising=False)
+    monkeypatch.setattr("pam.io.audio.open", denied, raising=False)
     with pytest.raises(AudioError) as e:
         probe(p)
     assert e.value.status == "unreadable" and e.value.reason == "permission denied"
@@ -148,7 +148,7 @@ def test_probe_permission_denied_even_as_root(tmp_path, monkeypatch):
 def test_window_cutting_matches_plain_indexing(offsets):
     """Even spacing takes the strided-view path, uneven spacing (rounding) and single windows
     the copying one, gaps (hop > window) included; all equal indexing sample by sample."""
-    from pam.dataset import _cut
+    from pam.detect.dataset import _cut
 
     wave = torch.arange(200_000, dtype=torch.float32)
     offs = np.array(offsets)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pam.checkpoint import ModelError, load_checkpoint, model_id_of, save_checkpoint
-from pam.model import Architecture, ModelCard, PamNet, SpectrogramSettings
+from pam.detect.checkpoint import ModelError, load_checkpoint, model_id_of, save_checkpoint
+from pam.detect.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 
 
 def card(**kw) -> ModelCard:

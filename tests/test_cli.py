@@ -4,8 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from models import every_window_model
-from pam.cli import app
-from pam.store import Store
+from pam.cli.main import app
+from pam.store.query import run_sql
+from pam.store.store import Store
 from synth import noise, write_wav
 
 runner = CliRunner()
@@ -129,7 +130,7 @@ def test_detect_fails_when_every_recording_fails(tmp_path, dump):
     assert res.exit_code == 1, res.output
     assert "0 recordings scored" in res.output and "1 failed" in res.output
     assert "detect.channel is 1 (counted from 0) but the file has 1 channel(s)" in res.output
-    failed = Store(tmp_path / "s").sql("SELECT status, stage FROM failures ORDER BY stage")  # the SQL view
+    failed = run_sql(Store(tmp_path / "s"), "SELECT status, stage FROM failures ORDER BY stage")  # the SQL view
     assert sorted(zip(failed["stage"], failed["status"])) == [("detect", "failed"), ("scan", "empty")]
 
 

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 
 from models import every_window_model
-from pam.checkpoint import load_checkpoint
+from pam.detect.checkpoint import load_checkpoint
 from pam.config import DetectConfig, PamConfig
-from pam.detect import run_detection
-from pam.manifest import scan
-from pam.pipeline import run_nightly
-from pam.store import Store
-from pam.windows import window_grid
+from pam.detect.detection import run_detection
+from pam.io.manifest import scan
+from pam.ops.pipeline import run_nightly
+from pam.store.store import Store
+from pam.detect.windows import window_grid
 from synth import audiomoth_comment, noise, write_wav
 
 UTC = timezone.utc

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from pam import schemas
+import pam.store.schemas as schemas
 
 DOC = (Path(__file__).parents[1] / "docs" / "store.md").read_text()
 

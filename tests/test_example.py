@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from pam.checkpoint import bundled_model_path, load_checkpoint
-from pam.cli import app
-from pam.store import Store
+from pam.detect.checkpoint import bundled_model_path, load_checkpoint
+from pam.cli.main import app
+from pam.store.store import Store
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

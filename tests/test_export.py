@@ -7,7 +7,7 @@ import pytest
 
 from pamstore import Rec, build
 from pam.config import PamConfig
-from pam.export import RAVEN_COLUMNS, export_detections, merge_windows
+from pam.analysis.export import RAVEN_COLUMNS, export_detections, merge_windows
 
 RECS = [
     Rec("r1", "North", "2024-05-01T05:00", 600, path="/dumps/North/20240501_050000.WAV", sample_rate=48000,
@@ -90,7 +90,7 @@ def test_unknown_format_is_refused(store, tmp_path):
 
 
 def test_export_into_a_scanned_dump_is_refused(store, tmp_path):
-    from pam.manifest import OutputInsideDump
+    from pam.io.manifest import OutputInsideDump
 
     dump = store.read_manifest()["dump"].iloc[0]
     with pytest.raises(OutputInsideDump, match="must not be inside the dump"):

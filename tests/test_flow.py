@@ -4,10 +4,10 @@ import pytest
 from typer.testing import CliRunner
 
 from models import every_window_model
-from pam.cli import app
+from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig
-from pam.pipeline import run_nightly
-from pam.store import Store
+from pam.ops.pipeline import run_nightly
+from pam.store.store import Store
 from synth import noise, write_wav
 
 pytestmark = pytest.mark.prefect
@@ -56,7 +56,7 @@ def test_a_busy_store_ends_the_flow_as_a_deferral_not_a_failure(tmp_path, prefec
     store = tmp_path / "store"
     Store(store).ensure()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pam.store import Store\n"
+        "import sys, time\nfrom pam.store.store import Store\n"
         f"with Store({str(store)!r}).run_lock(what='holder test'):\n"
         "    print('held', flush=True)\n    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:

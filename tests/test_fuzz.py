@@ -17,9 +17,9 @@ import pandas as pd
 from malformed import write_malformed, write_valid
 from models import every_window_model
 from pam.config import DetectConfig, PamConfig, RetriesConfig
-from pam.failures import read_failures
-from pam.pipeline import detect_stage, scan_stage
-from pam.store import Store
+from pam.store.failures import read_failures
+from pam.ops.pipeline import detect_stage, scan_stage
+from pam.store.store import Store
 
 STATUSES = {"ok", "truncated", "empty", "not_audio", "unreadable"}
 

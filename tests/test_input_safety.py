@@ -13,13 +13,13 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-import pam.manifest
+import pam.io.manifest
 from models import every_window_model
-from pam.cli import app
+from pam.cli.main import app
 from pam.config import ConfigError, DetectConfig, PamConfig, ScanConfig, load_config
-from pam.manifest import ScanError, scan
-from pam.pipeline import detect_stage, run_nightly, scan_stage
-from pam.store import Store
+from pam.io.manifest import ScanError, scan
+from pam.ops.pipeline import detect_stage, run_nightly, scan_stage
+from pam.store.store import Store
 from synth import audiomoth_comment, noise, write_wav
 
 runner = CliRunner()
@@ -159,7 +159,7 @@ def test_a_file_that_changes_while_it_is_read_waits_for_the_next_run(tmp_path, m
     dump = tmp_path / "dump"
     write_wav(dump / "A" / "20240501_020000.WAV", noise(2.0, 8000), 8000)
     victim = write_wav(dump / "A" / "20240501_030000.WAV", noise(2.0, 8000, seed=1), 8000)
-    real_probe = pam.manifest.probe
+    real_probe = pam.io.manifest.probe
 
     def probe_while_copying(path):
         info = real_probe(path)
@@ -168,7 +168,7 @@ def test_a_file_that_changes_while_it_is_read_waits_for_the_next_run(tmp_path, m
                 fh.write(b"\0" * 512)
         return info
 
-    monkeypatch.setattr(pam.manifest, "probe", probe_while_copying)
+    monkeypatch.setattr(pam.io.manifest, "probe", probe_while_copying)
     store = Store(tmp_path / "store")
     conf = PamConfig()
     summary = scan_stage(dump, store, conf)

@@ -3,10 +3,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-import pam.manifest as manifest_mod
+import pam.io.manifest as manifest_mod
 from pam.config import PamConfig, ScanConfig, SiteConfig
-from pam.manifest import ScanError, scan
-from pam.store import Store
+from pam.io.manifest import ScanError, scan
+from pam.store.store import Store
 from synth import audiomoth_comment, noise, write_wav
 
 UTC = timezone.utc
@@ -165,11 +165,11 @@ def test_unreadable_subfolder_is_recorded_and_scan_goes_on(dump, tmp_path, monke
 def test_scan_warns_about_usable_files_without_a_start_time(tmp_path, caplog):
     import logging
 
-    from pam.pipeline import scan_stage
+    from pam.ops.pipeline import scan_stage
 
     write_wav(tmp_path / "dump" / "A" / "20240501_006000.WAV", noise(1.0, 8000), 8000)  # minute 60
     write_wav(tmp_path / "dump" / "A" / "20240501_010000.WAV", noise(1.0, 8000), 8000)
-    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pam.ops.pipeline"):
         s = scan_stage(tmp_path / "dump", Store(tmp_path / "store"), PamConfig())
     assert s.usable == 2
     assert "1 usable file(s)" in caplog.text and "20240501_006000.WAV" in caplog.text

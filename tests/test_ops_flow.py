@@ -9,8 +9,8 @@ import pytest
 
 from models import every_window_model
 from pam.config import DetectConfig, PamConfig, RetriesConfig, RunnerConfig
-from pam.pipeline import detect_stage, scan_stage
-from pam.store import Store
+from pam.ops.pipeline import detect_stage, scan_stage
+from pam.store.store import Store
 from synth import noise, write_wav
 
 pytestmark = pytest.mark.prefect

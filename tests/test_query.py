@@ -8,8 +8,8 @@ import pytest
 
 import pam.store
 from pamstore import Rec, build
-from pam.query import QueryError, full_scan, query_detections, run_sql
-from pam.summaries import summarize
+from pam.store.query import QueryError, full_scan, query_detections, run_sql
+from pam.analysis.summaries import summarize
 
 SITES = ["S1", "Ridge 2/north", "S3"]
 
@@ -90,21 +90,21 @@ def test_time_score_and_model_filters(store):
     res = query_detections(store, start=t0, end=t1, min_score=0.7, model_id="m1")
     expected = brute(store, None, None, "2024-05-07T00:00", "2024-05-07T00:05", 0.7, "m1")
     assert len(expected) > 0 and key(res.rows) == key(expected)
-    m2 = store.query(model_id="m2")
+    m2 = query_detections(store, model_id="m2").rows
     assert len(m2) == len(SITES) * 14 and m2["score"].astype(float).round(2).eq(0.95).all()
 
 
 def test_min_score_keeps_a_score_equal_to_it(store):
     day = dict(sites="S1", start="2024-05-02", end="2024-05-02", model_id="m1")
-    stored = store.query(**day)["score"]
+    stored = query_detections(store, **day).rows["score"]
     at = stored == np.float32(0.63)  # stored as float32 0.63, which is below the double 0.63
     assert at.sum() == 1 and float(stored[at].iloc[0]) < 0.63
-    kept = store.query(min_score=0.63, **day)["score"]
+    kept = query_detections(store, min_score=0.63, **day).rows["score"]
     assert len(kept) == int((stored >= stored[at].iloc[0]).sum()) and kept.min() == stored[at].iloc[0]
 
 
 def test_limit_keeps_the_earliest(store):
-    rows = store.query(sites=["S1"], limit=5)
+    rows = query_detections(store, sites=["S1"], limit=5).rows
     all_s1 = brute(store, site="S1").sort_values(["start_time", "label"])
     assert len(rows) == 5
     assert list(rows["start_time"]) == list(all_s1["start_time"].head(5))
@@ -147,5 +147,5 @@ def test_sql_views(store):
 
 def test_sql_on_an_empty_store(tmp_path):
     empty = pam.store.open(tmp_path / "s").ensure()
-    assert int(empty.sql("SELECT count(*) AS n FROM detections")["n"][0]) == 0
-    assert list(empty.sql("SELECT * FROM daily_counts").columns)[:2] == ["site", "local_date"]
+    assert int(run_sql(empty, "SELECT count(*) AS n FROM detections")["n"][0]) == 0
+    assert list(run_sql(empty, "SELECT * FROM daily_counts").columns)[:2] == ["site", "local_date"]

@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import soundfile as sf
 
-from pam import recorders
+from pam.io import recorders
 
 UTC = timezone.utc
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from pamstore import build
-from pam.report import build_report, publish_artifacts, species_summary
+from pam.analysis.report import build_report, publish_artifacts, species_summary
 from test_summaries import CONF, RECS
 
 
@@ -39,7 +39,7 @@ def test_species_rows_match_hand_counts(report):
 
 
 def test_empty_store_still_writes_a_page(tmp_path):
-    from pam.store import Store
+    from pam.store.store import Store
 
     rep = build_report(Store(tmp_path / "empty"), tmp_path / "out")
     assert rep.figures == 0 and rep.html_path.exists() and rep.species_rows == []
@@ -50,7 +50,7 @@ def test_artifacts_only_inside_prefect(report):
 
 
 def test_species_summary_without_detections():
-    from pam import schemas
+    import pam.store.schemas as schemas
 
     tables = {n: schemas.TABLES[n][0].empty_table().to_pandas()
               for n in ("daily_counts", "hourly_counts", "site_days", "precision")}
@@ -63,7 +63,7 @@ def test_nightly_summary_attaches_artifacts(tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
-    from pam.pipeline import summarize_stage
+    from pam.ops.pipeline import summarize_stage
 
     store = build(tmp_path / "store", RECS)
 

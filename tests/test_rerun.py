@@ -13,8 +13,8 @@ import torch
 from inotify import Opens
 from models import every_window_model
 from pam.config import DetectConfig, PamConfig
-from pam.pipeline import detect_stage, scan_stage
-from pam.store import Store
+from pam.ops.pipeline import detect_stage, scan_stage
+from pam.store.store import Store
 from synth import noise, write_wav
 
 N = 1000
@@ -57,8 +57,7 @@ def test_rerun_over_1000_processed_files_reads_no_audio(tmp_path):
 
 
 def test_new_settings_or_a_rewritten_file_replace_rows_instead_of_adding_to_the_counts(tmp_path):
-    from pam.pipeline import run_nightly
-    from pam.summaries import read_summary
+    from pam.ops.pipeline import run_nightly
 
     dump = tmp_path / "dump"
     for i, name in enumerate(["20240501_060000.WAV", "20240501_070000.WAV"]):
@@ -69,7 +68,7 @@ def test_new_settings_or_a_rewritten_file_replace_rows_instead_of_adding_to_the_
     def night(hop_s: float) -> int:
         conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, hop_s=hop_s))
         _, report = run_nightly([str(dump)], store, conf, progress=False)
-        daily = read_summary(store, "daily_counts")
+        daily = store.read_summary("daily_counts")
         assert int(daily.loc[daily["label"] == "a", "detections"].sum()) == len(store.read_detections())
         return report.recordings_done
 
@@ -94,7 +93,7 @@ def test_a_site_clock_added_later_moves_song_meter_times_and_redoes_their_detect
 
     import pandas as pd
 
-    from pam.pipeline import run_nightly
+    from pam.ops.pipeline import run_nightly
 
     dump = tmp_path / "dump"
     write_wav(dump / "CREEK" / "SMA01234_20240415_064500.wav", noise(6.0, 16000), 16000)  # local time in the name
@@ -102,7 +101,7 @@ def test_a_site_clock_added_later_moves_song_meter_times_and_redoes_their_detect
     model = every_window_model(tmp_path / "m.pt")
     store = Store(tmp_path / "store")
     plain = PamConfig(model=str(model), detect=DetectConfig(num_workers=0))
-    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pam.ops.pipeline"):
         run_nightly([str(dump)], store, plain, progress=False)
     assert "site(s) CREEK have no timezone or utc_offset" in caplog.text
     first = store.read_detections().groupby("site")["start_time"].min()
@@ -111,7 +110,7 @@ def test_a_site_clock_added_later_moves_song_meter_times_and_redoes_their_detect
     clocked = plain.model_copy(update={"sites": PamConfig.model_validate(
         {"sites": {"CREEK": {"utc_offset": "-05:00"}}}).sites})
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pam.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pam.ops.pipeline"):
         _, report = run_nightly([str(dump)], store, clocked, progress=False)
     assert "1 Song Meter recording(s)" in caplog.text
     assert report.recordings_done == 1 and report.recordings_skipped == 1  # only the moved one is redone

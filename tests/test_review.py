@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 
 from pamstore import Rec, build
-from pam.review import ReviewError, import_review, make_review, read_verified, write_training_labels
-from pam.summaries import summarize
+from pam.analysis.review import ReviewError, import_review, make_review, write_training_labels
+from pam.analysis.summaries import summarize
 from pam.train.clips import load_clip_table
 from synth import noise, write_wav
 
@@ -77,7 +77,7 @@ def test_verdicts_become_precision_and_training_labels(store, tmp_path):
     rows, written = import_review(store, res.csv)
     assert written.parent == store.root / "labels" and written.name.startswith("verified-")
     assert len(rows) == 6  # the blank verdict is not a verdict
-    times = read_verified(store).set_index(["label", "start_s"])["start_time"]
+    times = store.read_verified().set_index(["label", "start_s"])["start_time"]
     assert times.notna().all()  # whole seconds (05:00:09) and fractions (05:00:04.5) both kept
     assert times.loc[("owl", 9.0)] == pd.Timestamp("2024-05-01T05:00:09", tz="UTC")
     assert times.loc[("owl", 4.5)] == pd.Timestamp("2024-05-01T05:00:04.5", tz="UTC")
@@ -105,7 +105,7 @@ def test_reimport_keeps_the_latest_verdict(store, tmp_path):
     import_review(store, res.csv)
     fill(res.csv, {9.0: "false"})
     import_review(store, res.csv)
-    ver = read_verified(store)
+    ver = store.read_verified()
     assert ver["verdict"].tolist() == ["false"]
 
 
@@ -121,7 +121,7 @@ def test_bad_verdicts_are_listed_by_line(store, tmp_path):
 
 
 def test_review_never_overwrites_verdicts_nor_writes_into_a_dump(store, tmp_path):
-    from pam.manifest import OutputInsideDump
+    from pam.io.manifest import OutputInsideDump
 
     res = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")
     again = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top")  # nothing filled in yet

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from typer.testing import CliRunner
 
-from pam.cli import app
+from pam.cli.main import app
 from pam.config import ConfigError, load_config
-from pam.schedule import load_for_serving, local_timezone, next_runs
+from pam.ops.schedule import load_for_serving, local_timezone, next_runs
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

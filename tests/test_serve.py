@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from models import every_window_model
-from pam.prefect_server import free_port, wait_healthy
-from pam.store import Store
+from pam.ops.prefect_server import free_port, wait_healthy
+from pam.store.store import Store
 from synth import noise, write_wav
 
 pytestmark = pytest.mark.prefect
@@ -159,7 +159,7 @@ def test_pam_serve_without_a_server_runs_its_own_and_the_cron_starts_runs(tmp_pa
 
 
 def test_the_local_server_dies_with_its_process_even_by_kill_9(tmp_path):
-    script = ("import sys, time\nfrom pam.prefect_server import local_prefect_server\n"
+    script = ("import sys, time\nfrom pam.ops.prefect_server import local_prefect_server\n"
               "with local_prefect_server() as (api, pid):\n    print(pid, api, flush=True)\n    time.sleep(120)\n")
     env = prefect_env(tmp_path)
     owner = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)

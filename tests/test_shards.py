@@ -12,17 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-import pam.dataset
-import pam.shards
+import pam.detect.dataset
+import pam.detect.shards
 from models import every_window_model
-from pam.checkpoint import load_checkpoint
+from pam.detect.checkpoint import load_checkpoint
 from pam.config import DetectConfig, PamConfig, RetriesConfig, RunnerConfig, ScanConfig
-from pam.detect import run_detection
-from pam.failures import read_failures, render_markdown
-from pam.manifest import scan
-from pam.pipeline import detect_stage, scan_stage
-from pam.shards import split
-from pam.store import PART_NAME, Store
+from pam.detect.detection import run_detection
+from pam.store.failures import read_failures, render_markdown
+from pam.io.manifest import scan
+from pam.ops.pipeline import detect_stage, scan_stage
+from pam.detect.shards import split
+from pam.store.store import PART_NAME, Store
 from synth import noise, write_wav
 
 KEY = ["recording_id", "start_sample", "label"]
@@ -89,7 +89,7 @@ def test_sharded_run_equals_single_process_run(tmp_path, conf):
 
 def flaky_reads(monkeypatch, victim: str, failures: int, error: Exception):
     """read_span raises ``error`` on ``victim`` the first ``failures`` times it is asked."""
-    real = pam.dataset.read_span
+    real = pam.detect.dataset.read_span
     calls = {"n": 0}
 
     def read_span(snd, start, frames, channel=None):
@@ -98,7 +98,7 @@ def flaky_reads(monkeypatch, victim: str, failures: int, error: Exception):
             raise error
         return real(snd, start, frames, channel)
 
-    monkeypatch.setattr(pam.dataset, "read_span", read_span)
+    monkeypatch.setattr(pam.detect.dataset, "read_span", read_span)
     return calls
 
 
@@ -171,14 +171,14 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path, conf):
 
 def test_a_shard_that_dies_is_reported_and_the_others_commit(tmp_path, conf, monkeypatch):
     dump = make_dump(tmp_path / "dump", n=6)
-    real = pam.shards.run_shard
+    real = pam.detect.shards.run_shard
 
     def run_shard(store_root, dumps, ids, config, run_id, index, **kw):
         if index == 1:
             raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed")
         return real(store_root, dumps, ids, config, run_id, index, **kw)
 
-    monkeypatch.setattr(pam.shards, "run_shard", run_shard)
+    monkeypatch.setattr(pam.detect.shards, "run_shard", run_shard)
     store = Store(tmp_path / "store")
     sharded = conf.model_copy(update={"runner": RunnerConfig(shards=3)})
     report = scan_and_detect(dump, store, sharded)

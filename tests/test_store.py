@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from pam import schemas
-from pam.store import Flush, Store, StoreBusy, new_run_id
+import pam.store.schemas as schemas
+from pam.store.store import Flush, Store, StoreBusy, new_run_id
 
 NOW = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -214,7 +214,7 @@ def test_undated_recordings_land_in_the_unknown_partition_and_summaries_cope(tmp
     """A file with no start time (no recorder name or header) has no UTC day; pandas hands the groupby
     key over as NaN, which once became a 'date=nan' folder that broke the nightly summary."""
     from pam.config import PamConfig
-    from pam.summaries import summarize
+    from pam.analysis.summaries import summarize
 
     store = Store(tmp_path)
     run = new_run_id()

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pamstore import Rec, build, commit
-from pam import schemas
+import pam.store.schemas as schemas
 from pam.config import PamConfig
-from pam.store import Store
-from pam.summaries import read_summary, summarize
+from pam.store.store import Store
+from pam.analysis.summaries import summarize
 
 CONF = PamConfig.model_validate({"sites": {"B": {"utc_offset": "-05:00"}, "C": {"timezone": "Asia/Kolkata"}}})
 
@@ -193,7 +193,7 @@ def test_incremental_equals_full_recompute(tmp_path):
     full = summarize(Store(tmp_path / "fresh"), CONF)
     assert full.full
     for name, frame in full.tables.items():
-        pd.testing.assert_frame_equal(read_summary(store, name), frame, check_like=False, obj=name)
+        pd.testing.assert_frame_equal(store.read_summary(name), frame, check_like=False, obj=name)
 
 
 def test_changed_filter_recomputes_everything(store):
@@ -225,7 +225,7 @@ def test_recorded_but_never_scored_is_unknown_not_zero(tmp_path):
 
 def test_forced_rerun_recounts_everything(tmp_path):
     from pamstore import flush_for
-    from pam.store import new_run_id
+    from pam.store.store import new_run_id
 
     store = build(tmp_path / "s", RECS)
     summarize(store, CONF)

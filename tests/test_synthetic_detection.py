@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pam.audio import resample
-from pam.checkpoint import load_checkpoint, save_checkpoint
+from pam.io.audio import resample
+from pam.detect.checkpoint import load_checkpoint, save_checkpoint
 from pam.config import DetectConfig
-from pam.detect import run_detection
-from pam.manifest import scan
-from pam.model import Architecture, ModelCard, SpectrogramSettings
-from pam.store import Store
+from pam.detect.detection import run_detection
+from pam.io.manifest import scan
+from pam.detect.model import Architecture, ModelCard, SpectrogramSettings
+from pam.store.store import Store
 from pam.train.clips import ClipSet
 from pam.train.calibrate import calibrate_thresholds
 from pam.train.fit import FitConfig, fit, score_clips

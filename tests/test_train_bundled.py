@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pam.checkpoint import bundled_model_path, load_checkpoint
+from pam.detect.checkpoint import bundled_model_path, load_checkpoint
 from pam.train import bundled
 
 from train_data import tiny_config, write_clip_set
@@ -63,8 +63,8 @@ def test_shipped_model_stays_quiet_on_foreign_soundscapes(shared_data: Path, tmp
     bury a night's real calls. The previous bundled model flagged 39 of 153 windows; this one 4."""
     from typer.testing import CliRunner
 
-    from pam.cli import app
-    from pam.store import Store
+    from pam.cli.main import app
+    from pam.store.store import Store
 
     conf = tmp_path / "all-scores.yaml"
     conf.write_text("detect:\n  min_score: 0.0\n")  # keep every window's score

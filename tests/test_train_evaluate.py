@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from pam.checkpoint import load_checkpoint
-from pam.cli import app
+from pam.detect.checkpoint import load_checkpoint
+from pam.cli.main import app
 from pam.train.evaluate import evaluate_recordings, report_frame, to_markdown, window_truth
 from pam.train.labels import AnnotatedRecording, Annotation, load_raven_recordings
 

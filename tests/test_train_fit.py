@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pam.model import Architecture, ModelCard, SpectrogramSettings
+from pam.detect.model import Architecture, ModelCard, SpectrogramSettings
 from pam.train.clips import ClipSet
 from pam.train.fit import FitConfig, ResumeError, _draws, clip_windows, fit, score_clips
 from pam.train.metrics import average_precision
-from pam.windows import window_grid
+from pam.detect.windows import window_grid
 
 RATE = 8000
 SPEC = SpectrogramSettings(sample_rate=RATE, n_fft=256, hop_length=128, n_mels=32, f_min=50.0, f_max=4000.0)

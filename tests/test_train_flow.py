@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pam.checkpoint import load_checkpoint
-from pam.cli import app
+from pam.detect.checkpoint import load_checkpoint
+from pam.cli.main import app
 
 from train_data import tiny_config, write_clip_set
 

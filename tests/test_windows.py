@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pam.windows import to_samples, window_count, window_grid
+from pam.detect.windows import to_samples, window_count, window_grid
 
 
 def brute_force(frames: int, rate: int, window_s: float, hop_s: float) -> list[int]:

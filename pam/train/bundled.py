@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pam.checkpoint import load_checkpoint, save_checkpoint
+from pam.detect.checkpoint import load_checkpoint, save_checkpoint
 from pam.train.config import load_train_config
 from pam.train.run import run_training
 

@@ -29,7 +29,7 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from pam.audio import read_span, resample
+from pam.io.audio import read_span, resample
 
 NEGATIVE = {"", "none", "nan", "null", "negative", "background"}
 

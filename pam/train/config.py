@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pam.config import ConfigError, _format_errors, read_yaml_mapping
+from pam.config import ConfigError, format_errors, read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -291,7 +291,7 @@ def validate(data: dict, source: str, base: Path, overridden: list[str] | None =
     try:
         conf = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc, overridden or [], TrainConfig)) from None
+        raise ConfigError(format_errors(source, exc, overridden or [], TrainConfig)) from None
     return resolve_paths(conf, base)
 
 
@@ -329,4 +329,4 @@ def with_settings(conf: TrainConfig, settings: dict[str, object], source: str = 
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc, model=TrainConfig)) from None
+        raise ConfigError(format_errors(source, exc, model=TrainConfig)) from None

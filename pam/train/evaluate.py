@@ -4,8 +4,8 @@ Two levels, both scored the way detection scores recordings:
 
 * **clips**: each clip's score is the maximum over model windows every ``hop_s`` seconds
   covering it; the truth is the clip's labels;
-* **soundscapes**: whole recordings are cut into detection windows (``pam.windows``,
-  ``pam.dataset.read_windows``: the same windows and resampling as ``pam detect``); a
+* **soundscapes**: whole recordings are cut into detection windows (``pam.detect.windows``,
+  ``pam.detect.dataset.read_windows``: the same windows and resampling as ``pam detect``); a
   window is positive for a class when it overlaps an annotation of that class.
 
 Per class: average precision, ROC-AUC, recall at the target precision, and precision /
@@ -24,14 +24,14 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from pam.checkpoint import LoadedModel
-from pam.dataset import read_windows
+from pam.detect.checkpoint import LoadedModel
+from pam.detect.dataset import read_windows
 from pam.train.clips import ClipSet, LabelledClip, load_clip_set, load_clip_table, require_known_labels
 from pam.train.fit import score_clips
 from pam.train.labels import AnnotatedRecording, find_raven_tables, load_annotation_table, load_raven_recordings
 from pam.train.labels import load_class_folders
 from pam.train.metrics import average_precision, precision_recall_f1, recall_at_precision, roc_auc
-from pam.windows import window_grid
+from pam.detect.windows import window_grid
 
 REPORT_COLUMNS = ["class", "level", "items", "positives", "negatives", "ap", "roc_auc", "target_precision",
                   "recall_at_target", "threshold", "precision", "recall", "f1", "tp", "fp", "fn"]

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pam.model import ModelCard, PamNet
+from pam.detect.model import ModelCard, PamNet
 from pam.train import augment
 from pam.train.clips import ClipSet
 from pam.train.metrics import average_precision
-from pam.windows import window_grid
+from pam.detect.windows import window_grid
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pam.audio import is_audio_name
+from pam.io.audio import is_audio_name
 from pam.train.clips import NEGATIVE, ClipTableError, LabelledClip, load_clip_table, parse_labels
 
 RAVEN_LABEL_COLUMNS = ("Species", "Annotation", "Label", "Class", "Sound Type")

@@ -40,10 +40,10 @@ import torch
 import yaml
 
 from pam import __version__
-from pam.checkpoint import LoadedModel, ModelError, load_checkpoint, save_checkpoint
+from pam.detect.checkpoint import LoadedModel, ModelError, load_checkpoint, save_checkpoint
 from pam.config import ConfigError
-from pam.manifest import fingerprint as file_fingerprint
-from pam.model import Architecture, ModelCard, PamNet, SpectrogramSettings
+from pam.io.manifest import fingerprint as file_fingerprint
+from pam.detect.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 from pam.train.calibrate import calibrate
 from pam.train.clips import ClipSet, LabelledClip, classes_of, load_audio, load_clip_set, require_known_labels
 from pam.train.config import ModelSection, SpectrogramSection, TrainConfig
@@ -422,7 +422,7 @@ def evaluate_model(run_dir: str | os.PathLike, log: Log = print) -> dict:
 
 def export_model(run_dir: str | os.PathLike, log: Log = print) -> dict:
     """Write ``model.pt`` (calibrated, with metrics and provenance), register it, copy it to ``output.export``."""
-    from pam.registry import register
+    from pam.detect.registry import register
 
     run_dir = Path(run_dir)
     conf = read_config(run_dir)

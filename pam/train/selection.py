@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pam.model import Architecture, ModelCard, SpectrogramSettings
+from pam.detect.model import Architecture, ModelCard, SpectrogramSettings
 from pam.train import augment
 from pam.train.calibrate import calibrate
 from pam.train.clips import ClipSet, load_audio, load_clip_set, load_clip_table, LabelledClip

@@ -1,0 +1,211 @@
+"""Detections out of the store, in the formats people check them in.
+
+* ``raven``: one Raven Pro selection table per recording (``<stem>.Table.1.selections.txt``,
+  tab-separated, the standard columns Selection, View, Channel, Begin Time (s), End Time (s),
+  Low Freq (Hz), High Freq (Hz), plus Species and Score), under a folder per site. Open the
+  recording in Raven, then File > Open Selection Table.
+* ``audacity``: one label track per recording (``<stem>.labels.txt``: start, end, label, tab-
+  separated), for File > Import > Labels.
+* ``csv``: every detection in one ``detections.csv``, with the site's local time beside UTC.
+
+Times are seconds into the recording file, which is what both programs show. ``index.csv``
+lists every table written and the recording it belongs to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from pam.config import PamConfig
+from pam.store.query import query_detections
+from pam.store.store import Store
+
+FORMATS = ("raven", "audacity", "csv")
+RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                 "High Freq (Hz)", "Species", "Score"]
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    files: list[Path]
+    detections: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.6f}"
+
+
+def merge_windows(det: pd.DataFrame, gap_s: float = 0.0) -> pd.DataFrame:
+    """Join overlapping windows of one species in one recording into one event (score: the max).
+
+    Windows overlap (3 s every 1.5 s), so a 6-second call is four rows; reviewers want one box.
+    Windows closer than ``gap_s`` are joined too.
+    """
+    if det.empty:
+        return det
+    det = det.sort_values(["path", "label", "start_s"], ignore_index=True)
+    same = (det["path"] == det["path"].shift()) & (det["label"] == det["label"].shift())
+    reach = det.groupby(["path", "label"], sort=False)["end_s"].cummax().shift()
+    new_event = ~same | (det["start_s"] > reach + gap_s)
+    det = det.assign(event=new_event.cumsum())
+    first = det.groupby("event", sort=False).first()
+    agg = det.groupby("event", sort=False).agg(end_s=("end_s", "max"), score=("score", "max"))
+    out = first.drop(columns=["end_s", "score"]).join(agg).reset_index(drop=True)
+    return out[det.columns.drop("event")]
+
+
+def _nyquist(store: Store, det: pd.DataFrame) -> dict[str, float]:
+    """Half the sample rate per recording path: the manifest, else the file's header."""
+    manifest = store.read_manifest()
+    rates = dict(zip(manifest["path"], manifest["sample_rate"]))
+    out = {}
+    for path in det["path"].unique():
+        rate = rates.get(path)
+        if rate is None or pd.isna(rate):
+            try:
+                rate = sf.info(str(path)).samplerate
+            except Exception:
+                rate = None
+        out[path] = float(rate) / 2 if rate else 0.0
+    return out
+
+
+def _table_names(det: pd.DataFrame) -> dict[str, str]:
+    """A relative file stem per recording: ``<site>/<file stem>``, made unique if two collide."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path, site, rid in det[["path", "site", "recording_id"]].drop_duplicates("path").itertuples(index=False):
+        stem = f"{_safe(site)}/{_safe(Path(path).stem)}"
+        if stem in taken:
+            stem = f"{stem}-{str(rid)[:8]}"
+        taken.add(stem)
+        names[path] = stem
+    return names
+
+
+def write_raven(det: pd.DataFrame, out: Path, nyquist: dict[str, float], low_hz: float | None = None,
+                high_hz: float | None = None) -> list[dict]:
+    """One selection table per recording; returns index rows."""
+    index = []
+    for path, stem in _table_names(det).items():
+        rows = det[det["path"] == path].sort_values(["start_s", "label"], kind="stable")
+        high = high_hz if high_hz is not None else nyquist.get(path, 0.0)
+        low = low_hz if low_hz is not None else 0.0
+        lines = ["\t".join(RAVEN_COLUMNS)]
+        for i, r in enumerate(rows.itertuples(index=False), start=1):
+            lines.append("\t".join([str(i), "Spectrogram 1", "1", _seconds(r.start_s), _seconds(r.end_s),
+                                    f"{low:.1f}", f"{high:.1f}", str(r.label), f"{float(r.score):.4f}"]))
+        index.append(_write_table(out, f"{stem}.Table.1.selections.txt", lines, path, rows))
+    return index
+
+
+def write_audacity(det: pd.DataFrame, out: Path) -> list[dict]:
+    """One Audacity label track per recording; returns index rows."""
+    index = []
+    for path, stem in _table_names(det).items():
+        rows = det[det["path"] == path].sort_values(["start_s", "label"], kind="stable")
+        lines = [f"{_seconds(r.start_s)}\t{_seconds(r.end_s)}\t{r.label} {float(r.score):.3f}"
+                 for r in rows.itertuples(index=False)]
+        index.append(_write_table(out, f"{stem}.labels.txt", lines, path, rows))
+    return index
+
+
+def _write_table(out: Path, name: str, lines: list[str], path: str, rows: pd.DataFrame) -> dict:
+    """Write one recording's table under ``out``; its row of the export index."""
+    file = out / name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"table": str(file.relative_to(out)), "recording": path, "site": rows["site"].iloc[0],
+            "selections": len(rows)}
+
+
+def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
+    """Add ``local_time``: the window start on the site's clock, ISO with its UTC offset."""
+    local = pd.Series([""] * len(det), index=det.index, dtype=object)
+    for site, idx in det.groupby("site").groups.items():
+        times = pd.to_datetime(det.loc[idx, "start_time"], utc=True).dt.tz_convert(config.site_tz(site))
+        local.loc[idx] = [t.isoformat() if pd.notna(t) else "" for t in times]
+    return det.assign(local_time=local)
+
+
+def _remove_previous_export(out: Path) -> None:
+    """Delete the tables an earlier export listed in ``out/index.csv`` (pam's own files only), so a
+    re-export with other filters leaves no stale table beside the new ones."""
+    index = out / "index.csv"
+    if not index.is_file():
+        return
+    try:
+        listed = pd.read_csv(index, dtype=str, keep_default_na=False).get("table", pd.Series(dtype=str))
+    except (ValueError, OSError, pd.errors.ParserError):
+        return
+    root = out.resolve()
+    for name in listed:
+        path = (out / name).resolve()
+        if name and root in path.parents and path.is_file():
+            path.unlink()
+    index.unlink()
+
+
+def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | None = None,
+                      species: Sequence[str] | None = None, sites: Sequence[str] | None = None,
+                      start: str | None = None, end: str | None = None, min_score: float | None = None,
+                      model_id: str | None = None, merge_gap_s: float | None = None,
+                      low_hz: float | None = None, high_hz: float | None = None) -> ExportResult:
+    """Write the detections matching the filters in ``fmt`` (raven | audacity | csv) under ``out``."""
+    from pam.io.manifest import check_outside_dumps
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_outside_dumps(store, out, "export folder")
+    found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
+                             model_id=model_id)
+    det = found.rows
+    notes = list(found.notes)
+    if model_id is None and len(det) and fmt != "csv":
+        # a selection table has no model column: list each call once, from the species' counting model
+        from pam.analysis.summaries import label_models, one_model_per_label
+
+        shared = det.groupby("label")["model_id"].nunique()
+        if (shared > 1).any():
+            counting = label_models(det, store.read_runs(), store.done_table(columns=["recording_id", "model_id"]))
+            det = one_model_per_label(det, counting).reset_index(drop=True)
+            notes += [f"{label}: detections of {shared[label]} models; exported those of model {counting[label]} "
+                      "(the latest run's; --model chooses)" for label in shared[shared > 1].index]
+    if merge_gap_s is not None:
+        det = merge_windows(det, merge_gap_s)
+    out = Path(out)
+    if fmt == "csv":
+        # --out names the CSV file itself when it ends in .csv, else the folder to hold detections.csv
+        path = out if out.suffix.lower() == ".csv" else out / "detections.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = with_local_time(det, config or PamConfig())
+        frame["start_time"] = frame["start_time"].map(lambda t: t.isoformat() if pd.notna(t) else "")
+        frame.to_csv(path, index=False)
+        return ExportResult(path.parent, [path], len(det), notes)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_export(out)
+    if fmt == "raven":
+        nyquist = _nyquist(store, det)
+        unknown = [p for p, hz in nyquist.items() if hz == 0.0]
+        if unknown and high_hz is None:
+            notes.append(f"{len(unknown)} recording(s) have no known sample rate; their High Freq is 0 "
+                         "(pass --high-freq)")
+        index = write_raven(det, out, nyquist, low_hz, high_hz)
+    else:
+        index = write_audacity(det, out)
+    pd.DataFrame(index, columns=["table", "recording", "site", "selections"]).to_csv(out / "index.csv", index=False)
+    return ExportResult(out, [out / row["table"] for row in index], int(np.sum([r["selections"] for r in index])),
+                        notes)

@@ -1,0 +1,221 @@
+"""Checking detections by ear: sample them, cut clips, read back the verdicts.
+
+``make_review`` samples detections per species (at random or the top scores), cuts each to a
+short WAV clip (seek + one block read, so a 24-hour recording is never loaded whole) and
+writes ``review.csv`` with an empty ``verdict`` column to fill in with true / false / unsure.
+
+``import_review`` stores the filled-in CSV as verified labels (``STORE/labels/verified-*.parquet``);
+the summaries turn them into per-species precision, and ``training_labels`` turns them into a
+clip table (``path,start_s,end_s,label,site,recording``) that ``pam.train.clips.load_clip_table``
+reads: a window verified true for a species is labelled with it, a window verified false for
+every species it was shown for is a negative (``none``), unsure verdicts are left out.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import soundfile as sf
+
+import pam.store.schemas as schemas
+from pam.store.query import query_detections
+from pam.store.store import Store, write_parquet_atomic
+
+REVIEW_COLUMNS = ["clip", "recording", "start_s", "end_s", "species", "score", "verdict", "notes",
+                  "site", "start_time", "model_id", "recording_id"]
+VERDICTS = {
+    "true": "true", "t": "true", "yes": "true", "y": "true", "1": "true",
+    "false": "false", "f": "false", "no": "false", "n": "false", "0": "false",
+    "unsure": "unsure", "u": "unsure", "?": "unsure", "maybe": "unsure",
+}
+WAV_SUBTYPES = {"PCM_16", "PCM_24", "PCM_32", "FLOAT"}
+
+
+class ReviewError(ValueError):
+    """A review CSV that cannot be imported; the message lists every bad row."""
+
+
+@dataclass
+class ReviewSet:
+    csv: Path
+    clips: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def sample_detections(det: pd.DataFrame, n: int, strategy: str = "random", seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` detections per species: a seeded random sample, or the ``n`` highest scores."""
+    if strategy not in ("random", "top"):
+        raise ValueError(f"strategy must be 'random' or 'top', got {strategy!r}")
+    picks = []
+    for _label, group in det.groupby("label", sort=True):
+        if strategy == "top":
+            picks.append(group.sort_values(["score", "start_time"], ascending=[False, True], kind="stable").head(n))
+        else:
+            picks.append(group.sample(n=min(n, len(group)), random_state=seed))
+    return pd.concat(picks, ignore_index=True) if picks else det.head(0)
+
+
+def cut_clip(source: sf.SoundFile, start_s: float, end_s: float, pad_s: float, out: Path) -> tuple[float, float]:
+    """Write [start - pad, end + pad] (clamped to the file) of an open file to ``out``; returns the span."""
+    rate = source.samplerate
+    lo = max(0, int(round((start_s - pad_s) * rate)))
+    hi = min(source.frames, int(round((end_s + pad_s) * rate)))
+    source.seek(lo)
+    block = source.read(max(0, hi - lo), dtype="float32", always_2d=True)
+    subtype = source.subtype if source.subtype in WAV_SUBTYPES else "PCM_16"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), block, rate, subtype=subtype, format="WAV")
+    return lo / rate, hi / rate
+
+
+def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = None, n: int = 50,
+                strategy: str = "random", seed: int = 0, pad_s: float = 1.0, min_score: float | None = None,
+                model_id: str | None = None, sites: Sequence[str] | None = None, start: str | None = None,
+                end: str | None = None) -> ReviewSet:
+    """Sample detections per species, cut them to clips under ``out_dir/clips`` and write ``review.csv``.
+
+    Refuses an ``out_dir`` inside a scanned dump, and one whose ``review.csv`` already holds
+    verdicts (import it first, or choose another folder), so no reviewing work is overwritten.
+    """
+    from pam.io.manifest import check_outside_dumps
+
+    out_dir = Path(out_dir)
+    check_outside_dumps(store, out_dir, "review folder")
+    existing = out_dir / "review.csv"
+    if existing.is_file():
+        old = pd.read_csv(existing, dtype=str, keep_default_na=False)
+        filled = int((old.get("verdict", pd.Series(dtype=str)).str.strip() != "").sum())
+        if filled:
+            raise ReviewError(f"{existing}: already holds {filled} verdict(s); import it (pam review-import) and "
+                              "use another --out for the next round, so that no verdict is overwritten")
+    found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
+                             model_id=model_id)
+    picked = sample_detections(found.rows, n, strategy, seed).sort_values(["path", "start_s"], ignore_index=True)
+    rows, notes = [], list(found.notes)
+    missing: list[str] = []
+    for path, group in picked.groupby("path", sort=True):
+        try:
+            source = sf.SoundFile(str(path))
+        except Exception:  # moved, deleted or unreadable since detection
+            missing.append(str(path))
+            continue
+        with source:
+            for r in group.itertuples(index=False):
+                name = f"{_safe(r.label)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{r.start_s:09.3f}s.wav"
+                cut_clip(source, r.start_s, r.end_s, pad_s, out_dir / "clips" / name)
+                rows.append({"clip": f"clips/{name}", "recording": str(path), "start_s": r.start_s, "end_s": r.end_s,
+                             "species": r.label, "score": round(float(r.score), 4), "verdict": "", "notes": "",
+                             "site": r.site, "start_time": r.start_time.isoformat() if pd.notna(r.start_time) else "",
+                             "model_id": r.model_id, "recording_id": r.recording_id})
+    if missing:
+        notes.append(f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}")
+    table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "start_s"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "review.csv"
+    table.to_csv(csv, index=False)
+    return ReviewSet(csv, len(table), notes)
+
+
+def read_review_csv(path: Path) -> pd.DataFrame:
+    """The verdict rows of a filled-in review CSV (unreviewed rows dropped); ReviewError lists bad rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReviewError(f"{path}: review CSV not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    need = [c for c in ("recording", "start_s", "end_s", "species", "verdict") if c not in frame.columns]
+    if need:
+        raise ReviewError(f"{path}: missing column(s) {need}; a review CSV has {REVIEW_COLUMNS}")
+    problems, keep = [], []
+    for i, row in enumerate(frame.to_dict("records")):
+        where = f"{path}: line {i + 2}"
+        verdict = row["verdict"].strip().lower()
+        if verdict == "":
+            continue
+        if verdict not in VERDICTS:
+            problems.append(f"{where}: verdict {row['verdict']!r} is not true, false or unsure")
+            continue
+        try:
+            start_s, end_s = float(row["start_s"]), float(row["end_s"])
+        except ValueError:
+            problems.append(f"{where}: start_s/end_s are not numbers ({row['start_s']!r}, {row['end_s']!r})")
+            continue
+        if not row["recording"].strip() or not row["species"].strip():
+            problems.append(f"{where}: recording and species must not be empty")
+            continue
+        keep.append({**row, "verdict": VERDICTS[verdict], "start_s": start_s, "end_s": end_s})
+    if problems:
+        raise ReviewError("\n".join([f"{path}: {len(problems)} bad row(s)"] + problems))
+    return pd.DataFrame(keep, columns=list(frame.columns))
+
+
+def _text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def import_review(store: Store, csv: Path) -> tuple[pd.DataFrame, Path | None]:
+    """Store a filled-in review CSV as verified labels; returns (rows, file written or None if no verdicts)."""
+    rows = read_review_csv(csv)
+    if rows.empty:
+        return rows, None
+    now = datetime.now(timezone.utc)
+    get = lambda col: rows[col] if col in rows.columns else pd.Series([""] * len(rows))  # noqa: E731
+    score = pd.to_numeric(get("score"), errors="coerce")
+    # ISO8601: rows written with and without fractional seconds mix in one column
+    start_time = pd.to_datetime(get("start_time").replace("", None), utc=True, errors="coerce", format="ISO8601")
+    data = {
+        "recording_id": [_text(v) for v in get("recording_id")],
+        "path": rows["recording"].str.strip().tolist(),
+        "site": [_text(v) for v in get("site")],
+        "start_s": rows["start_s"].astype(float).tolist(),
+        "end_s": rows["end_s"].astype(float).tolist(),
+        "start_time": [None if pd.isna(t) else t.to_pydatetime() for t in start_time],
+        "label": rows["species"].str.strip().tolist(),
+        "model_id": [_text(v) for v in get("model_id")],
+        "score": [None if pd.isna(s) else float(s) for s in score],
+        "verdict": rows["verdict"].tolist(),
+        "notes": [_text(v) for v in get("notes")],
+        "source": [str(Path(csv).resolve())] * len(rows),
+        "imported_at": [now] * len(rows),
+    }
+    table = pa.table(data, schema=schemas.with_version("verified"))
+    out = store.root / "labels" / f"verified-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}.parquet"
+    write_parquet_atomic(table, out)
+    return table.to_pandas(), out
+
+
+def training_labels(verified: pd.DataFrame) -> pd.DataFrame:
+    """A clip table for ``pam.train``: one row per verified window, ``label`` ';'-joined or ``none``."""
+    judged = verified[verified["verdict"].isin(["true", "false"])]
+    rows = []
+    for (path, start_s, end_s), group in judged.groupby(["path", "start_s", "end_s"], sort=True):
+        present = sorted(set(group.loc[group["verdict"] == "true", "label"]))
+        site = next((s for s in group["site"] if isinstance(s, str)), "")
+        recording = next((r for r in group["recording_id"] if isinstance(r, str)), path)
+        rows.append({"path": path, "start_s": start_s, "end_s": end_s,
+                     "label": ";".join(present) if present else "none", "site": site, "recording": recording})
+    return pd.DataFrame(rows, columns=["path", "start_s", "end_s", "label", "site", "recording"])
+
+
+def write_training_labels(store: Store, out: Path | None = None) -> tuple[Path, int]:
+    """Write the training clip table of every verdict so far (default ``STORE/labels/training_labels.csv``)."""
+    table = training_labels(store.read_verified())
+    out = Path(out) if out else store.root / "labels" / "training_labels.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return out, len(table)

@@ -1,0 +1,283 @@
+"""Commands over the detection store: summarize, report, query, sql, export, review, review-import."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from pam.cli.app import ConfigOpt, app, cli_config, console, err, fail
+from pam.config import ConfigError
+from pam.store.store import Store
+
+StoreArg = typer.Argument(..., help="store folder")
+SpeciesOpt = typer.Option(None, "--species", help="species (label); repeat for several")
+SiteOpt = typer.Option(None, "--site", help="site; repeat for several")
+StartOpt = typer.Option(None, "--start", help="from this UTC date or date-time (YYYY-MM-DD[THH:MM])")
+EndOpt = typer.Option(None, "--end", help="to this UTC date (whole day included) or date-time (excluded)")
+MinScoreOpt = typer.Option(None, "--min-score", min=0.0, max=1.0, help="only detections scoring at least this")
+ModelOpt = typer.Option(None, "--model", help="only this model id")
+
+
+def _store(path: Path) -> Store:
+    if not path.is_dir():
+        fail(f"store {path} does not exist")
+    return Store(path)
+
+
+def _errors():
+    from pam.store.query import QueryError
+    from pam.analysis.review import ReviewError
+
+    return (QueryError, ReviewError, ConfigError, ValueError, KeyError)
+
+
+def _notes(notes: list[str]) -> None:
+    for n in notes:
+        err.print(f"[yellow]note:[/yellow] {n}", highlight=False, soft_wrap=True)
+
+
+def _write_frame(frame: pd.DataFrame, out: Path, fmt: Optional[str]) -> None:
+    kind = (fmt or out.suffix.lstrip(".")).lower()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "csv":
+        frame.to_csv(out, index=False)
+    elif kind in ("parquet", "pq"):
+        frame.to_parquet(out, index=False)
+    else:
+        fail(f"{out}: cannot tell the format; end the name in .csv or .parquet, or pass --format")
+
+
+def _print_frame(frame: pd.DataFrame, title: str | None = None) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left",
+                         overflow="fold")
+    for row in frame.itertuples(index=False):
+        cells = []
+        for v in row:
+            if v is None or (isinstance(v, float) and pd.isna(v)):
+                cells.append("")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            elif isinstance(v, pd.Timestamp):
+                cells.append(v.strftime("%Y-%m-%d %H:%M:%S"))
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def summarize(
+    store: Path = StoreArg,
+    config: Optional[Path] = ConfigOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    model: Optional[str] = ModelOpt,
+    period_days: Optional[int] = typer.Option(None, "--period-days", min=1, help="occupancy survey period (days)"),
+    full: bool = typer.Option(False, "--full", help="recount everything instead of only the days that changed"),
+) -> None:
+    """Bring the summary tables up to date (only the days with new detections are recounted)."""
+    from pam.analysis.summaries import summarize as run_summaries
+
+    st = _store(store)
+    try:
+        res = run_summaries(st, cli_config(config), min_score=min_score, model_id=model, period_days=period_days,
+                            full=full)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    how = "full recount" if res.full else f"incremental: {res.new_done_files} new done file(s)"
+    console.print(f"summaries written to {res.folder} ({how}, {res.recounted_days} site-days counted)",
+                  highlight=False, soft_wrap=True)
+    _notes(res.notes)
+    rich = res.tables["site_richness"]
+    if len(rich):
+        shown = rich.drop(columns=["species_list"]).round({"recorded_h": 2, "analysed_h": 2})
+        _print_frame(shown.head(30), title="sites: effort and richness")
+
+
+@app.command()
+def report(
+    store: Path = StoreArg,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for report.html"),
+    config: Optional[Path] = ConfigOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    model: Optional[str] = ModelOpt,
+    period_days: Optional[int] = typer.Option(None, "--period-days", min=1),
+    top: int = typer.Option(6, "--top", min=1, help="species with a diel plot"),
+) -> None:
+    """Write a self-contained HTML report (figures inline, no network needed) of the summaries."""
+    from pam.analysis.report import build_report
+
+    st = _store(store)
+    try:
+        rep = build_report(st, out, cli_config(config), top=top, min_score=min_score, model_id=model,
+                           period_days=period_days)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _notes(rep.notes)
+    console.print(f"report written to {rep.html_path} ({rep.figures} figures)", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def query(
+    store: Path = StoreArg,
+    species: Optional[list[str]] = SpeciesOpt,
+    site: Optional[list[str]] = SiteOpt,
+    start: Optional[str] = StartOpt,
+    end: Optional[str] = EndOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    model: Optional[str] = ModelOpt,
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="at most this many rows (earliest first)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write all rows to .csv or .parquet"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | parquet (default: from --out)"),
+) -> None:
+    """Detections by species, site, time, score and model; reads only the files that can match."""
+    from pam.store.query import query_detections
+
+    st = _store(store)
+    try:
+        res = query_detections(st, species=species, sites=site, start=start, end=end, min_score=min_score,
+                               model_id=model, limit=limit)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _notes(res.notes)
+    if out is not None and fmt != "table":
+        _write_frame(res.rows, out, fmt)
+        console.print(f"{len(res.rows)} detections written to {out}", highlight=False, soft_wrap=True)
+        return
+    shown = res.rows.head(limit if limit is not None else 50)
+    if len(shown):
+        frame = shown.assign(file=shown["path"].map(lambda p: Path(p).name))
+        _print_frame(frame[["site", "start_time", "file", "start_s", "label", "score", "model_id"]]
+                     .rename(columns={"start_time": "start (UTC)", "start_s": "at (s)"}))
+    more = res.total - len(shown)
+    console.print(f"{res.total} detections match ({len(res.files)} files read)"
+                  + (f"; {more} not shown, use --out FILE or --limit" if more > 0 else ""), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sql(
+    store: Path = StoreArg,
+    statement: str = typer.Argument(..., help="SQL over views detections, recordings, done, runs, verified, "
+                                              "and every summary (daily_counts, site_days, diel, occupancy, ...)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the result to .csv or .parquet"),
+    show: int = typer.Option(50, "--show", help="rows to print (to a terminal; piped output is every row as CSV)"),
+) -> None:
+    """Run SQL (DuckDB) over the store."""
+    from pam.store.query import run_sql
+
+    st = _store(store)
+    try:
+        frame = run_sql(st, statement)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    if out is not None:
+        _write_frame(frame, out, None)
+        console.print(f"{len(frame)} rows written to {out}", highlight=False, soft_wrap=True)
+        return
+    if not console.is_terminal:
+        # piped or redirected: every row as CSV, for the next program (a table would wrap at 80 columns)
+        frame.to_csv(sys.stdout, index=False)
+        return
+    _print_frame(frame.head(show))
+    if len(frame) > show:
+        console.print(f"{len(frame) - show} more rows; use --out FILE", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    store: Path = StoreArg,
+    fmt: str = typer.Option(..., "--format", help="raven | audacity | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write to (csv: or a .csv file name)"),
+    species: Optional[list[str]] = SpeciesOpt,
+    site: Optional[list[str]] = SiteOpt,
+    start: Optional[str] = StartOpt,
+    end: Optional[str] = EndOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    model: Optional[str] = ModelOpt,
+    merge: bool = typer.Option(False, "--merge", help="join overlapping windows of a species into one selection"),
+    low_freq: Optional[float] = typer.Option(None, "--low-freq", help="Raven Low Freq (Hz); default 0"),
+    high_freq: Optional[float] = typer.Option(None, "--high-freq", help="Raven High Freq (Hz); default Nyquist"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Selection tables (Raven Pro), label tracks (Audacity) or CSV, to check detections by ear."""
+    from pam.analysis.export import export_detections
+
+    st = _store(store)
+    try:
+        res = export_detections(st, out, fmt, cli_config(config), species=species, sites=site, start=start,
+                                end=end, min_score=min_score, model_id=model, merge_gap_s=0.0 if merge else None,
+                                low_hz=low_freq, high_hz=high_freq)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _notes(res.notes)
+    what = "selections (overlapping windows merged)" if merge else "detections"
+    console.print(f"{res.detections} {what} in {len(res.files)} file(s) under {res.folder}", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command()
+def review(
+    store: Path = StoreArg,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for clips/ and review.csv"),
+    species: Optional[list[str]] = SpeciesOpt,
+    n: int = typer.Option(50, "--n", min=1, help="clips per species"),
+    strategy: str = typer.Option("random", "--strategy", help="random | top (highest scores)"),
+    seed: int = typer.Option(0, "--seed"),
+    pad: float = typer.Option(1.0, "--pad", min=0.0, help="seconds of context before and after the window"),
+    site: Optional[list[str]] = SiteOpt,
+    start: Optional[str] = StartOpt,
+    end: Optional[str] = EndOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Cut a sample of detections per species to WAV clips, with a review.csv to fill in."""
+    from pam.analysis.review import make_review
+
+    st = _store(store)
+    try:
+        res = make_review(st, out, species=species, n=n, strategy=strategy, seed=seed, pad_s=pad, min_score=min_score,
+                          model_id=model, sites=site, start=start, end=end)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _notes(res.notes)
+    console.print(f"{res.clips} clips; fill in the verdict column (true / false / unsure) of {res.csv}, "
+                  f"then: pam review-import {store} {res.csv}", highlight=False, soft_wrap=True)
+
+
+@app.command("review-import")
+def review_import(
+    store: Path = StoreArg,
+    csv: Path = typer.Argument(..., help="filled-in review.csv"),
+    labels_out: Optional[Path] = typer.Option(None, "--labels-out", help="also write the training clip table here"),
+) -> None:
+    """Import a filled-in review CSV as verified labels (precision in the summaries, training labels)."""
+    from pam.analysis.review import import_review, write_training_labels
+
+    st = _store(store)
+    try:
+        rows, written = import_review(st, csv)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    if written is None:
+        console.print(f"{csv}: no verdicts filled in yet; nothing imported", highlight=False, soft_wrap=True)
+        return
+    counts = rows["verdict"].value_counts().to_dict()
+    labels, n_clips = write_training_labels(st)
+    if labels_out is not None:
+        write_training_labels(st, labels_out)
+    console.print(f"{len(rows)} verdicts imported to {written} ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+                  f"training clip table with {n_clips} clips: {labels_out or labels}; `pam summarize {store}` "
+                  "updates the precision table", highlight=False, soft_wrap=True)

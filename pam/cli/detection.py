@@ -1,0 +1,199 @@
+"""Commands of the detection path: scan, detect, runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import pyarrow as pa
+import typer
+from rich.table import Table
+
+from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail
+from pam.config import ConfigError
+from pam.ops.prefect_server import PrefectServerError, quiet_prefect_defaults
+from pam.store.store import Store, StoreBusy
+
+
+@app.command()
+def scan(
+    dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
+    store: Path = StoreOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Scan dumps into the store's manifest (incremental; never writes into the dumps)."""
+    from pam.ops.pipeline import scan_stage
+
+    conf = cli_config(config)
+    st = Store(store)
+    failed = False
+    for d in dumps:
+        s = scan_stage(d, st, conf)
+        if s.error:
+            err.print(f"[red]error:[/red] {s.error}", highlight=False)
+            failed = True
+            continue
+        console.print(f"{s.dump}: {s.files} files, {s.usable} usable, {s.reopened} opened, "
+                      f"{s.pending} left for later", highlight=False, soft_wrap=True)
+        for p in s.problems:
+            console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def detect(
+    dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
+    store: Path = StoreOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    config: Optional[Path] = ConfigOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="windows per batch"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers"),
+    force: bool = typer.Option(False, "--force", help="redo recordings already done with this model and settings"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect",
+                                 help="run as the Prefect nightly flow (default) or directly in this process"),
+    show: int = typer.Option(20, "--show", help="detections to print (0: none)"),
+) -> None:
+    """Scan, detect and summarise: the nightly job on the given dumps."""
+    from pam.detect.checkpoint import ModelError  # imports torch: only for this command, not for every `pam ...`
+
+    conf = cli_config(config, **{"model": str(model) if model else None, "detect.device": device,
+                              "detect.batch_size": batch_size, "detect.num_workers": workers})
+    st = Store(store)
+    try:
+        if prefect:
+            quiet_prefect_defaults()
+            from flows.nightly import nightly
+            from pam.ops.prefect_server import prefect_api
+
+            with prefect_api():  # a server tied to this process, so a kill -9 leaves none behind
+                result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+            if result.get("busy"):
+                fail(result["busy"])
+            report = result["detect"]
+            problems = [p for s in result["scans"] for p in s["problems"]]
+            unscanned = [s["error"] for s in result["scans"] if s["error"]]
+        else:
+            from dataclasses import asdict
+
+            from pam.ops.pipeline import run_nightly
+
+            scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
+            report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed}
+            problems = [p for s in scans for p in s.problems]
+            unscanned = [s.error for s in scans if s.error]
+    except (ConfigError, ModelError, StoreBusy) as exc:
+        fail(str(exc))
+        return
+    except PrefectServerError as exc:
+        fail(str(exc), code=1)
+        return
+    _print_problems(problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")])
+    speed = (f" ({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time)"
+             if report["recordings_done"] else "")
+    console.print(
+        f"run {report['run_id']}: {report['recordings_done']} recordings scored{speed}, "
+        f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
+        f"{report['detections']} new detections", highlight=False,
+    )
+    if report.get("failure_report"):
+        console.print(f"failed and skipped files per site: {report['failure_report']}", highlight=False,
+                      soft_wrap=True)
+    if show:
+        _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
+    # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
+    # failed and none could be analysed; a few bad files among good ones are reported, not fatal.
+    for line in unscanned:  # the scan's message names the dump already
+        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    if unscanned or (report["recordings_failed"] and not report["recordings_done"]):
+        raise typer.Exit(1)
+
+
+def _print_problems(problems: list[dict]) -> None:
+    if not problems:
+        return
+    console.print(f"[yellow]{len(problems)} file(s) with problems (see the manifest and runs tables):[/yellow]")
+    for p in problems:
+        console.print(f"  {p['path']}: {p['reason']}", highlight=False, soft_wrap=True)
+
+
+def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, limit: int) -> None:
+    """The dumps' detections by this model and settings, grouped by file, compact enough for
+    an 80-column terminal."""
+    import pyarrow.dataset as pads
+
+    from pam.ops.pipeline import recordings_in
+
+    recordings = recordings_in(st, [str(d) for d in dumps])
+    if recordings.empty:
+        console.print("no recordings in these dumps")
+        return
+    sites = {s for s in recordings["site"] if isinstance(s, str)}
+    dataset = st.detections_dataset(st.detection_files(sites=sites))
+    wanted = (pads.field("model_id") == model_id) & (pads.field("settings_hash") == key) & pads.field(
+        "recording_id").isin(pa.array(list(recordings["recording_id"]), pa.string()))
+    det = dataset.to_table(filter=wanted).to_pandas()
+    if det.empty:
+        console.print("no detections in these dumps")
+        return
+    det = det.sort_values(["start_time", "path", "start_s", "label"])
+    console.print(f"{len(det)} detections in these dumps (model {model_id}; times UTC):", highlight=False)
+    shown = det.head(limit)
+    for path, rows in shown.groupby("path", sort=False):
+        first = rows.iloc[0]
+        console.print(f"  [bold]{first['site']}[/bold]  {Path(path).name}", highlight=False)
+        for r in rows.itertuples(index=False):
+            t = r.start_time
+            when = f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 100000}" if pd.notna(t) else "time unknown        "
+            console.print(f"    {when}  {r.start_s:7.1f} s  {r.label}  {r.score:.3f}", highlight=False)
+    if len(det) > limit:
+        console.print(f"  ... {len(det) - limit} more (--show N for more; pam query {st.root} for all)",
+                      highlight=False)
+
+
+@app.command()
+def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = typer.Option(20, "--limit")) -> None:
+    """List the runs recorded in a store, newest first."""
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    st = Store(store)
+    frame = st.read_runs().sort_values("started_at", ascending=False).head(limit)
+    # A run that never finished (killed, power cut) has no counts in its row; what it committed
+    # is in the done table. It is "interrupted" unless it still holds the store's run lock.
+    unfinished = frame.loc[frame["status"] == "running", "run_id"].tolist()
+    committed = (st.done_table(columns=["run_id", "recording_id", "audio_s", "detections"])
+                 .query("run_id in @unfinished").groupby("run_id").agg(
+                     recordings=("recording_id", "nunique"), audio_s=("audio_s", "sum"), detections=("detections", "sum"))
+                 if unfinished else None)
+    alive = st.run_lock_holder_alive()
+    table = Table()
+    for col in ("run", "status", "model", "done/skipped/failed", "detections", "audio h"):
+        table.add_column(col, overflow="fold")
+    interrupted = 0
+    for r in frame.itertuples(index=False):
+        done, detections, audio_s, status = r.recordings_done, r.detections, r.audio_s, r.status
+        if status == "running":
+            if committed is not None and r.run_id in committed.index:
+                got = committed.loc[r.run_id]
+                done, detections, audio_s = got["recordings"], got["detections"], got["audio_s"]
+            if not alive or r.run_id != unfinished[0]:  # only the newest can still hold the lock
+                status = "interrupted"
+                interrupted += 1
+        counts = "/".join(str(_int(v)) for v in (done, r.recordings_skipped, r.recordings_failed))
+        audio_h = (audio_s or 0) / 3600 if audio_s == audio_s else 0.0
+        table.add_row(r.run_id, status, r.model_id or "", counts, str(_int(detections)), f"{audio_h:.2f}")
+    console.print(table)
+    if interrupted:
+        console.print("interrupted: the run stopped without finishing (what it committed is kept and counted "
+                      "here; the next run does the rest)", highlight=False, soft_wrap=True)
+
+
+def _int(v) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+

@@ -1,0 +1,250 @@
+"""Commands of the training path: train, search, evaluate, calibrate, models."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from pam.cli.app import app, console, fail
+from pam.config import ConfigError
+
+SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set train.epochs=10 (repeatable)")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from pam.detect.checkpoint import ModelError
+    from pam.ops.prefect_server import PrefectServerError
+    from pam.train.clips import ClipTableError
+    from pam.train.fit import ResumeError
+    from pam.train.run import RunError
+
+    return (ConfigError, ModelError, ClipTableError, RunError, ResumeError, ValueError, FileNotFoundError,
+            PrefectServerError)
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from pam.train.config import load_train_config
+
+    try:
+        return load_train_config(config, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+def _prefect_env() -> None:
+    from pam.ops.prefect_server import quiet_prefect_defaults
+
+    quiet_prefect_defaults()
+
+
+def _text(v: object) -> str:
+    """Table cell for a string column (pandas gives NaN for missing strings)."""
+    return v if isinstance(v, str) else ""
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _print_report(report, title: str) -> None:
+    table = Table(title=title, box=box.SIMPLE, pad_edge=False, caption="AUC: ROC-AUC; R@P: recall at that precision; thr: threshold; "
+                                       "P / R / F1 at the threshold")
+    target = float(report["target_precision"].iloc[0])
+    for col in ("class", "n", "pos", "AP", "AUC", f"R@P{target:g}", "thr", "P", "R", "F1"):
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=col != "class",
+                         overflow="fold")
+    for r in report.to_dict("records"):
+        table.add_row(r["class"], str(r["items"]), str(r["positives"]), *(_fmt(r[k]) for k in (
+            "ap", "roc_auc", "recall_at_target", "threshold", "precision", "recall", "f1")))
+    console.print(table)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config (see configs/train.yaml)"),
+    overrides: Optional[list[str]] = SetOpt,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run folder; default: output.dir/<name>-<config hash>"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard what the run folder holds and start over"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as the Prefect flow (default) or directly"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars"),
+) -> None:
+    """Train, calibrate, evaluate and export a model from labelled data (resumes an interrupted run)."""
+    conf = _load(config, overrides)
+    folder = str(run_dir or conf.run_dir())
+    console.print(f"run folder {folder}", highlight=False)
+    try:
+        if prefect:
+            _prefect_env()
+            from flows.train import train_flow
+            from pam.ops.prefect_server import prefect_api
+
+            with prefect_api():
+                result = train_flow(conf.plain(), folder, fresh, progress)
+        else:
+            from pam.train.run import run_training
+
+            result = run_training(conf, folder, fresh=fresh, progress=progress,
+                                  log=lambda m: console.print(m, highlight=False))
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _print_summary(result)
+
+
+def _print_summary(result: dict) -> None:
+    from pam.train.evaluate import to_markdown  # noqa: F401 - keeps the report format in one place
+
+    t, e, x = result["train"], result["evaluate"], result["export"]
+    console.print(f"kept epoch {t['best_epoch']} of {t['epochs_run']}"
+                  f"{' (stopped early)' if t['stopped_early'] else ''}; thresholds "
+                  f"{json.dumps({k: round(v, 3) for k, v in result['calibrate']['thresholds'].items()})}",
+                  highlight=False)
+    for split in ("val", "test"):
+        if split in e:
+            console.print(f"{split} macro AP: {_fmt(e[split]['macro']['ap'])}", highlight=False)
+    console.print(f"model {x['model_id']}: {x['path']}", highlight=False)
+    if x.get("exported"):
+        console.print(f"copied to {x['exported']}", highlight=False)
+    console.print(f"report: {Path(result['run_dir']) / 'evaluation' / 'report.md'}; learning curve: "
+                  f"{Path(result['run_dir']) / 'learning_curve.png'}", highlight=False)
+
+
+@app.command()
+def search(
+    config: Path = typer.Argument(..., help="training config with a search section"),
+    overrides: Optional[list[str]] = SetOpt,
+    root: Optional[Path] = typer.Option(None, "--dir", help="search folder; default: output.dir/<name>-search-<hash>"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as the Prefect flow (default) or directly"),
+) -> None:
+    """Hyperparameter search: train every setting of search.space, keep the best by validation."""
+    conf = _load(config, overrides)
+    try:
+        if prefect:
+            _prefect_env()
+            from flows.train import search as search_flow
+            from pam.ops.prefect_server import prefect_api
+
+            with prefect_api():
+                result = search_flow(conf.plain(), str(root) if root else None)
+            exported = result["export"]
+        else:
+            from pam.train.run import calibrate_model, evaluate_model, export_model
+            from pam.train.search import run_search
+
+            log = lambda m: console.print(m, highlight=False)  # noqa: E731
+            result = run_search(conf, root, log=log)
+            calibrate_model(result["best"]["run_dir"], log)
+            evaluate_model(result["best"]["run_dir"], log)
+            exported = export_model(result["best"]["run_dir"], log)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    console.print((Path(result["table"]).parent / "search.md").read_text(), highlight=False, markup=False)
+    console.print(f"best: trial {result['best']['trial']} {result['best']['settings_json']}; "
+                  f"model {exported['model_id']}: {exported['path']}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="clip table (CSV/Parquet), class folders, or a folder of recordings "
+                                          "with Raven selection tables"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write report.parquet, report.md and per-item scores here"),
+    mode: str = typer.Option("auto", "--mode", help="auto | clips | soundscapes (an annotations table scored "
+                                                     "as whole recordings)"),
+    hop: Optional[float] = typer.Option(None, "--hop", help="window step in s (clips: 0.5; soundscapes: 1.5)"),
+    target_precision: float = typer.Option(0.9, "--target-precision", min=0.01, max=1.0),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+) -> None:
+    """Per-class AP, ROC-AUC and P/R/F1 at the model's thresholds on labelled clips or soundscapes."""
+    from pam.detect.checkpoint import load_checkpoint
+    from pam.train.evaluate import evaluate_path, macro_ap, write_report
+    from pam.train.fit import resolve_device
+
+    if not data.exists():
+        fail(f"{data}: not found")
+    try:
+        loaded = load_checkpoint(model, device=resolve_device(device))
+        report, items, used = evaluate_path(loaded, data, mode, hop, target_precision)
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    _print_report(report, f"{loaded.card.name} ({loaded.model_id}) on {data} ({used})")
+    if out:
+        paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items)
+        console.print(f"report: {paths['parquet']}, {paths['markdown']}", highlight=False)
+    console.print(f"macro AP: {_fmt(macro_ap(report))}", highlight=False)
+
+
+@app.command()
+def calibrate(
+    data: Path = typer.Argument(..., help="labelled clips of the deployment site: clip table or class folders"),
+    out: Path = typer.Option(..., "--out", help="the recalibrated checkpoint to write"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    target_precision: float = typer.Option(0.9, "--target-precision", min=0.01, max=1.0),
+    method: str = typer.Option("precision", "--method", help="precision (best recall at the target) | f1"),
+) -> None:
+    """New per-class thresholds for a model from labelled clips of the site it will run at."""
+    from pam.detect.checkpoint import bundled_model_path
+    from pam.train.clips import load_clip_table
+    from pam.train.labels import load_class_folders
+    from pam.train.run import recalibrate
+
+    if method not in ("precision", "f1"):
+        fail(f"--method: got {method!r}; use precision or f1")
+    if not data.exists():
+        fail(f"{data}: not found")
+    try:
+        clips = load_clip_table(data) if data.is_file() else load_class_folders(data)
+        result = recalibrate(model or bundled_model_path(), clips, out,
+                             target_precision if method == "precision" else None,
+                             log=lambda m: console.print(m, highlight=False))
+    except _errors() as exc:
+        fail(str(exc))
+        return
+    console.print(f"model {result['model_id']} (thresholds from {len(clips)} clips; parent {result['parent_id']}): "
+                  f"{result['path']}", highlight=False)
+
+
+@app.command()
+def models(store: Path = typer.Argument(..., help="store folder")) -> None:
+    """List the models registered in a store (and models used by its runs but not registered)."""
+    import pandas as pd
+
+    from pam.detect.registry import headline, read_models
+    from pam.store.store import Store
+
+    if not store.is_dir():
+        fail(f"store {store} does not exist")
+    frame = read_models(store)
+    table = Table()
+    for col in ("model", "name", "classes", "registered (UTC)", "parent", "val AP", "test AP", "path"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("model", "parent"))
+    for r in frame.to_dict("records"):
+        h = headline(r["metrics_json"])
+        when = r["registered_at"]
+        table.add_row(_text(r["model_id"]), _text(r["name"]), ", ".join(json.loads(_text(r["classes_json"]) or "[]")),
+                      when.strftime("%Y-%m-%d %H:%M") if isinstance(when, datetime) and not pd.isna(when) else "",
+                      _text(r["parent_id"]), _fmt(h["val_macro_ap"]), _fmt(h["test_macro_ap"]), _text(r["path"]))
+    used = set()
+    try:
+        runs = Store(store).read_runs()
+        used = set(runs["model_id"].dropna()) if "model_id" in runs else set()
+    except Exception:  # noqa: BLE001 - a store without runs
+        pass
+    for mid in sorted(m for m in used - set(frame["model_id"]) if isinstance(m, str)):
+        table.add_row(mid, "(not registered)", "", "", "", "", "", "")
+    if not len(frame) and not used:
+        console.print(f"no models registered in {store} (pam train with output.store set registers them)")
+        return
+    console.print(table)

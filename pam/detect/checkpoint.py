@@ -1,0 +1,152 @@
+"""Checkpoint files: weights plus the model card, in one file, validated on load.
+
+The file is a plain ``torch.save`` dict readable with ``weights_only=True`` (no pickled
+code). The model id is a hash of the file's bytes, so any change to weights or thresholds
+gives a new id and detections always say exactly which model made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from pam import __version__
+from pam.detect.model import Architecture, ModelCard, PamNet, SpectrogramSettings
+
+FORMAT = "pam-checkpoint"
+VERSION = 1
+BUNDLED = "bobwhite-v2.pt"
+
+
+class ModelError(ValueError):
+    """A checkpoint that cannot be used, with the reason in one line."""
+
+
+@dataclass
+class LoadedModel:
+    net: PamNet
+    card: ModelCard
+    model_id: str
+    path: Path
+
+
+def model_id_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def bundled_model_path() -> Path:
+    """The Northern Bobwhite covey-call model shipped inside the package."""
+    return Path(str(resources.files("pam") / "models" / BUNDLED))
+
+
+def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> str:
+    """Write atomically; returns the new model id."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the checkpoint's file name, e.g. {path / (card.name + '.pt')}")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "pam_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "name": card.name,
+        "classes": list(card.classes),
+        "sample_rate": card.spectrogram.sample_rate,
+        "window_s": float(card.window_s),
+        "spectrogram": card.spectrogram.to_dict(),
+        "arch": card.arch.to_dict(),
+        "thresholds": {k: float(v) for k, v in card.thresholds.items()},
+        "metrics": card.metrics,
+        "training": card.training,
+        "parent_id": card.parent_id,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return model_id_of(path)
+
+
+def _require(payload: dict, key: str, kind: type | tuple, where: str):
+    if key not in payload:
+        raise ModelError(f"{where}: checkpoint has no '{key}'")
+    if not isinstance(payload[key], kind):
+        raise ModelError(f"{where}: '{key}' should be {kind}, got {type(payload[key]).__name__}")
+    return payload[key]
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and validate a checkpoint (the bundled model when ``path`` is None)."""
+    path = Path(path) if path is not None else bundled_model_path()
+    where = str(path)
+    if not path.is_file():
+        raise ModelError(f"{where}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ModelError(f"{where}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{where}: not a pam checkpoint (format tag missing)")
+    version = _require(payload, "version", int, where)
+    if version > VERSION:
+        raise ModelError(f"{where}: checkpoint version {version} is newer than this pam reads ({VERSION}); upgrade pam")
+    classes = _require(payload, "classes", list, where)
+    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise ModelError(f"{where}: 'classes' must be distinct non-empty names")
+    spec_dict = _require(payload, "spectrogram", dict, where)
+    arch_dict = _require(payload, "arch", dict, where)
+    try:
+        spectrogram = SpectrogramSettings(**spec_dict)
+        arch = Architecture(**arch_dict)
+    except TypeError as exc:
+        raise ModelError(f"{where}: unknown spectrogram or architecture setting ({exc})") from None
+    if _require(payload, "sample_rate", int, where) != spectrogram.sample_rate:
+        raise ModelError(f"{where}: sample_rate {payload['sample_rate']} disagrees with the spectrogram's {spectrogram.sample_rate}")
+    window_s = float(_require(payload, "window_s", (int, float), where))
+    if window_s <= 0:
+        raise ModelError(f"{where}: window_s must be positive, got {window_s}")
+    thresholds = payload.get("thresholds") or {}
+    unknown = set(thresholds) - set(classes)
+    if unknown:
+        raise ModelError(f"{where}: thresholds name classes the model does not have: {sorted(unknown)}")
+    if any(not 0 <= float(t) <= 1 for t in thresholds.values()):
+        raise ModelError(f"{where}: thresholds must lie between 0 and 1")
+    card = ModelCard(
+        name=str(payload.get("name") or path.stem),
+        classes=classes,
+        window_s=window_s,
+        spectrogram=spectrogram,
+        arch=arch,
+        thresholds={k: float(v) for k, v in thresholds.items()},
+        metrics=payload.get("metrics") or {},
+        training=payload.get("training") or {},
+        parent_id=payload.get("parent_id"),
+    )
+    net = card.build()
+    state = _require(payload, "state_dict", dict, where)
+    head = state.get("head.weight")
+    if head is not None and head.shape[0] != len(classes):
+        raise ModelError(f"{where}: the head has {head.shape[0]} outputs but {len(classes)} classes are named")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise ModelError(f"{where}: weights do not fit the declared architecture ({first[:200]})") from None
+    net.eval().to(device)
+    return LoadedModel(net=net, card=card, model_id=model_id_of(path), path=path)

@@ -1,0 +1,494 @@
+"""Batched inference over recordings: windows in, committed detection rows out.
+
+The loop keeps the device busy: DataLoader workers decode and resample while the model
+scores the previous batch; on CUDA, pinned memory and non-blocking copies overlap the
+transfer, and bf16 autocast halves the arithmetic. Recordings are committed to the store
+in groups as soon as their last window is scored, so an interrupted run loses at most one
+group and a rerun picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+
+from pam import __version__
+
+import pam.store.schemas as schemas
+from pam.detect.checkpoint import LoadedModel
+from pam.config import ConfigError, DetectConfig, RetriesConfig, settings_hash
+from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
+from pam.io.manifest import check_store_outside
+from pam.store.store import Flush, Store, new_run_id
+from pam.detect.windows import window_count
+
+log = logging.getLogger("pam.detect.detection")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def default_workers(device: torch.device | str = "cpu") -> int:
+    """DataLoader workers when the config leaves it open.
+
+    On CUDA the CPU only decodes, so every spare core decodes. On the CPU the model needs
+    the cores itself: decoding is several times cheaper than the forward pass, and on a
+    small machine workers only steal cores from it (measured on 2 cores: 0 workers ran
+    1.4x faster than 1; docs/benchmarks.md), so workers appear only on big machines.
+    """
+    cores = os.cpu_count() or 1
+    if torch.device(device).type == "cuda":
+        return max(0, min(8, cores - 1))
+    return min(4, cores // 8)
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """What decides the detections of a (recording, model) pair; hashed into the work key."""
+
+    window_s: float
+    hop_s: float
+    channel: int | None
+    thresholds: dict[str, float]
+
+    @classmethod
+    def from_config(cls, conf: DetectConfig, model: LoadedModel) -> "DetectSettings":
+        card = model.card
+        window_s = conf.window_s if conf.window_s is not None else card.window_s
+        if abs(window_s - card.window_s) > 1e-9:
+            raise ConfigError(
+                f"detect.window_s is {window_s} s but model {card.name} ({model.model_id}) "
+                f"was trained on {card.window_s} s windows; leave window_s unset to use the model's"
+            )
+        unknown = set(conf.thresholds) - set(card.classes)
+        if unknown:
+            raise ConfigError(f"detect.thresholds: {sorted(unknown)} not among the model's classes {card.classes}")
+        vec = card.threshold_vector(conf.thresholds, conf.min_score)
+        return cls(
+            window_s=window_s,
+            hop_s=conf.hop_s,
+            channel=None if conf.channel == "mix" else int(conf.channel),
+            thresholds={c: float(t) for c, t in zip(card.classes, vec.tolist())},
+        )
+
+    def key(self) -> str:
+        return settings_hash({
+            "window_s": self.window_s, "hop_s": self.hop_s, "channel": self.channel,
+            "thresholds": self.thresholds, "schema": schemas.DETECTIONS_VERSION,
+        })
+
+
+@dataclass
+class DetectionReport:
+    run_id: str
+    model_id: str
+    settings_hash: str
+    recordings_total: int = 0
+    recordings_done: int = 0
+    recordings_skipped: int = 0
+    failures: list[dict] = field(default_factory=list)  # {"path", "stage", "status", "reason", "site", ...}
+    detections: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    failure_report: str | None = None  # STORE/reports/failures-<run>.md, when anything failed or was skipped
+
+    @property
+    def recordings_failed(self) -> int:
+        """Recordings given up on in detection (a failed shard counts all it had)."""
+        return sum(1 if f["stage"] == "detect" else int(f.get("recordings") or 0) if f["stage"] == "shard" else 0
+                   for f in self.failures)
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio per wall-clock second."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _Pending:
+    """Detections of one recording, gathered batch by batch until its last window."""
+
+    __slots__ = ("starts", "classes", "scores", "windows")
+
+    def __init__(self) -> None:
+        self.starts: list[np.ndarray] = []
+        self.classes: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.windows = 0
+
+
+class _Forward:
+    """Sigmoid scores, in slices of at most ``limit`` windows.
+
+    A CUDA out-of-memory error halves the limit, for this batch and the rest of the run (a
+    card that ran out once will run out again), and the batch goes on in smaller slices.
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+        self.net = net
+        self.device = device
+        self.limit: int | None = None
+        self.log = logger or log
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return torch.sigmoid(self.net(x).float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out: list[torch.Tensor] = []
+        i = 0
+        while i < n:
+            size = min(self.limit or n, n - i)
+            try:
+                out.append(self._once(x[i:i + size]))
+                i += size
+            except torch.cuda.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.limit = size // 2
+                self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
+                                 size, self.limit)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sigmoid scores; on CUDA out-of-memory, halve the batch and go on."""
+    return _Forward(net, device)(x)
+
+
+SEQ_SPAN = 100_000  # commit numbers per shard: shard k commits as k * SEQ_SPAN, k * SEQ_SPAN + 1, ...
+
+
+@dataclass
+class DetectPlan:
+    """What a run has to do: the work key and the usable recordings not yet done under it."""
+
+    run_id: str
+    model_id: str
+    settings: DetectSettings
+    key: str
+    total: int
+    skipped: int
+    todo: pd.DataFrame
+
+
+def usable_statuses(conf: DetectConfig) -> tuple[str, ...]:
+    return ("ok", "truncated") if conf.process_truncated else ("ok",)
+
+
+def plan_detection(store: Store, recordings: pd.DataFrame, model: LoadedModel, conf: DetectConfig, *,
+                   force: bool = False, run_id: str | None = None) -> DetectPlan:
+    """The recordings of ``recordings`` (manifest rows) that this model and settings still need.
+
+    One set lookup against the ``done`` table, so planning 10,000 done files takes
+    milliseconds and opens no audio.
+    """
+    settings = DetectSettings.from_config(conf, model)
+    key = settings.key()
+    rows = recordings[recordings["status"].isin(usable_statuses(conf))].drop_duplicates("recording_id")
+    done = set() if force else store.done_keys(model.model_id, key)
+    todo = rows[~rows["recording_id"].isin(done)].reset_index(drop=True)
+    return DetectPlan(run_id or new_run_id(), model.model_id, settings, key, len(rows), len(rows) - len(todo), todo)
+
+
+def run_row(plan: DetectPlan, conf: DetectConfig, device: str, dump: str | None,
+            started: datetime | None = None) -> dict:
+    """The ``runs`` row of a run that has started."""
+    return {
+        "run_id": plan.run_id, "flow": "detect", "status": "running",
+        "started_at": started or datetime.now(timezone.utc),
+        "model_id": plan.model_id, "settings_hash": plan.key, "dump": dump, "device": device,
+        "config_json": json.dumps({"detect": conf.model_dump(), "settings": plan.settings.__dict__}),
+        "pam_version": __version__, "host": socket.gethostname(),
+        "recordings_total": plan.total, "recordings_skipped": plan.skipped,
+    }
+
+
+def finish_run(store: Store, row: dict, report: DetectionReport, dumps: list[str] | None = None) -> None:
+    """Write the run's final row and, when anything failed or was skipped, its failure report."""
+    from pam.store.failures import write_failure_report
+
+    failed = any(f.get("stage") == "shard" for f in report.failures)
+    path = write_failure_report(store, report.run_id, report.failures, dumps=dumps)
+    report.failure_report = str(path) if path else None
+    row.update(
+        status="failed" if failed else "completed", finished_at=datetime.now(timezone.utc),
+        recordings_total=report.recordings_total, recordings_done=report.recordings_done,
+        recordings_skipped=report.recordings_skipped, recordings_failed=report.recordings_failed,
+        detections=report.detections, audio_s=report.audio_s, wall_s=report.wall_s,
+        failures_json=json.dumps(report.failures),
+    )
+    store.write_run(row)
+
+
+def run_detection(
+    store: Store,
+    recordings: pd.DataFrame,
+    model: LoadedModel,
+    conf: DetectConfig | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    dump: str | None = None,
+    scan_failures: list[dict] | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    run_id: str | None = None,
+    retries: RetriesConfig | None = None,
+    wait_s: float = 0.0,
+) -> DetectionReport:
+    """Score every usable recording in ``recordings`` (manifest rows) not already done.
+
+    Holds the store's run lock (waiting ``wait_s`` for another run), first cleans up what a
+    crashed run left, then writes a ``running`` row, commits in groups, and writes the final
+    row and failure report.
+    """
+    logger = logger or log
+    conf = conf or DetectConfig()
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    device = resolve_device(conf.device)
+    for d in recordings["dump"].dropna().unique() if "dump" in recordings else []:
+        check_store_outside(store, d)  # before the lock, which would create the store
+    with store.run_lock(wait_s, what=f"detect {dump or ''}".strip()):
+        store.ensure()
+        store.recover(conf.lock_timeout_s)
+        plan = plan_detection(store, recordings, model, conf, force=force, run_id=run_id)
+        row = run_row(plan, conf, str(device), dump, started)
+        store.write_run(row)
+        logger.info(
+            "run %s: %d recordings, %d already done with model %s settings %s, %d to do on %s",
+            plan.run_id, plan.total, plan.skipped, model.model_id, plan.key, len(plan.todo), device,
+        )
+        report = detect_recordings(store, plan.todo, model, plan.settings, conf, run_id=plan.run_id, force=force,
+                                   retries=retries, device=device, progress=progress, logger=logger)
+        report.recordings_total = plan.total
+        report.recordings_skipped = plan.skipped
+        report.failures = list(scan_failures or []) + report.failures
+        report.wall_s = time.perf_counter() - t0
+        finish_run(store, row, report, dumps=dump.split(";") if dump else None)
+    logger.info(
+        "run %s: %d recordings scored (%.2f h audio, %.0fx real time), %d detections, %d failed",
+        plan.run_id, report.recordings_done, report.audio_s / 3600, report.speed, report.detections,
+        report.recordings_failed,
+    )
+    return report
+
+
+def detect_recordings(
+    store: Store,
+    todo: pd.DataFrame,
+    model: LoadedModel,
+    settings: DetectSettings,
+    conf: DetectConfig,
+    *,
+    run_id: str,
+    force: bool = False,
+    retries: RetriesConfig | None = None,
+    seq_start: int = 0,
+    seq_end: int = SEQ_SPAN,
+    device: torch.device | None = None,
+    progress: bool = True,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> DetectionReport:
+    """Score ``todo`` (manifest rows) and commit them under ``run_id``; writes no run row.
+
+    Commits are numbered from the first free number in [seq_start, seq_end), so shards of
+    one run, and a retried shard, never write the same part or done file. A recording that
+    fails with a transient error (I/O) is tried again ``retries.count`` times, ``retries.delay_s``
+    apart, after the others; then it is reported failed with its reason.
+    """
+    logger = logger or log
+    retries = retries or RetriesConfig()
+    device = device or resolve_device(conf.device)
+    key = settings.key()
+    report = DetectionReport(run_id, model.model_id, key)
+    todo = todo.reset_index(drop=True)
+    net = model.net.to(device).eval()
+    card = model.card
+    forward = _Forward(net, device, logger)
+    thresholds = torch.tensor([settings.thresholds[c] for c in card.classes], device=device)
+    workers = conf.num_workers if conf.num_workers is not None else default_workers(device)
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (a Dask worker) may not start DataLoader workers
+
+    pending: dict[int, _Pending] = {}
+    ready: list[int] = []
+    seq = store.next_seq(run_id, seq_start, seq_end)
+    last_flush = time.monotonic()
+    # Counted in whole milliseconds per recording (so the bar never passes its total through float
+    # rounding) and shown in hours through unit_scale.
+    file_ms = {int(i): int(round(float(d) * 1000)) if d == d else 0 for i, d in todo["duration_s"].items()}
+    bar = tqdm(total=sum(file_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="audio", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
+    shown: dict[int, int] = {}
+
+    def flush() -> None:
+        nonlocal seq, ready, last_flush
+        if not ready:
+            return
+        if seq >= seq_end:
+            raise RuntimeError(f"run {run_id} used up its commit numbers {seq_start}-{seq_end - 1}; "
+                               "raise detect.flush_every")
+        result = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
+                                                        model.model_id, key, run_id),
+                              replace=force, lock_timeout_s=conf.lock_timeout_s)
+        committed = result.done
+        if result.superseded:
+            logger.warning("%d earlier result(s) of this model replaced: the same recording under other detection "
+                           "settings, or a file rewritten since it was analysed", result.superseded)
+        report.recordings_done += committed.num_rows
+        report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
+        report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)
+        for i in ready:
+            pending.pop(i, None)
+        ready = []
+        seq += 1
+        last_flush = time.monotonic()
+
+    attempts = [0] * len(todo)
+    queue = []
+    for i, (rate, frames) in enumerate(zip(todo["sample_rate"], todo["frames"])):
+        if pd.isna(rate) or pd.isna(frames) or int(rate) <= 0 or int(frames) <= 0:
+            report.failures.append({"path": str(todo.at[i, "path"]), "stage": "detect", "status": "failed",
+                                    "reason": "the manifest has no sample rate or length for it; rescan the dump",
+                                    "site": _text(todo.at[i, "site"]), "attempts": 0})
+        else:
+            queue.append(i)
+    with torch.inference_mode():
+        while queue:
+            again: list[int] = []
+            for i in queue:
+                attempts[i] += 1
+            tasks = [RecordingTask(i, str(todo.at[i, "path"]), int(todo.at[i, "sample_rate"]),
+                                   int(todo.at[i, "frames"])) for i in queue]
+            dataset = WindowBatches(tasks, card.sample_rate, settings.window_s, settings.hop_s,
+                                    conf.batch_size, settings.channel)
+            loader = make_loader(dataset, num_workers=min(workers, len(tasks)), pin_memory=device.type == "cuda")
+            for batch in loader:
+                audio = batch["audio"]
+                if audio.shape[0]:
+                    x = audio.to(device, non_blocking=True)
+                    scores = forward(x)
+                    hit_rows, hit_cls = torch.nonzero(scores >= thresholds, as_tuple=True)
+                    hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
+                    hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+                    rec = batch["rec"].numpy()
+                    start = batch["start"].numpy()
+                    for i in np.unique(rec):
+                        p = pending.setdefault(int(i), _Pending())
+                        p.windows += int((rec == i).sum())
+                        sel = rec[hit_rows] == i
+                        if sel.any():
+                            p.starts.append(start[hit_rows[sel]])
+                            p.classes.append(hit_cls[sel])
+                            p.scores.append(hit_scores[sel])
+                        now_ms = min(file_ms[int(i)], int(p.windows * settings.hop_s * 1000))
+                        bar.update(now_ms - shown.get(int(i), 0))
+                        shown[int(i)] = now_ms
+                for i in batch["finished"]:
+                    pending.setdefault(int(i), _Pending())
+                    ready.append(int(i))
+                    bar.update(file_ms[int(i)] - shown.get(int(i), 0))
+                    shown[int(i)] = file_ms[int(i)]
+                for i, reason, transient in batch["errors"]:
+                    i = int(i)
+                    pending.pop(i, None)
+                    bar.update(-shown.pop(i, 0))
+                    path = str(todo.at[i, "path"])
+                    if transient and attempts[i] <= retries.count:
+                        again.append(i)
+                        logger.warning("%s: %s; will retry (attempt %d of %d)", path, reason, attempts[i],
+                                       retries.count + 1)
+                        continue
+                    tries = f" (after {attempts[i]} attempts)" if attempts[i] > 1 else ""
+                    report.failures.append({"path": path, "stage": "detect", "status": "failed",
+                                            "reason": reason + tries, "site": _text(todo.at[i, "site"]),
+                                            "attempts": attempts[i]})
+                    logger.warning("%s: %s%s", path, reason, tries)
+                if len(ready) >= conf.flush_every or (ready and time.monotonic() - last_flush > 60):
+                    flush()
+            flush()
+            if again and retries.delay_s:
+                time.sleep(retries.delay_s)
+            queue = again
+    bar.close()
+    return report
+
+
+def _text(value: object) -> str | None:
+    """Missing strings come back from pandas as None, NaN or <NA>; Arrow wants None."""
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pending], classes: list[str],
+                 settings: DetectSettings, model_id: str, key: str, run_id: str) -> Flush:
+    now = datetime.now(timezone.utc)
+    det_cols: dict[str, list] = {name: [] for name in schemas.DETECTIONS.names + ["site", "date"]}
+    done_rows = []
+    labels = np.array(classes, dtype=object)
+    for i in ready:
+        r = todo.iloc[i]
+        p = pending.get(i) or _Pending()
+        sr = int(r["sample_rate"])
+        frames = int(r["frames"])
+        win = round(settings.window_s * sr)
+        n = sum(len(s) for s in p.starts)
+        if n:
+            starts = np.concatenate(p.starts)
+            cls = np.concatenate(p.classes)
+            scores = np.concatenate(p.scores)
+            order = np.lexsort((cls, starts))
+            starts, cls, scores = starts[order], cls[order], scores[order]
+            start_s = starts / sr
+            end_s = np.minimum(starts + win, frames) / sr
+            t0 = r["start_time"]
+            if t0 is not None and not pd.isna(t0):
+                base = pd.Timestamp(t0).to_pydatetime()
+                times = [base + timedelta(seconds=float(s)) for s in start_s]
+                dates = [t.strftime("%Y-%m-%d") for t in times]
+            else:
+                times = [None] * n
+                dates = [None] * n
+            det_cols["recording_id"] += [r["recording_id"]] * n
+            det_cols["path"] += [str(r["path"])] * n
+            det_cols["device"] += [_text(r["device"])] * n
+            det_cols["start_sample"] += starts.tolist()
+            det_cols["start_s"] += start_s.tolist()
+            det_cols["end_s"] += end_s.tolist()
+            det_cols["start_time"] += times
+            det_cols["label"] += labels[cls].tolist()
+            det_cols["score"] += scores.astype(np.float32).tolist()
+            det_cols["model_id"] += [model_id] * n
+            det_cols["settings_hash"] += [key] * n
+            det_cols["run_id"] += [run_id] * n
+            det_cols["site"] += [_text(r["site"])] * n
+            det_cols["date"] += dates
+        done_rows.append({
+            "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
+            "run_id": run_id, "site": _text(r["site"]), "path": str(r["path"]),
+            "windows": window_count(frames, sr, settings.window_s, settings.hop_s),
+            "audio_s": frames / sr, "detections": n, "committed_at": now,
+        })
+    schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
+    return Flush(pa.table(det_cols, schema=schema), pa.Table.from_pylist(done_rows, schema=schemas.DONE))

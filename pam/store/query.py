@@ -1,0 +1,239 @@
+"""Filtered reads of the detection store, and SQL over all of it.
+
+``query_detections`` prunes in two steps so that a question about one site and one week
+opens only that site's files of that week: first by folder names (site and UTC date,
+through ``Store.detection_files``), then by a pyarrow dataset filter (species, score, model,
+exact time) that Parquet row-group statistics can skip on.
+
+``sql_connection`` gives a DuckDB connection with one view per table: ``detections``
+(committed parts only, site and date from the folder names), ``recordings`` (the manifest),
+``done``, ``runs``, ``verified`` and every summary table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import unquote
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+import pam.store.schemas as schemas
+from pam.store.store import SUMMARY_TABLES, Store
+
+DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DETECTION_COLUMNS = schemas.DETECTIONS.names + ["site", "date"]
+
+
+class QueryError(ValueError):
+    """A query that cannot run as asked (bad date, missing store); the message says which."""
+
+
+def parse_time(text: str | date | datetime | None, *, end: bool = False, what: str = "time") -> datetime | None:
+    """An ISO date or date-time as an aware UTC datetime.
+
+    A bare date means the whole UTC day: as a start, its midnight; as an end, the next
+    midnight (so ``--end 2024-05-07`` includes all of the 7th). Times without an offset are UTC.
+    """
+    if text is None or text == "":
+        return None
+    if isinstance(text, datetime):
+        value = text
+    elif isinstance(text, date):
+        value = datetime(text.year, text.month, text.day)
+        value += timedelta(days=1) if end else timedelta(0)
+    else:
+        raw = str(text).strip()
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise QueryError(f"{what} {raw!r} is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)") from None
+        if DATE_ONLY.match(raw) and end:
+            value += timedelta(days=1)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+@dataclass
+class QueryResult:
+    """Rows found, and the part files that were read to find them."""
+
+    rows: pd.DataFrame
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+    total: int = 0  # rows matching before --limit
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def score_threshold(min_score: float) -> pa.Scalar:
+    """The threshold as float32, like the stored scores: ``--min-score 0.7`` keeps a score stored as 0.7."""
+    return pa.scalar(min_score, type=pa.float32())
+
+
+def detection_filter(species: Sequence[str] | None = None, start: datetime | None = None, end: datetime | None = None,
+                     min_score: float | None = None, model_id: str | None = None) -> ds.Expression | None:
+    """The row filter of a query, as a pyarrow dataset expression (None: every row)."""
+    parts = []
+    if species:
+        parts.append(ds.field("label").isin(list(species)))
+    if start is not None:
+        parts.append(ds.field("start_time") >= pa.scalar(start, type=schemas.UTC_TS))
+    if end is not None:
+        parts.append(ds.field("start_time") < pa.scalar(end, type=schemas.UTC_TS))
+    if min_score is not None:
+        parts.append(ds.field("score") >= score_threshold(min_score))
+    if model_id is not None:
+        parts.append(ds.field("model_id") == model_id)
+    flt = None
+    for p in parts:
+        flt = p if flt is None else flt & p
+    return flt
+
+
+def query_detections(store: Store, species: str | Sequence[str] | None = None, sites: str | Sequence[str] | None = None,
+                     start: str | date | datetime | None = None, end: str | date | datetime | None = None,
+                     min_score: float | None = None, model_id: str | None = None, limit: int | None = None,
+                     columns: list[str] | None = None) -> QueryResult:
+    """Detections matching every filter given, sorted by time; reads only the files that can match."""
+    if not store.root.is_dir():
+        raise QueryError(f"store {store.root} does not exist")
+    t0 = parse_time(start, what="--start")
+    t1 = parse_time(end, end=True, what="--end")
+    if t0 is not None and t1 is not None and t1 <= t0:
+        raise QueryError(f"--end {end} is not after --start {start}")
+    species_list, site_list = _as_list(species), _as_list(sites)
+    last_day = (t1 - timedelta(microseconds=1)).date() if t1 is not None else None
+    files = store.detection_files(sites=site_list, start=t0.date() if t0 else None, end=last_day)
+    flt = detection_filter(species_list, t0, t1, min_score, model_id)
+    cols = columns or DETECTION_COLUMNS
+    unknown = [c for c in cols if c not in DETECTION_COLUMNS]
+    if unknown:
+        raise QueryError(f"unknown column(s) {unknown}; detections have {DETECTION_COLUMNS}")
+    need = list(dict.fromkeys(cols + [c for c in ("start_time", "site", "path", "start_s", "label") if c not in cols]))
+    table = store.detections_dataset(files).to_table(columns=need, filter=flt)
+    if table.num_rows:
+        table = table.sort_by([("start_time", "ascending"), ("site", "ascending"), ("path", "ascending"),
+                               ("start_s", "ascending"), ("label", "ascending")])
+    total = table.num_rows
+    if limit is not None:
+        table = table.slice(0, max(0, limit))
+    notes = []
+    if total == 0:
+        notes.append(_empty_note(store, species_list, site_list, len(files), model_id))
+    return QueryResult(table.select(cols).to_pandas(), files, notes, total)
+
+
+def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None, n_files: int,
+                model_id: str | None = None) -> str:
+    """Why nothing matched, naming what the store does hold when a species, site or model is not in it."""
+    if not store.detection_files():
+        return "the store has no committed detections yet"
+    if sites:
+        known_sites = {unquote(p.parent.parent.name.removeprefix("site=")) for p in store.detection_files()}
+        missing = [s for s in sites if s not in known_sites]
+        if missing:
+            return (f"no detections at site(s) {', '.join(missing)} (sites are case-sensitive; sites with "
+                    f"detections: {', '.join(sorted(known_sites))})")
+    if model_id is not None:
+        models = set(store.detections_dataset().to_table(columns=["model_id"]).column("model_id").unique().to_pylist())
+        if model_id not in models:
+            return f"no detections by model {model_id} (models in the store: {', '.join(sorted(models))})"
+    if n_files == 0:
+        return "no detection files for these sites and dates" + (f" (sites asked: {', '.join(sites)})" if sites else "")
+    if species:
+        known = set(store.detections_dataset().to_table(columns=["label"]).column("label").unique().to_pylist())
+        missing = [s for s in species if s not in known]
+        if missing:
+            return f"no detections of {', '.join(missing)} anywhere in the store (labels: {', '.join(sorted(known))})"
+    return "no detections match these filters"
+
+
+def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: str | Sequence[str] | None = None,
+              start: str | None = None, end: str | None = None, min_score: float | None = None,
+              model_id: str | None = None) -> pd.DataFrame:
+    """Read every committed file, then filter: the baseline that ``query_detections`` is measured against."""
+    t0, t1 = parse_time(start), parse_time(end, end=True)
+    species, sites = _as_list(species), _as_list(sites)
+    frame = store.detections_dataset().to_table().to_pandas()
+    keep = pd.Series(True, index=frame.index)
+    if species:
+        keep &= frame["label"].isin(list(species))
+    if sites:
+        keep &= frame["site"].isin(list(sites))
+    if t0 is not None:
+        keep &= frame["start_time"] >= t0
+    if t1 is not None:
+        keep &= frame["start_time"] < t1
+    if min_score is not None:
+        keep &= frame["score"] >= score_threshold(min_score).as_py()
+    if model_id is not None:
+        keep &= frame["model_id"] == model_id
+    return frame[keep].sort_values(["start_time", "site", "path", "start_s", "label"], ignore_index=True)
+
+
+# -- SQL ---------------------------------------------------------------------------------------
+def sql_connection(store: Store):
+    """A DuckDB connection with views: detections, recordings, done, runs, verified, failures, summaries."""
+    import duckdb
+
+    if not store.root.is_dir():
+        raise QueryError(f"store {store.root} does not exist")
+    con = duckdb.connect()
+    files = [str(f) for f in store.detection_files()]
+    if files:
+        # folder names percent-encode site names; SQL gets the names as written in the manifest
+        con.execute(f"CREATE VIEW detections AS SELECT * REPLACE (url_decode(site) AS site) FROM read_parquet("
+                    f"{_sql_list(files)}, hive_partitioning = true, hive_types = {{'site': VARCHAR, 'date': VARCHAR}})")
+    else:
+        _empty_view(con, "detections", pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
+    _files_view(con, "recordings", [store.manifest_path] if store.manifest_path.exists() else [], schemas.MANIFEST)
+    _files_view(con, "done", sorted(store.done_dir.glob("done-*.parquet")) if store.done_dir.exists() else [],
+                schemas.DONE)
+    _files_view(con, "runs", sorted(store.runs_dir.glob("run-*.parquet")) if store.runs_dir.exists() else [],
+                schemas.RUNS)
+    _files_view(con, "verified", store.verified_files(), schemas.VERIFIED)
+    _files_view(con, "failures", sorted(store.reports_dir.glob("failures-*.parquet"))
+                if store.reports_dir.exists() else [], schemas.FAILURES)
+    for name in SUMMARY_TABLES:
+        path = store.summary_path(name)
+        _files_view(con, name, [path] if path.exists() else [], schemas.TABLES[name][0])
+    return con
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _empty_view(con, name: str, schema: pa.Schema) -> None:
+    con.register(f"_{name}_empty", schema.empty_table())
+    con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
+
+
+def _files_view(con, name: str, files: list[Path], schema: pa.Schema) -> None:
+    if not files:
+        _empty_view(con, name, schema)
+        return
+    con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_list([str(f) for f in files])}, '
+                "union_by_name = true)")
+
+
+def run_sql(store: Store, sql: str) -> pd.DataFrame:
+    """Run one SQL statement over the store's views; returns its result as a DataFrame."""
+    import duckdb
+
+    con = sql_connection(store)
+    try:
+        return con.execute(sql).fetch_df()
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
