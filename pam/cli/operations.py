@@ -17,8 +17,9 @@ def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="check the config, show the next runs, start nothing"),
 ) -> None:
     """Run the nightly flow on its schedule from this machine (Ctrl-C stops it)."""
+    from flows.serve import training_deployments
     from pam.ops.prefect_server import quiet_prefect_defaults
-    from pam.ops.schedule import load_for_serving, next_runs, schedule_zone, training_deployments
+    from pam.ops.schedule import load_for_serving, next_runs, schedule_zone
 
     quiet_prefect_defaults()
     try:
@@ -31,17 +32,13 @@ def serve(
                   f"{', '.join(conf.schedule.dumps)} -> store {conf.schedule.store}", highlight=False, soft_wrap=True)
     for when in next_runs(conf):
         console.print(f"  next run: {when:%Y-%m-%d %H:%M %Z}", highlight=False)
-    training = training_deployments()
-    for dep in training:
+    for dep in training_deployments():
         console.print(f"{dep.flow_name}/{dep.name}: on demand (prefect deployment run '{dep.flow_name}/{dep.name}' "
                       "--params '{\"config\": {...}}')", highlight=False, soft_wrap=True, markup=False)
-    if not training:
-        console.print("training flows: not available (no flows/train.py); serving the nightly flow only",
-                      highlight=False, soft_wrap=True)
     if dry_run:
         return
     from pam.ops.prefect_server import PrefectServerError
-    from pam.ops.schedule import serve as serve_deployments
+    from flows.serve import serve as serve_deployments
 
     try:
         serve_deployments(config, announce=lambda m: console.print(m, highlight=False, soft_wrap=True, markup=False))

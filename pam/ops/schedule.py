@@ -1,6 +1,7 @@
-"""Scheduling: the nightly flow as a Prefect deployment, on the cron of the config.
+"""Scheduling: the config's schedule section, its time zone and its next start times.
 
-``pam serve --config FILE`` builds the deployments here and serves them from this process
+``pam serve --config FILE`` checks the config here (``load_for_serving``), then builds the
+deployments in ``flows/serve.py`` and serves them from this process
 (one machine: no worker, no work pool; without PREFECT_API_URL it runs a local Prefect server
 for the schedule, since Prefect's temporary server has no scheduler). A deployment carries only the config file's path;
 the flow reads the file when each run starts, so the watched dumps and the store can be
@@ -10,10 +11,8 @@ GPU box) uses ``prefect.yaml`` instead; see docs/operations.md.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import signal
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,68 +74,3 @@ def load_for_serving(config_file: str | os.PathLike) -> PamConfig:
         if not Path(dump).expanduser().is_dir():
             log.warning("watched dump %s does not exist yet; runs report it until it appears", dump)
     return conf
-
-
-def nightly_deployment(config_file: str | os.PathLike, conf: PamConfig | None = None):
-    """The nightly flow on the config's cron, with the config file as its only parameter."""
-    from prefect.schedules import Cron
-
-    from flows.nightly import nightly
-
-    path = str(Path(config_file).expanduser().resolve())
-    conf = conf or load_for_serving(path)
-    return nightly.to_deployment(
-        name=conf.schedule.name,
-        schedule=Cron(conf.schedule.cron, timezone=schedule_zone(conf)),
-        parameters={"config_file": path},
-        description=f"pam nightly run over {', '.join(conf.schedule.dumps)} into {conf.schedule.store}",
-        tags=["pam", "nightly"],
-    )
-
-
-TRAINING_FLOWS = ("pam-train", "pam-train-search")
-
-
-def training_deployments() -> list:
-    """The training flows of ``flows/train.py`` (``pam-train``, ``pam-train-search``) as
-    deployments without a schedule, started by hand with their parameters; none when that
-    module is absent."""
-    from prefect import Flow
-
-    try:
-        module = importlib.import_module("flows.train")
-    except ModuleNotFoundError as exc:
-        if exc.name == "flows.train":
-            return []
-        raise
-    found = {v.name: v for v in vars(module).values() if isinstance(v, Flow) and v.name in TRAINING_FLOWS}
-    return [found[name].to_deployment(name="on-demand", description=f"{name}, started by hand",
-                                      tags=["pam", "train"]) for name in TRAINING_FLOWS if name in found]
-
-
-def deployments(config_file: str | os.PathLike) -> list:
-    """Everything ``pam serve`` serves: the nightly schedule and, when present, training."""
-    return [nightly_deployment(config_file)] + training_deployments()
-
-
-def serve(config_file: str | os.PathLike, limit: int | None = 2, announce=print) -> None:
-    """Serve the deployments from this process until interrupted (Ctrl-C or SIGTERM stops it).
-
-    With no PREFECT_API_URL a local server is started for the schedule and stopped with it.
-    """
-    from prefect import serve as prefect_serve
-
-    from pam.ops.prefect_server import api_configured, prefect_api
-
-    def stop(signum, frame):  # a service manager's SIGTERM: leave through the finally blocks
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    if api_configured():
-        prefect_serve(*deployments(config_file), limit=limit, print_starting_message=True)
-        return
-    with prefect_api() as (api, pid):
-        announce(f"started a local Prefect server for the schedule: {api} (pid {pid}; UI at {api.removesuffix('/api')}); "
-                 f"it stops with pam serve. Start a run by hand: PREFECT_API_URL={api} prefect deployment run "
-                 "'pam-nightly/<schedule.name>'")
-        prefect_serve(*deployments(config_file), limit=limit, print_starting_message=True)
