@@ -214,8 +214,9 @@ SITE_RICHNESS = pa.schema(
     ]
 )
 
-# Diel activity: detections per species x site x local hour of day, with the effort behind them.
-DIEL_VERSION = 1
+# Diel activity: detections per species x site x local hour of day, with the effort behind them
+# (the hours that row's model scored; 0 detections where it scored audio and found nothing).
+DIEL_VERSION = 2
 DIEL = pa.schema(
     [
         pa.field("site", pa.string(), nullable=False),

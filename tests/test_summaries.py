@@ -144,7 +144,34 @@ def test_diel_activity_in_local_hours(store):
         ("B", "wren", 22, 0, 2.0, 0.0), ("B", "wren", 23, 0, 2.0, 0.0), ("B", "wren", 0, 0, 2.0, 0.0),
         ("B", "wren", 1, 1, 2.0, 0.5),
         ("C", "owl", 23, 1, 0.5, 2.0), ("C", "owl", 0, 1, 0.5, 2.0),
+        ("C", "wren", 23, 0, 0.5, 0.0), ("C", "wren", 0, 0, 0.5, 0.0),  # scored at C, never detected there
     ]), list(range(6)))
+
+
+def test_diel_keeps_zero_hours_of_a_site_that_never_detected_the_species(tmp_path):
+    # S1 detects owl three times in 05:00-07:00; S2 records 05:00-06:00 on two days and never detects it;
+    # S2's 20:00 recording was scanned but not scored, and nobody recorded at 06:00 on S2
+    recs = [Rec("s1", "S1", "2024-05-01T05:00", 7200, detections=[(600, "owl", .9, "m1"), (1200, "owl", .8, "m1"),
+                                                                   (5400, "owl", .7, "m1")]),
+            Rec("s2a", "S2", "2024-05-01T05:00", 3600), Rec("s2b", "S2", "2024-05-02T05:00", 3600),
+            Rec("s2c", "S2", "2024-05-02T20:00", 3600, scored_by=())]
+    diel = summarize(build(tmp_path / "s", recs), PamConfig()).tables["diel"]
+    assert rows(diel, ["site", "label", "model_id", "local_hour", "detections", "analysed_h", "detections_per_h"]) == [
+        ("S1", "owl", "m1", 5, 2, 1.0, 2.0), ("S1", "owl", "m1", 6, 1, 1.0, 1.0),
+        ("S2", "owl", "m1", 5, 0, 2.0, 0.0)]  # no row for S2 at 06:00 (not recorded) or 20:00 (not scored)
+    # pooled over sites, 05:00 is 2 detections in 3 analysed hours (without S2's row it read 2 per hour)
+    five = diel[diel["local_hour"] == 5]
+    assert five["detections"].sum() / five["analysed_h"].sum() == pytest.approx(2 / 3)
+
+
+def test_diel_hours_are_each_models_own(store):
+    diel = summarize(store, CONF).tables["diel"]
+    m2 = diel[diel["model_id"] == "m2"]
+    # m2 scored only a1 (A, 05:00-07:00 UTC) and found one owl at 05:00:10
+    assert rows(m2, ["site", "label", "local_hour", "detections", "analysed_h"]) == [
+        ("A", "owl", 5, 1, 1.0), ("A", "owl", 6, 0, 1.0)]
+    a5 = diel[(diel["model_id"] == "m1") & (diel["site"] == "A") & (diel["local_hour"] == 5)]
+    assert a5["analysed_h"].tolist() == [3.0, 3.0]  # m1: a1, a2, a3 each give A one hour at 05:00
 
 
 def test_occupancy_daily_periods_tell_zero_from_missing(store):
