@@ -8,8 +8,10 @@ config; UTC when a site is not configured), because that is how field teams thin
 * ``hourly_counts``: detections per site x local hour x species (the only table that reads
   detections; maintained incrementally);
 * ``daily_counts``, ``site_days``, ``site_richness``, ``diel``, ``occupancy``, ``precision``:
-  derived from the two above (small) on every run; ``daily_counts`` and ``diel`` take
-  their zeros from each model's own scored audio (``pam.effort.analysed_by_model``).
+  derived from the two above (small) on every run; the per-model ones (``daily_counts``,
+  ``diel``, ``occupancy``) take their zeros from each model's own scored audio
+  (``pam.effort.analysed_by_model``), and the occupancy CSVs hold the counting model's
+  histories (``label_models``).
 
 Incremental rule: ``summaries/state.json`` lists the ``done`` files already folded in. Only
 the (site, local day) pairs holding detections of new ``done`` files are recounted; effort is
@@ -34,9 +36,10 @@ import pyarrow.parquet as pq
 from pam import schemas
 from pam.config import PamConfig
 from pam.effort import analysed_by_model, day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
-from pam.occupancy import detection_histories, write_history_csvs
+from pam.occupancy import detection_histories, run_thresholds, write_history_csvs
 from pam.query import score_threshold
 from pam.store import DONE_NAME, PART_NAME, UNKNOWN, Store, write_parquet_atomic
+from pam.survey_covariates import site_positions, survey_days
 
 SUMMARY_TABLES = ("effort", "hourly_counts", "daily_counts", "site_days", "site_richness", "diel",
                   "occupancy", "precision")
@@ -374,7 +377,8 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     effort, effort_notes = effort_table(manifest, done, config)
     effort, hourly = _plain(effort), _plain(hourly)
     notes += effort_notes
-    counting = label_models(hourly, store.read_runs(), done)
+    runs = store.read_runs()
+    counting = label_models(hourly, runs, done)
     shared = hourly.groupby("label")["model_id"].nunique()
     for label in shared[shared > 1].index:
         notes.append(f"{label} has detections of {shared[label]} models; site totals and the report count "
@@ -389,10 +393,14 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
         "site_richness": site_richness_table(site_days, once),
         "diel": diel_table(model_hours, hourly),
     }
-    tables["occupancy"] = detection_histories(site_days, tables["daily_counts"], period_days)
+    tables["occupancy"] = detection_histories(site_days, tables["daily_counts"], survey_days(model_hours, config),
+                                              period_days)
     tables["precision"] = precision_table(store, min_score, model_id)
     tables = {name: _write(store, name, frame) for name, frame in tables.items()}
-    write_history_csvs(tables["occupancy"], store.summaries_dir / "occupancy")
+    # the histories of the model the report counts (label_models); the table keeps every model's
+    write_history_csvs(tables["occupancy"], store.summaries_dir / "occupancy", counting,
+                       site_positions(config, sorted(site_days["site"].unique())), min_score=min_score,
+                       thresholds=run_thresholds(runs))
     # the done files listed before reading: a flush committed meanwhile is recounted next time
     _write_state(store, {"version": STATE_VERSION, "inputs": inputs, "period_days": period_days,
                          "done_files": done_now})
