@@ -144,19 +144,47 @@ def test_diel_activity_in_local_hours(store):
         ("B", "wren", 22, 0, 2.0, 0.0), ("B", "wren", 23, 0, 2.0, 0.0), ("B", "wren", 0, 0, 2.0, 0.0),
         ("B", "wren", 1, 1, 2.0, 0.5),
         ("C", "owl", 23, 1, 0.5, 2.0), ("C", "owl", 0, 1, 0.5, 2.0),
+        ("C", "wren", 23, 0, 0.5, 0.0), ("C", "wren", 0, 0, 0.5, 0.0),  # scored at C, never detected there
     ]), list(range(6)))
+
+
+def test_diel_keeps_zero_hours_of_a_site_that_never_detected_the_species(tmp_path):
+    # S1 detects owl three times in 05:00-07:00; S2 records 05:00-06:00 on two days and never detects it;
+    # S2's 20:00 recording was scanned but not scored, and nobody recorded at 06:00 on S2
+    recs = [Rec("s1", "S1", "2024-05-01T05:00", 7200, detections=[(600, "owl", .9, "m1"), (1200, "owl", .8, "m1"),
+                                                                   (5400, "owl", .7, "m1")]),
+            Rec("s2a", "S2", "2024-05-01T05:00", 3600), Rec("s2b", "S2", "2024-05-02T05:00", 3600),
+            Rec("s2c", "S2", "2024-05-02T20:00", 3600, scored_by=())]
+    diel = summarize(build(tmp_path / "s", recs), PamConfig()).tables["diel"]
+    assert rows(diel, ["site", "label", "model_id", "local_hour", "detections", "analysed_h", "detections_per_h"]) == [
+        ("S1", "owl", "m1", 5, 2, 1.0, 2.0), ("S1", "owl", "m1", 6, 1, 1.0, 1.0),
+        ("S2", "owl", "m1", 5, 0, 2.0, 0.0)]  # no row for S2 at 06:00 (not recorded) or 20:00 (not scored)
+    # pooled over sites, 05:00 is 2 detections in 3 analysed hours (without S2's row it read 2 per hour)
+    five = diel[diel["local_hour"] == 5]
+    assert five["detections"].sum() / five["analysed_h"].sum() == pytest.approx(2 / 3)
+
+
+def test_diel_hours_are_each_models_own(store):
+    diel = summarize(store, CONF).tables["diel"]
+    m2 = diel[diel["model_id"] == "m2"]
+    # m2 scored only a1 (A, 05:00-07:00 UTC) and found one owl at 05:00:10
+    assert rows(m2, ["site", "label", "local_hour", "detections", "analysed_h"]) == [
+        ("A", "owl", 5, 1, 1.0), ("A", "owl", 6, 0, 1.0)]
+    a5 = diel[(diel["model_id"] == "m1") & (diel["site"] == "A") & (diel["local_hour"] == 5)]
+    assert a5["analysed_h"].tolist() == [3.0, 3.0]  # m1: a1, a2, a3 each give A one hour at 05:00
 
 
 def test_occupancy_daily_periods_tell_zero_from_missing(store):
     occ = summarize(store, CONF).tables["occupancy"]
-    got = {(r.label, r.site): [] for r in occ.itertuples()}
+    got = {(r.label, r.model_id, r.site): [] for r in occ.itertuples()}
     for r in occ.sort_values("period").itertuples():
-        got[(r.label, r.site)].append(None if pd.isna(r.detected) else int(r.detected))
+        got[(r.label, r.model_id, r.site)].append(None if pd.isna(r.detected) else int(r.detected))
     n = None
-    # periods: 04-30, 05-01, 05-02, 05-03, 05-04
+    # periods: 04-30, 05-01, 05-02, 05-03, 05-04; m2 scored only a1 (A, 05-01) and found owl there
     assert got == {
-        ("owl", "A"): [n, 1, 0, n, 0], ("owl", "B"): [1, 1, 0, n, n], ("owl", "C"): [n, 1, 1, n, n],
-        ("wren", "A"): [n, 1, 0, n, 1], ("wren", "B"): [0, 0, 1, n, n], ("wren", "C"): [n, 0, 0, n, n],
+        ("owl", "m1", "A"): [n, 1, 0, n, 0], ("owl", "m1", "B"): [1, 1, 0, n, n], ("owl", "m1", "C"): [n, 1, 1, n, n],
+        ("owl", "m2", "A"): [n, 1, n, n, n], ("owl", "m2", "B"): [n, n, n, n, n], ("owl", "m2", "C"): [n, n, n, n, n],
+        ("wren", "m1", "A"): [n, 1, 0, n, 1], ("wren", "m1", "B"): [0, 0, 1, n, n], ("wren", "m1", "C"): [n, 0, 0, n, n],
     }
     first = occ[occ["period"] == 1].iloc[0]
     assert (first["period_start"], first["period_end"]) == ("2024-04-30", "2024-04-30")
@@ -165,16 +193,27 @@ def test_occupancy_daily_periods_tell_zero_from_missing(store):
 def test_occupancy_two_day_periods_and_csv(store):
     res = summarize(store, CONF, period_days=2)
     occ = res.tables["occupancy"]
-    owl_b = occ[(occ["label"] == "owl") & (occ["site"] == "B")].sort_values("period")
+    owl_b = occ[(occ["label"] == "owl") & (occ["model_id"] == "m1") & (occ["site"] == "B")].sort_values("period")
     assert [None if pd.isna(v) else int(v) for v in owl_b["detected"]] == [1, 0, None]
     assert owl_b["surveyed_days"].tolist() == [2, 1, 0]
     assert list(owl_b["period_start"]) == ["2024-04-30", "2024-05-02", "2024-05-04"]
-    text = (store.summaries_dir / "occupancy" / "detection_history_wren.csv").read_text().splitlines()
-    assert text[0] == "site,y.1,y.2,y.3,hours.1,hours.2,hours.3"
-    assert text[1:] == ["A,1,0,1,2.0,2.0,1.0", "B,0,1,NA,6.0,2.0,NA", "C,0,0,NA,0.5,0.5,NA"]
-    periods = pd.read_csv(store.summaries_dir / "occupancy" / "periods.csv")
+    folder = store.summaries_dir / "occupancy"
+    text = (folder / "detection_history_wren_model-m1.csv").read_text().splitlines()
+    assert text[0] == ("site,y.1,y.2,y.3,lat,lon,hours.1,hours.2,hours.3,doy.1,doy.2,doy.3,"
+                       "start.1,start.2,start.3,from_sunrise.1,from_sunrise.2,from_sunrise.3")
+    # doy and start are those of the period's first surveyed day: 2024-05-01 is day 122 (leap year).
+    # B (-05:00) starts 04-30 at 22:00; on 05-02 its audio is b2 running on past midnight (0.0).
+    # C (+05:30) records 23:30-00:30. No site has lat/lon in CONF: lat, lon, from_sunrise are NA.
+    assert text[1:] == ["A,1,0,1,NA,NA,2.0,2.0,1.0,122,123,125,5.0,5.0,5.0,NA,NA,NA",
+                        "B,0,1,NA,NA,NA,6.0,2.0,NA,121,123,NA,22.0,0.0,NA,NA,NA,NA",
+                        "C,0,0,NA,NA,NA,0.5,0.5,NA,122,123,NA,23.5,0.0,NA,NA,NA,NA"]
+    periods = pd.read_csv(folder / "periods.csv")
     assert periods["column"].tolist() == ["y.1", "y.2", "y.3"]
     assert periods["period_end"].tolist() == ["2024-05-01", "2024-05-03", "2024-05-05"]
+    index = pd.read_csv(folder / "histories.csv")
+    assert index[["file", "label", "model_id"]].values.tolist() == [
+        ["detection_history_owl_model-m1.csv", "owl", "m1"], ["detection_history_wren_model-m1.csv", "wren", "m1"]]
+    assert index["min_score"].isna().all() and index["detect_threshold"].isna().all()  # no filter, no runs
 
 
 def test_incremental_equals_full_recompute(tmp_path):

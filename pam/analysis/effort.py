@@ -8,7 +8,9 @@ measures are kept side by side:
   of one model), placed in time through the manifest's start times.
 
 Summaries treat a site-day as *surveyed* when it has analysed audio (or a detection): a
-recording that was scanned but not yet scored is effort the model has not looked at.
+recording that was scanned but not yet scored is effort the model has not looked at. The
+tables kept per model (``daily_counts``, ``diel``, ``occupancy``) take each model's own
+scored audio (``analysed_by_model``), so one model's zeros never stand on another's effort.
 
 A recording is split at every local hour boundary, so one that crosses local midnight puts
 its hours on both days. Every real UTC offset is a whole number of quarter hours, so cutting
@@ -39,12 +41,17 @@ def utc_micros(times: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return naive.astype(np.int64), valid
 
 
+def local_micros(utc_us: np.ndarray, tz: tzinfo) -> np.ndarray:
+    """The wall-clock reading in time zone ``tz`` of UTC instants, as microseconds since 1970-01-01."""
+    index = pd.DatetimeIndex(np.asarray(utc_us, dtype=np.int64).astype("datetime64[us]")).tz_localize("UTC")
+    return index.tz_convert(tz).tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+
+
 def local_clock(utc_us: np.ndarray, tz: tzinfo) -> tuple[np.ndarray, np.ndarray]:
     """Local (days since 1970-01-01, hour of day) of UTC instants in time zone ``tz``."""
     if len(utc_us) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
-    index = pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC").tz_convert(tz)
-    local_us = index.tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    local_us = local_micros(utc_us, tz)
     days = np.floor_divide(local_us, 24 * HOUR_US)
     hours = (local_us - days * 24 * HOUR_US) // HOUR_US
     return days, hours.astype(np.int8)
@@ -57,11 +64,11 @@ def day_strings(days: np.ndarray) -> np.ndarray:
     return names[inverse]
 
 
-def split_by_local_hour(sites: np.ndarray, start_us: np.ndarray, seconds: np.ndarray,
-                        config: PamConfig) -> pd.DataFrame:
-    """Seconds of audio per (site, local_day, local_hour) for recordings [start, start + seconds).
+def audio_pieces(sites: np.ndarray, start_us: np.ndarray, seconds: np.ndarray, config: PamConfig) -> pd.DataFrame:
+    """Recordings [start, start + seconds) cut at every local hour boundary, one row per piece.
 
-    ``local_day`` is days since the epoch on the site's local calendar.
+    Columns: ``site``, ``local_day`` (days since the epoch on the site's local calendar),
+    ``local_hour``, ``start_us`` (UTC microseconds where the piece begins) and ``seconds``.
     """
     start_us = np.asarray(start_us, dtype=np.int64)
     end_us = start_us + np.round(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
@@ -79,11 +86,22 @@ def split_by_local_hour(sites: np.ndarray, start_us: np.ndarray, seconds: np.nda
     for site in pd.unique(piece_site):
         mask = piece_site == site
         days, hours = local_clock(piece_start[mask], config.site_tz(site))
-        frames.append(pd.DataFrame({"site": site, "local_day": days, "local_hour": hours, "seconds": piece_s[mask]}))
+        frames.append(pd.DataFrame({"site": site, "local_day": days, "local_hour": hours,
+                                    "start_us": piece_start[mask], "seconds": piece_s[mask]}))
     if not frames:
         return pd.DataFrame({"site": pd.Series(dtype=object), "local_day": pd.Series(dtype=np.int64),
-                             "local_hour": pd.Series(dtype=np.int8), "seconds": pd.Series(dtype=np.float64)})
-    pieces = pd.concat(frames, ignore_index=True)
+                             "local_hour": pd.Series(dtype=np.int8), "start_us": pd.Series(dtype=np.int64),
+                             "seconds": pd.Series(dtype=np.float64)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_by_local_hour(sites: np.ndarray, start_us: np.ndarray, seconds: np.ndarray,
+                        config: PamConfig) -> pd.DataFrame:
+    """Seconds of audio per (site, local_day, local_hour) for recordings [start, start + seconds).
+
+    ``local_day`` is days since the epoch on the site's local calendar.
+    """
+    pieces = audio_pieces(sites, start_us, seconds, config)
     return pieces.groupby(["site", "local_day", "local_hour"], as_index=False, sort=True)["seconds"].sum()
 
 
@@ -110,10 +128,14 @@ def analysed_audio(done: pd.DataFrame, manifest: pd.DataFrame) -> tuple[pd.DataF
     return frame, len(scored) - len(placed)
 
 
-def _hours(audio: pd.DataFrame, config: PamConfig, column: str) -> pd.DataFrame:
+def _placed_pieces(audio: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
     start_us, valid = utc_micros(audio["start_time"]) if len(audio) else (np.zeros(0, np.int64), np.zeros(0, bool))
-    out = split_by_local_hour(audio["site"].to_numpy()[valid], start_us[valid],
-                              audio["seconds"].to_numpy()[valid], config)
+    return audio_pieces(audio["site"].to_numpy()[valid], start_us[valid], audio["seconds"].to_numpy()[valid], config)
+
+
+def _hours(audio: pd.DataFrame, config: PamConfig, column: str) -> pd.DataFrame:
+    pieces = _placed_pieces(audio, config)
+    out = pieces.groupby(["site", "local_day", "local_hour"], as_index=False, sort=True)["seconds"].sum()
     return out.rename(columns={"seconds": column})
 
 
@@ -140,16 +162,36 @@ def effort_table(manifest: pd.DataFrame, done: pd.DataFrame, config: PamConfig) 
     }), notes
 
 
-def surveyed_by_model(done: pd.DataFrame, manifest: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
-    """(site, local_date, model_id) of every local day on which each model scored some audio."""
+def analysed_by_model(done: pd.DataFrame, manifest: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
+    """Audio each model scored, per model x site x local date x local hour.
+
+    Columns: ``model_id``, ``site``, ``local_date``, ``local_hour``, ``analysed_h`` and
+    ``first_us`` (UTC microseconds of the earliest scored audio in that hour). A model's zeros
+    (it looked and found nothing) belong to these cells only, not to audio another model scored.
+    """
     frames = []
     for model_id, group in done.groupby("model_id", sort=True):
         rows, _unplaced = analysed_audio(group, manifest)
-        hours = _hours(rows, config, "seconds")
-        days = hours.loc[hours["seconds"] > 0, ["site", "local_day"]].drop_duplicates()
-        frames.append(pd.DataFrame({"site": days["site"].astype(object).to_numpy(),
-                                    "local_date": day_strings(days["local_day"].to_numpy()), "model_id": model_id}))
+        pieces = _placed_pieces(rows, config)
+        cells = pieces.groupby(["site", "local_day", "local_hour"], as_index=False, sort=True).agg(
+            seconds=("seconds", "sum"), first_us=("start_us", "min"))
+        frames.append(pd.DataFrame({
+            "model_id": model_id, "site": cells["site"].astype(object).to_numpy(),
+            "local_date": day_strings(cells["local_day"].to_numpy()) if len(cells) else np.array([], dtype=object),
+            "local_hour": cells["local_hour"].to_numpy(dtype=np.int8),
+            "analysed_h": cells["seconds"].to_numpy(dtype=np.float64) / 3600.0,
+            "first_us": cells["first_us"].to_numpy(dtype=np.int64)}))
     if not frames:
-        return pd.DataFrame({"site": pd.Series(dtype=object), "local_date": pd.Series(dtype=object),
-                             "model_id": pd.Series(dtype=object)})
+        return pd.DataFrame({"model_id": pd.Series(dtype=object), "site": pd.Series(dtype=object),
+                             "local_date": pd.Series(dtype=object), "local_hour": pd.Series(dtype=np.int8),
+                             "analysed_h": pd.Series(dtype=np.float64), "first_us": pd.Series(dtype=np.int64)})
     return pd.concat(frames, ignore_index=True)
+
+
+def surveyed_by_model(model_hours: pd.DataFrame) -> pd.DataFrame:
+    """(site, local_date, model_id) of every local day on which each model scored some audio.
+
+    ``model_hours``: the output of ``analysed_by_model``.
+    """
+    days = model_hours.loc[model_hours["analysed_h"] > 0, ["site", "local_date", "model_id"]].drop_duplicates()
+    return days.reset_index(drop=True)

@@ -1,18 +1,24 @@
-"""Detection histories for occupancy models: site x survey period, per species.
+"""Detection histories for occupancy models: site x survey period, per species and model.
 
-A cell is 1 when the species was detected at the site in the period, 0 when the site was
-surveyed (audio scored) in the period and the species was not detected, and missing (NA)
-when nothing was surveyed. Periods are ``period_days`` local days long and start on the
-first surveyed day of the deployment (all sites share one calendar, as occupancy packages
-expect one column per survey occasion).
+A cell is 1 when the model detected the species at the site in the period, 0 when that model
+scored audio there in the period without detecting it, and missing (NA) when it scored
+nothing there. Each model keeps its own history: two models of one species (a recalibrated
+copy, a retrained model) scored the same audio, and pooling them would turn one model's 0
+into the other's 1. Periods are ``period_days`` local days long and start on the first
+surveyed day of the deployment (all sites and models share one calendar, as occupancy
+packages expect one column per survey occasion).
 
-The CSVs use the "wide" layout of R's ``unmarked`` (``csvToUMF(f, long = FALSE,
-type = "unmarkedFrameOccu")`` or ``formatWide``): column ``site``, then ``y.1 ... y.J``, then
-the observation covariate ``hours.1 ... hours.J`` (analysed hours per period), NA for missing.
+The CSVs use the "wide" layout that R's ``unmarked`` reads with ``csvToUMF(f, long = FALSE,
+type = "unmarkedFrameOccu")`` (its ``formatWide``): ``site``, then ``y.1 ... y.J``, then the
+site covariates ``lat``, ``lon``, then the observation covariates ``hours.1 ... hours.J``,
+``doy.1 ...``, ``start.1 ...``, ``from_sunrise.1 ...`` (see ``OBS_COVARIATES``), ``NA`` where
+not surveyed. formatWide takes a name ending in ``.<digits>`` as an observation covariate
+and finds its columns by that suffix, so no covariate name ends another one.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,6 +26,11 @@ import numpy as np
 import pandas as pd
 
 import pam.store.schemas as schemas
+
+# CSV column prefix -> occupancy table column, in the order they are written
+OBS_COVARIATES = {"hours": "analysed_h", "doy": "doy", "start": "start_local_h", "from_sunrise": "from_sunrise_h"}
+SITE_COVARIATES = ("lat", "lon")
+INDEX_NAME = "histories.csv"
 
 
 def _day_numbers(dates: pd.Series) -> np.ndarray:
@@ -30,11 +41,33 @@ def _day_string(day: int) -> str:
     return str(np.datetime64(int(day), "D"))
 
 
-def detection_histories(site_days: pd.DataFrame, daily_counts: pd.DataFrame, period_days: int = 1) -> pd.DataFrame:
-    """The long-form ``occupancy`` table (schemas.OCCUPANCY): every species x site x period."""
+def _period_effort(model_days: pd.DataFrame, hits: pd.DataFrame, origin: int, period_days: int,
+                   n_periods: int) -> pd.DataFrame:
+    """Per model x site x period: surveyed days, analysed hours and the first surveyed day's covariates."""
+    scored = model_days[model_days["analysed_h"] > 0]
+    days = pd.concat([scored[["model_id", "site", "local_date"]], hits[["model_id", "site", "local_date"]]],
+                     ignore_index=True).drop_duplicates()
+    days = days.merge(scored, on=["model_id", "site", "local_date"], how="left")
+    days["day"] = _day_numbers(days["local_date"])
+    days["period"] = (days["day"] - origin) // period_days + 1
+    days = days[(days["period"] >= 1) & (days["period"] <= n_periods)]
+    keys = ["model_id", "site", "period"]
+    effort = days.groupby(keys).agg(surveyed_days=("day", "size"), analysed_h=("analysed_h", "sum"))
+    first = (days.dropna(subset=["start_local_h"]).sort_values("day").groupby(keys)
+             [["doy", "start_local_h", "from_sunrise_h"]].first())
+    return effort.join(first, how="left").reset_index()
+
+
+def detection_histories(site_days: pd.DataFrame, daily_counts: pd.DataFrame, model_days: pd.DataFrame,
+                        period_days: int = 1) -> pd.DataFrame:
+    """The long-form ``occupancy`` table (schemas.OCCUPANCY): every species x model x site x period.
+
+    ``model_days``: each model's surveyed site-days with their covariates
+    (``pam.analysis.survey_covariates.survey_days``); ``site_days`` sets the calendar and the sites.
+    """
     days = site_days[(site_days["recorded_h"] > 0) | site_days["surveyed"]]
-    species = sorted(daily_counts["label"].unique())
-    if days.empty or not species:
+    pairs = daily_counts[["label", "model_id"]].drop_duplicates().sort_values(["label", "model_id"])
+    if days.empty or pairs.empty:
         return schemas.OCCUPANCY.empty_table().to_pandas()
     surveyed = days[days["surveyed"]]
     origin = int(_day_numbers(surveyed["local_date"]).min()) if len(surveyed) else int(_day_numbers(days["local_date"]).min())
@@ -42,21 +75,18 @@ def detection_histories(site_days: pd.DataFrame, daily_counts: pd.DataFrame, per
     n_periods = max(1, (last - origin) // period_days + 1)
     sites = sorted(days["site"].unique())
 
-    surveyed = surveyed.assign(period=(_day_numbers(surveyed["local_date"]) - origin) // period_days + 1)
-    surveyed = surveyed[surveyed["period"] >= 1]
-    effort = surveyed.groupby(["site", "period"]).agg(surveyed_days=("local_date", "size"), analysed_h=("analysed_h", "sum"))
-
     hits = daily_counts[daily_counts["detections"] > 0]
-    hits = hits.assign(period=(_day_numbers(hits["local_date"]) - origin) // period_days + 1)
-    detected = set(zip(hits["label"], hits["site"], hits["period"]))
+    effort = _period_effort(model_days, hits, origin, period_days, n_periods)
+    hit_periods = (_day_numbers(hits["local_date"]) - origin) // period_days + 1
+    detected = set(zip(hits["label"], hits["model_id"], hits["site"], hit_periods))
 
-    grid = pd.MultiIndex.from_product([species, sites, range(1, n_periods + 1)], names=["label", "site", "period"])
-    out = grid.to_frame(index=False)
-    out = out.merge(effort.reset_index(), on=["site", "period"], how="left")
+    grid = pd.DataFrame([(lab, m, s, p) for lab, m in pairs.itertuples(index=False) for s in sites
+                         for p in range(1, n_periods + 1)], columns=["label", "model_id", "site", "period"])
+    out = grid.merge(effort, on=["model_id", "site", "period"], how="left")
     out["surveyed_days"] = out["surveyed_days"].fillna(0)
     out["analysed_h"] = out["analysed_h"].fillna(0.0)
-    hit = np.fromiter(((lab, s, p) in detected for lab, s, p in zip(out["label"], out["site"], out["period"])),
-                      dtype=bool, count=len(out))
+    hit = np.fromiter(((lab, m, s, p) in detected for lab, m, s, p in
+                       zip(out["label"], out["model_id"], out["site"], out["period"])), dtype=bool, count=len(out))
     out["detected"] = np.where(hit, 1.0, np.where(out["surveyed_days"] > 0, 0.0, np.nan))
     start = origin + (out["period"].to_numpy() - 1) * period_days
     out["period_start"] = [_day_string(d) for d in start]
@@ -64,36 +94,106 @@ def detection_histories(site_days: pd.DataFrame, daily_counts: pd.DataFrame, per
     return out[schemas.OCCUPANCY.names]
 
 
-def history_matrix(occupancy: pd.DataFrame, label: str) -> pd.DataFrame:
-    """One species' site x period matrix (1/0/NaN), sites as rows, ``y.1 ... y.J`` as columns."""
+def _one_history(occupancy: pd.DataFrame, label: str, model_id: str | None) -> pd.DataFrame:
     rows = occupancy[occupancy["label"] == label]
+    if model_id is None:
+        models = sorted(rows["model_id"].unique())
+        if len(models) > 1:
+            raise ValueError(f"{label} has histories of {len(models)} models ({', '.join(models)}); "
+                             "pass model_id to choose one")
+    else:
+        rows = rows[rows["model_id"] == model_id]
+    return rows
+
+
+def history_matrix(occupancy: pd.DataFrame, label: str, model_id: str | None = None) -> pd.DataFrame:
+    """One species' site x period matrix (1/0/NaN) of one model, sites as rows, ``y.1 ... y.J`` as columns."""
+    rows = _one_history(occupancy, label, model_id)
     matrix = rows.pivot(index="site", columns="period", values="detected").sort_index(axis=1)
     matrix.columns = [f"y.{p}" for p in matrix.columns]
     return matrix
 
 
-def _file_name(label: str) -> str:
-    return "detection_history_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".csv"
+def wide_history(occupancy: pd.DataFrame, label: str, model_id: str | None, sites: pd.DataFrame) -> pd.DataFrame:
+    """The unmarked wide layout of one species and model (see the module docstring).
+
+    ``sites``: ``site, lat, lon`` (``pam.analysis.survey_covariates.site_positions``). Covariates are at
+    full precision and NA wherever ``y`` is NA (nothing surveyed).
+    """
+    rows = _one_history(occupancy, label, model_id)
+    y = history_matrix(rows, label)
+    observed = y.notna().to_numpy()
+    parts = [y.astype("Int64")]
+    positions = sites.set_index("site").reindex(y.index)
+    parts.append(positions[list(SITE_COVARIATES)].astype(np.float64))
+    for prefix, column in OBS_COVARIATES.items():
+        cov = rows.pivot(index="site", columns="period", values=column).sort_index(axis=1).astype(np.float64)
+        cov = cov.where(observed)
+        if column == "doy":
+            cov = cov.round().astype("Int64")  # a whole day, written without ".0"
+        cov.columns = [f"{prefix}.{p}" for p in cov.columns]
+        parts.append(cov)
+    wide = pd.concat(parts, axis=1)
+    wide.index.name = "site"
+    return wide.reset_index()
 
 
-def write_history_csvs(occupancy: pd.DataFrame, folder: Path) -> list[Path]:
-    """One unmarked-style CSV per species, plus ``periods.csv`` mapping y.k to local dates."""
+def history_file_name(label: str, model_id: str) -> str:
+    """``detection_history_<species>_model-<model id>.csv``, with unsafe characters replaced by ``_``."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+    return f"detection_history_{safe(label)}_model-{safe(model_id)}.csv"
+
+
+def run_thresholds(runs: pd.DataFrame) -> dict[tuple[str, str], list[float]]:
+    """(model_id, species) -> the detection thresholds its runs used (from each run's settings)."""
+    out: dict[tuple[str, str], set[float]] = {}
+    for model_id, config_json in zip(runs["model_id"], runs["config_json"]):
+        if not isinstance(model_id, str) or not isinstance(config_json, str):
+            continue
+        try:
+            thresholds = (json.loads(config_json).get("settings") or {}).get("thresholds") or {}
+        except (ValueError, AttributeError):
+            continue
+        for label, value in thresholds.items():
+            out.setdefault((model_id, str(label)), set()).add(float(value))
+    return {key: sorted(values) for key, values in out.items()}
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, na_rep="NA")
+    tmp.replace(path)
+
+
+def write_history_csvs(occupancy: pd.DataFrame, folder: Path, models: dict[str, str], sites: pd.DataFrame, *,
+                       min_score: float | None = None,
+                       thresholds: dict[tuple[str, str], list[float]] | None = None) -> list[Path]:
+    """One unmarked CSV per species, of the model ``models`` names for it; ``histories.csv``; ``periods.csv``.
+
+    ``histories.csv`` says which model and thresholds each file holds: ``file, label,
+    model_id, min_score`` (the summaries' ``--min-score``, NA if none) and ``detect_threshold``
+    (the per-species thresholds of that model's detection runs, ``;``-separated if they
+    changed, NA if no run recorded one). A detection counts when its score is at or above both.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("detection_history_*.csv"):
         old.unlink()
-    written = []
+    thresholds = thresholds or {}
+    written, index = [], []
     for label in sorted(occupancy["label"].unique()):
-        rows = occupancy[occupancy["label"] == label]
-        y = history_matrix(occupancy, label)
-        hours = rows.pivot(index="site", columns="period", values="analysed_h").sort_index(axis=1)
-        hours = hours.where(y.to_numpy() == y.to_numpy())  # NA where not surveyed, like y
-        hours.columns = [f"hours.{p}" for p in hours.columns]
-        wide = pd.concat([y.astype("Int64"), hours.round(4)], axis=1).reset_index()
-        path = folder / _file_name(label)
-        tmp = path.with_name(f".{path.name}.tmp")
-        wide.to_csv(tmp, index=False, na_rep="NA")
-        tmp.replace(path)
+        model_id = models.get(label)
+        if model_id is None or not ((occupancy["label"] == label) & (occupancy["model_id"] == model_id)).any():
+            continue
+        path = folder / history_file_name(label, model_id)
+        _write_csv(wide_history(occupancy, label, model_id, sites), path)
         written.append(path)
+        used = thresholds.get((model_id, label))
+        index.append({"file": path.name, "label": label, "model_id": model_id, "min_score": min_score,
+                      "detect_threshold": ";".join(f"{t:.6g}" for t in used) if used else None})
+    _write_csv(pd.DataFrame(index, columns=["file", "label", "model_id", "min_score", "detect_threshold"]),
+               folder / INDEX_NAME)
     periods = occupancy[["period", "period_start", "period_end"]].drop_duplicates().sort_values("period")
     periods.insert(0, "column", [f"y.{p}" for p in periods["period"]])
     periods.to_csv(folder / "periods.csv", index=False)

@@ -8,7 +8,10 @@ config; UTC when a site is not configured), because that is how field teams thin
 * ``hourly_counts``: detections per site x local hour x species (the only table that reads
   detections; maintained incrementally);
 * ``daily_counts``, ``site_days``, ``site_richness``, ``diel``, ``occupancy``, ``precision``:
-  derived from the two above (small) on every run.
+  derived from the two above (small) on every run; the per-model ones (``daily_counts``,
+  ``diel``, ``occupancy``) take their zeros from each model's own scored audio
+  (``pam.analysis.effort.analysed_by_model``), and the occupancy CSVs hold the counting model's
+  histories (``label_models``).
 
 Incremental rule: ``summaries/state.json`` lists the ``done`` files already folded in. Only
 the (site, local day) pairs holding detections of new ``done`` files are recounted; effort is
@@ -32,10 +35,11 @@ import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
 from pam.config import PamConfig
-from pam.analysis.effort import day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
-from pam.analysis.occupancy import detection_histories, write_history_csvs
+from pam.analysis.effort import analysed_by_model, day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
+from pam.analysis.occupancy import detection_histories, run_thresholds, write_history_csvs
 from pam.store.query import score_threshold
 from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store, write_parquet_atomic
+from pam.analysis.survey_covariates import site_positions, survey_days
 
 STATE_VERSION = 1
 _HOURLY_KEYS = ["site", "local_date", "local_hour", "label", "model_id"]
@@ -267,14 +271,20 @@ def site_richness_table(site_days: pd.DataFrame, hourly: pd.DataFrame) -> pd.Dat
     return out
 
 
-def diel_table(effort: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
-    """Detections per species x site x local hour, beside the analysed hours of that site-hour."""
+def diel_table(model_hours: pd.DataFrame, hourly: pd.DataFrame) -> pd.DataFrame:
+    """Detections per species x site x local hour, beside the hours that row's model scored there.
+
+    ``model_hours``: each model's scored audio (``effort.analysed_by_model``). Every site x
+    hour a model scored gets a row for each species that model detected anywhere, 0 where it
+    found none; hours it never scored at a site have no row (unless it detected something there).
+    """
     det = hourly.groupby(["site", "label", "model_id", "local_hour"], as_index=False)["detections"].sum()
-    eff = effort[effort["analysed_h"] > 0].groupby(["site", "local_hour"], as_index=False)["analysed_h"].sum()
-    species = hourly[["site", "label", "model_id"]].drop_duplicates()
-    grid = species.merge(eff[["site", "local_hour"]], on="site")
+    eff = model_hours[model_hours["analysed_h"] > 0].groupby(["site", "model_id", "local_hour"],
+                                                             as_index=False)["analysed_h"].sum()
+    species = hourly[["label", "model_id"]].drop_duplicates()
+    grid = eff[["site", "model_id", "local_hour"]].merge(species, on="model_id")
     out = grid.merge(det, on=["site", "label", "model_id", "local_hour"], how="outer")
-    out = out.merge(eff, on=["site", "local_hour"], how="left")
+    out = out.merge(eff, on=["site", "model_id", "local_hour"], how="left")
     out["detections"] = out["detections"].fillna(0)
     out["analysed_h"] = out["analysed_h"].fillna(0.0)
     out["detections_per_h"] = (out["detections"] / out["analysed_h"]).where(out["analysed_h"] > 0)
@@ -348,7 +358,8 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     effort, effort_notes = effort_table(manifest, done, config)
     effort, hourly = _plain(effort), _plain(hourly)
     notes += effort_notes
-    counting = label_models(hourly, store.read_runs(), done)
+    runs = store.read_runs()
+    counting = label_models(hourly, runs, done)
     shared = hourly.groupby("label")["model_id"].nunique()
     for label in shared[shared > 1].index:
         notes.append(f"{label} has detections of {shared[label]} models; site totals and the report count "
@@ -356,16 +367,21 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
                      "--model chooses one")
     once = one_model_per_label(hourly, counting)
     site_days = site_days_table(effort, once)
+    model_hours = _plain(analysed_by_model(done, manifest, config))
     tables = {
         "effort": effort, "hourly_counts": hourly, "site_days": site_days,
-        "daily_counts": daily_counts_table(surveyed_by_model(done, manifest, config), hourly),
+        "daily_counts": daily_counts_table(surveyed_by_model(model_hours), hourly),
         "site_richness": site_richness_table(site_days, once),
-        "diel": diel_table(effort, hourly),
+        "diel": diel_table(model_hours, hourly),
     }
-    tables["occupancy"] = detection_histories(site_days, tables["daily_counts"], period_days)
+    tables["occupancy"] = detection_histories(site_days, tables["daily_counts"], survey_days(model_hours, config),
+                                              period_days)
     tables["precision"] = precision_table(store, min_score, model_id)
     tables = {name: _write(store, name, frame) for name, frame in tables.items()}
-    write_history_csvs(tables["occupancy"], store.summaries_dir / "occupancy")
+    # the histories of the model the report counts (label_models); the table keeps every model's
+    write_history_csvs(tables["occupancy"], store.summaries_dir / "occupancy", counting,
+                       site_positions(config, sorted(site_days["site"].unique())), min_score=min_score,
+                       thresholds=run_thresholds(runs))
     # the done files listed before reading: a flush committed meanwhile is recounted next time
     _write_state(store, {"version": STATE_VERSION, "inputs": inputs, "period_days": period_days,
                          "done_files": done_now})

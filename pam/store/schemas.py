@@ -214,8 +214,9 @@ SITE_RICHNESS = pa.schema(
     ]
 )
 
-# Diel activity: detections per species x site x local hour of day, with the effort behind them.
-DIEL_VERSION = 1
+# Diel activity: detections per species x site x local hour of day, with the effort behind them
+# (the hours that row's model scored; 0 detections where it scored audio and found nothing).
+DIEL_VERSION = 2
 DIEL = pa.schema(
     [
         pa.field("site", pa.string(), nullable=False),
@@ -228,17 +229,22 @@ DIEL = pa.schema(
     ]
 )
 
-# Detection histories for occupancy models, long form (the CSVs are the wide form).
-OCCUPANCY_VERSION = 1
+# Detection histories for occupancy models, long form (the CSVs are the wide form), one history
+# per species x model, with the survey covariates of each site x period.
+OCCUPANCY_VERSION = 2
 OCCUPANCY = pa.schema(
     [
         pa.field("label", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
         pa.field("site", pa.string(), nullable=False),
         pa.field("period", pa.int32(), nullable=False),  # 1-based survey period
         pa.field("period_start", pa.string()),  # first local date of the period
         pa.field("period_end", pa.string()),  # last local date (inclusive)
-        pa.field("surveyed_days", pa.int32()),
-        pa.field("analysed_h", pa.float64()),
+        pa.field("surveyed_days", pa.int32()),  # days this model scored audio here in the period
+        pa.field("analysed_h", pa.float64()),  # hours this model scored here in the period
+        pa.field("doy", pa.int16()),  # day of year of the first surveyed day of the period
+        pa.field("start_local_h", pa.float64()),  # local time of the first scored audio that day
+        pa.field("from_sunrise_h", pa.float64()),  # hours from sunrise to that audio; null without lat/lon
         pa.field("detected", pa.int8()),  # 1 detected, 0 surveyed but not detected, null not surveyed
     ]
 )
