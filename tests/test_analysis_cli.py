@@ -19,7 +19,8 @@ def store(tmp_path_factory):
     wav = write_wav(root / "dump" / "A" / "20240501_050000.WAV", noise(30.0, 8000, 0.2), 8000)
     recs = [
         Rec("ra", "A", "2024-05-01T05:00", 30.0, path=str(wav),
-            detections=[(1.5, "owl", 0.9, "m1"), (12.0, "wren", 0.7, "m1"), (21.0, "owl", 0.6, "m1")]),
+            detections=[(1.5, "owl", 0.9, "m1"), (3.0, "owl", 0.5, "m1"), (12.0, "wren", 0.7, "m1"),
+                        (21.0, "owl", 0.6, "m1")]),
         Rec("rb", "B", "2024-05-03T23:59", 3600.0, detections=[(30.0, "owl", 0.8, "m1")]),
     ]
     return build(root / "store", recs)
@@ -49,12 +50,26 @@ def test_summarize_and_sql(store, tmp_path):
 def test_query_to_terminal_and_files(store, tmp_path):
     res = invoke("query", store.root, "--species", "owl", "--site", "A", "--start", "2024-05-01", "--end", "2024-05-01")
     assert res.exit_code == 0, res.output
-    assert "2 detections match (1 files read)" in res.output
+    assert "3 detections match (1 files read)" in res.output
+    assert "05:00:01.5" in res.output and "05:00:03.0" in res.output  # the half second is shown
     out = tmp_path / "q.parquet"
     res = invoke("query", store.root, "--min-score", "0.75", "--out", out)
     assert res.exit_code == 0 and sorted(pd.read_parquet(out)["score"].astype(float).round(2)) == [0.8, 0.9]
     res = invoke("query", store.root, "--species", "dodo")
     assert res.exit_code == 0 and "no detections of dodo" in res.output
+
+
+def test_query_events(store, tmp_path):
+    res = invoke("query", store.root, "--species", "owl", "--site", "A", "--events")
+    assert res.exit_code == 0, res.output
+    assert "2 events (3 detection windows) match (1 files read)" in res.output
+    assert "05:00:01.5" in res.output and "1.5-6.0" in res.output  # windows 1.5-4.5 and 3-6: one call
+    out = tmp_path / "ev.csv"
+    res = invoke("query", store.root, "--site", "A", "--events", "--min-score", "0.75", "--out", out)
+    assert res.exit_code == 0 and "1 event written" in res.output
+    ev = pd.read_csv(out)
+    assert ev[["start_s", "end_s", "n_windows"]].values.tolist() == [[1.5, 6.0, 2]]
+    assert pd.to_datetime(ev["start_time"]).tolist() == [pd.Timestamp("2024-05-01T05:00:01.5", tz="UTC")]
 
 
 def test_bad_input_is_one_line(store, tmp_path):
@@ -70,6 +85,11 @@ def test_export_review_and_import(store, tmp_path):
     res = invoke("export", store.root, "--format", "raven", "--out", tmp_path / "raven", "--site", "A")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "raven" / "A" / "20240501_050000.Table.1.selections.txt").exists()
+    assert "3 events (overlapping windows of a call joined) in 1 file(s)" in res.output
+    res = invoke("export", store.root, "--format", "raven", "--out", tmp_path / "raven", "--site", "A", "--windows")
+    assert res.exit_code == 0 and "4 detection windows in 1 file(s)" in res.output
+    res = invoke("export", store.root, "--format", "csv", "--out", tmp_path / "csv", "--site", "A", "--events")
+    assert res.exit_code == 0 and len(pd.read_csv(tmp_path / "csv" / "events.csv")) == 3
     res = invoke("review", store.root, "--species", "owl", "--n", "5", "--out", tmp_path / "rev", "--site", "A")
     assert res.exit_code == 0 and "2 clips" in res.output
     table = pd.read_csv(tmp_path / "rev" / "review.csv", dtype=str, keep_default_na=False)

@@ -27,12 +27,25 @@ def test_detect_prints_detections_and_problems(tmp_path, dump):
     assert res.exit_code == 0, res.output
     assert "file is empty (0 bytes)" in res.output
     assert "1 recordings scored" in res.output
-    assert "3 detections in these dumps" in res.output
+    # three overlapping windows (0, 1.5, 3 s) of one call: one event
+    assert "3 detections in 1 event in these dumps (windows overlap: 3 s every 1.5 s)" in res.output
     assert "AM01  20240501_020000.WAV" in res.output
-    assert re.search(r"2024-05-01 02:00:01\.5\s+1\.5 s\s+a\s+\d\.\d{3}", res.output)
+    assert re.search(r"2024-05-01 02:00:00\s+0\.0-6\.0 s\s+a\s+\d\.\d{3}\s+3 windows", res.output)
     assert len(Store(store).read_detections()) == 3
     again = runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model), "--no-prefect"])
     assert "0 recordings scored" in again.output and "1 already done" in again.output
+
+
+def test_detect_prints_one_event_per_window_when_windows_leave_gaps(tmp_path, dump):
+    model = every_window_model(tmp_path / "m.pt")
+    conf = tmp_path / "hop.yaml"
+    conf.write_text("detect:\n  hop_s: 4.5\n")  # windows 0-3 and 4.5-6 (capped at the file's end)
+    res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(model),
+                              "--config", str(conf), "--no-prefect", "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "2 detections in 2 events in these dumps (windows do not touch: 3 s every 4.5 s)" in res.output
+    assert re.search(r"2024-05-01 02:00:00\.0\s+0\.0-3\.0 s\s+a\s+\d\.\d{3}\s+1 window\n", res.output)
+    assert re.search(r"2024-05-01 02:00:04\.5\s+4\.5-6\.0 s\s+a\s+\d\.\d{3}\s+1 window\n", res.output)
 
 
 def test_scan_lists_problems(tmp_path, dump):

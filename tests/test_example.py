@@ -1,5 +1,6 @@
 """The README's first command: the bundled model on the example dump that ships in the repo."""
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def test_example_dump_calls_are_found_and_little_else(tmp_path):
     res = CliRunner().invoke(app, ["detect", str(EXAMPLES / "dump"), "--store", str(store), "--no-prefect",
                                    "--workers", "0"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "3 recordings scored" in res.output and "detections in these dumps" in res.output
+    assert "3 recordings scored" in res.output
+    shown = re.search(r"(\d+) detections in (\d+) events in these dumps \(windows overlap: 3 s every 1\.5 s\)",
+                      res.output)
+    assert shown, res.output
     det = Store(store).read_detections()
     truth = pd.read_csv(EXAMPLES / "truth.csv")
     found, on_calls = 0, set()
@@ -41,6 +45,9 @@ def test_example_dump_calls_are_found_and_little_else(tmp_path):
         on_calls |= set(overlapping.index)
     assert found >= 7, f"only {found} of {len(truth)} inserted calls detected"
     assert len(det) - len(on_calls) <= 1, det.drop(index=list(on_calls))
+    # the overlapping windows of each call are one event: the printout counts calls, not windows
+    assert int(shown.group(1)) == len(det) > int(shown.group(2))
+    assert found <= int(shown.group(2)) <= found + len(det) - len(on_calls)
     # the AudioMoth file's start comes from its header comment: 06:30:00 UTC on 15 April 2024
     am = det[det["site"] == "AM-PINES"]
     t0 = datetime(2024, 4, 15, 6, 30, tzinfo=timezone.utc)

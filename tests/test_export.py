@@ -1,4 +1,6 @@
-"""Raven selection tables, Audacity label tracks and CSV, byte for byte where the programs care."""
+"""Raven selection tables, Audacity label tracks and CSV, byte for byte where the programs care.
+
+Raven and Audacity get one box per event (a call: its overlapping windows joined), CSV one row per window."""
 
 import csv
 
@@ -7,7 +9,7 @@ import pytest
 
 from pamstore import Rec, build
 from pam.config import PamConfig
-from pam.analysis.export import RAVEN_COLUMNS, export_detections, merge_windows
+from pam.analysis.export import RAVEN_COLUMNS, export_detections
 
 RECS = [
     Rec("r1", "North", "2024-05-01T05:00", 600, path="/dumps/North/20240501_050000.WAV", sample_rate=48000,
@@ -27,42 +29,68 @@ def read_tsv(path):
         return list(csv.reader(fh, delimiter="\t"))
 
 
-def test_raven_tables_have_the_standard_columns_and_exact_times(store, tmp_path):
+HEADER = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+          "Species", "Score"]
+
+
+def test_raven_tables_have_one_box_per_event_with_exact_times(store, tmp_path):
     res = export_detections(store, tmp_path / "raven", "raven")
     north = tmp_path / "raven" / "North" / "20240501_050000.Table.1.selections.txt"
     south = tmp_path / "raven" / "South" / "20240501_050000.Table.1.selections.txt"
-    assert sorted(res.files) == sorted([north, south]) and res.detections == 4
+    assert sorted(res.files) == sorted([north, south]) and res.events and res.detections == 3
     assert read_tsv(north) == [
-        ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-         "Species", "Score"],
+        HEADER,
         ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "0.6100"],
-        ["2", "Spectrogram 1", "1", "12.000000", "15.000000", "0.0", "24000.0", "owl", "0.9300"],
-        ["3", "Spectrogram 1", "1", "13.500000", "16.500000", "0.0", "24000.0", "owl", "0.8750"],
+        # the owl windows 12-15 and 13.5-16.5 overlap: one call, one box, its peak score
+        ["2", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "0.9300"],
     ]
     assert read_tsv(south)[1] == ["1", "Spectrogram 1", "1", "58.500000", "60.000000", "0.0", "11025.0", "owl", "0.7000"]
     assert read_tsv(south)[0][:7] == RAVEN_COLUMNS[:7]
     index = pd.read_csv(tmp_path / "raven" / "index.csv")
-    assert dict(zip(index["recording"], index["selections"])) == {RECS[0].file: 3, RECS[1].file: 1}
+    assert dict(zip(index["recording"], index["selections"])) == {RECS[0].file: 2, RECS[1].file: 1}
 
 
-def test_raven_with_filters_and_merged_windows(store, tmp_path):
-    res = export_detections(store, tmp_path / "r", "raven", species=["owl"], sites=["North"], merge_gap_s=0.0,
-                            low_hz=500, high_hz=4000)
+def test_raven_one_box_per_window_when_asked(store, tmp_path):
+    res = export_detections(store, tmp_path / "raven", "raven", events=False)
+    north = tmp_path / "raven" / "North" / "20240501_050000.Table.1.selections.txt"
+    assert not res.events and res.detections == 4
+    assert read_tsv(north)[1:] == [
+        ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "0.6100"],
+        ["2", "Spectrogram 1", "1", "12.000000", "15.000000", "0.0", "24000.0", "owl", "0.9300"],
+        ["3", "Spectrogram 1", "1", "13.500000", "16.500000", "0.0", "24000.0", "owl", "0.8750"],
+    ]
+
+
+def test_raven_with_filters_and_frequency_box(store, tmp_path):
+    res = export_detections(store, tmp_path / "r", "raven", species=["owl"], sites=["North"], low_hz=500, high_hz=4000)
     rows = read_tsv(res.files[0])
     assert len(res.files) == 1 and rows[1:] == [
         ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "500.0", "4000.0", "owl", "0.9300"]]
+
+
+def test_min_score_keeps_whole_events_by_their_peak(store, tmp_path):
+    res = export_detections(store, tmp_path / "r", "raven", sites=["North"], min_score=0.9)
+    assert read_tsv(res.files[0])[1:] == [  # the 0.875 window stays part of the call; the 0.61 wren is out
+        ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "0.9300"]]
+    windows = export_detections(store, tmp_path / "w", "raven", sites=["North"], min_score=0.9, events=False)
+    assert [r[3:5] for r in read_tsv(windows.files[0])[1:]] == [["12.000000", "15.000000"]]
 
 
 def test_audacity_label_tracks(store, tmp_path):
     res = export_detections(store, tmp_path / "aud", "audacity", min_score=0.65)
     north = tmp_path / "aud" / "North" / "20240501_050000.labels.txt"
     assert north in res.files
-    assert north.read_text() == "12.000000\t15.000000\towl 0.930\n13.500000\t16.500000\towl 0.875\n"
+    assert north.read_text() == "12.000000\t16.500000\towl 0.930\n"
+    windows = export_detections(store, tmp_path / "w", "audacity", min_score=0.65, events=False)
+    assert (tmp_path / "w" / "North" / "20240501_050000.labels.txt").read_text() == (
+        "12.000000\t15.000000\towl 0.930\n13.500000\t16.500000\towl 0.875\n")
+    assert windows.detections == 3
 
 
 def test_csv_has_local_time_beside_utc(store, tmp_path):
     conf = PamConfig.model_validate({"sites": {"South": {"utc_offset": "-05:00"}}})
     res = export_detections(store, tmp_path / "c", "csv", config=conf)
+    assert res.files == [tmp_path / "c" / "detections.csv"] and not res.events
     frame = pd.read_csv(res.files[0])
     south = frame[frame["site"] == "South"].iloc[0]
     assert south["start_time"] == "2024-05-01T05:00:58.500000+00:00"
@@ -73,15 +101,15 @@ def test_csv_has_local_time_beside_utc(store, tmp_path):
     assert pd.read_csv(named.files[0]).equals(frame)
 
 
-def test_merge_windows_joins_overlaps_only():
-    det = pd.DataFrame({"path": ["a"] * 5 + ["b"], "label": ["owl"] * 4 + ["wren", "owl"],
-                        "start_s": [0.0, 1.5, 3.0, 10.0, 1.5, 0.0], "end_s": [3.0, 4.5, 6.0, 13.0, 4.5, 3.0],
-                        "score": [0.5, 0.9, 0.6, 0.7, 0.8, 0.4]})
-    out = merge_windows(det)
-    got = sorted(zip(out["path"], out["label"], out["start_s"], out["end_s"], out["score"]))
-    assert got == [("a", "owl", 0.0, 6.0, 0.9), ("a", "owl", 10.0, 13.0, 0.7), ("a", "wren", 1.5, 4.5, 0.8),
-                   ("b", "owl", 0.0, 3.0, 0.4)]
-    assert len(merge_windows(det, gap_s=4.0)[lambda d: d["label"] == "owl"]) == 2  # a (0-13) and b
+def test_csv_of_events(store, tmp_path):
+    conf = PamConfig.model_validate({"sites": {"North": {"utc_offset": "+02:00"}}})
+    res = export_detections(store, tmp_path / "c", "csv", config=conf, events=True)
+    assert res.files == [tmp_path / "c" / "events.csv"] and res.events and res.detections == 3
+    frame = pd.read_csv(res.files[0])
+    owl = frame[(frame["site"] == "North") & (frame["label"] == "owl")].iloc[0]
+    assert (owl["start_s"], owl["end_s"], owl["n_windows"], owl["peak_start_s"]) == (12.0, 16.5, 2, 12.0)
+    assert owl["start_time"] == "2024-05-01T05:00:12+00:00" and owl["end_time"] == "2024-05-01T05:00:16.500000+00:00"
+    assert owl["local_time"] == "2024-05-01T07:00:12+02:00"
 
 
 def test_unknown_format_is_refused(store, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 import pam.store
 from pamstore import Rec, build
+from pam.analysis.events import query_events
 from pam.store.query import QueryError, full_scan, query_detections, run_sql
 from pam.analysis.summaries import summarize
 
@@ -135,17 +136,51 @@ def test_sql_views(store):
     summarize(store)
     out = run_sql(store, "SELECT site, count(*) AS n FROM detections WHERE model_id = 'm2' GROUP BY site ORDER BY site")
     assert out.to_dict("list") == {"site": sorted(SITES), "n": [14, 14, 14]}
-    rec = store.sql("SELECT count(*) AS n FROM recordings")
+    rec = run_sql(store, "SELECT count(*) AS n FROM recordings")
     assert int(rec["n"][0]) == len(SITES) * 14
-    days = store.sql("SELECT count(*) AS n FROM site_days WHERE surveyed")
+    days = run_sql(store, "SELECT count(*) AS n FROM site_days WHERE surveyed")
     assert int(days["n"][0]) == len(store.read_summary("site_days"))
-    joined = store.sql("SELECT count(*) AS n FROM detections d JOIN recordings r USING (recording_id)")
+    joined = run_sql(store, "SELECT count(*) AS n FROM detections d JOIN recordings r USING (recording_id)")
     assert int(joined["n"][0]) == len(store.read_detections())
     with pytest.raises(QueryError, match="SQL error"):
-        store.sql("SELECT nope FROM detections")
+        run_sql(store, "SELECT nope FROM detections")
 
 
 def test_sql_on_an_empty_store(tmp_path):
     empty = pam.store.open(tmp_path / "s").ensure()
     assert int(run_sql(empty, "SELECT count(*) AS n FROM detections")["n"][0]) == 0
     assert list(run_sql(empty, "SELECT * FROM daily_counts").columns)[:2] == ["site", "local_date"]
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory):
+    """Overlapping windows: two owl calls and one wren call in one recording, a second model beside."""
+    recs = [Rec("rc", "S1", "2024-05-01T05:00", 600, scored_by=("m1", "m2"),
+                detections=[(1.5, "owl", 0.6, "m1"), (3.0, "owl", 0.9, "m1"), (4.5, "owl", 0.55, "m1"),
+                            (30.0, "owl", 0.7, "m1"), (3.0, "wren", 0.8, "m1"), (1.5, "owl", 0.95, "m2")])]
+    return build(tmp_path_factory.mktemp("ev") / "store", recs)
+
+
+def test_query_events_merges_each_call_and_keeps_the_half_second(calls):
+    res = query_events(calls, model_id="m1")
+    got = [(r.label, r.start_s, r.end_s, r.n_windows, round(float(r.peak_score), 2)) for r in res.rows.itertuples()]
+    assert got == [("owl", 1.5, 7.5, 3, 0.9), ("wren", 3.0, 6.0, 1, 0.8), ("owl", 30.0, 33.0, 1, 0.7)]
+    assert res.total == 3 and res.windows == 5
+    assert res.rows["start_time"].iloc[0] == pd.Timestamp("2024-05-01T05:00:01.5", tz="UTC")
+    assert res.rows["end_time"].iloc[0] == pd.Timestamp("2024-05-01T05:00:07.5", tz="UTC")
+    assert query_events(calls).total == 4  # m2's window of the same call is an event of its own
+
+
+def test_query_events_min_score_keeps_whole_calls_by_their_peak(calls):
+    res = query_events(calls, species="owl", model_id="m1", min_score=0.8)
+    assert res.rows[["start_s", "end_s", "n_windows"]].values.tolist() == [[1.5, 7.5, 3]]  # the weak windows too
+    windows = query_detections(calls, species="owl", model_id="m1", min_score=0.8)
+    assert windows.total == 1  # a window filter would keep only the peak
+    none = query_events(calls, model_id="m1", min_score=0.99)
+    assert none.rows.empty and "no event peaks at --min-score 0.99" in none.notes[0]
+
+
+def test_query_events_limit_keeps_the_earliest_events(calls):
+    res = query_events(calls, model_id="m1", limit=1)
+    assert res.total == 3 and len(res.rows) == 1 and res.rows["start_s"].tolist() == [1.5]
+    assert res.rows["n_windows"].tolist() == [3]  # the limit counts events, not windows

@@ -134,3 +134,52 @@ def test_review_never_overwrites_verdicts_nor_writes_into_a_dump(store, tmp_path
     dump = store.read_manifest()["dump"].iloc[0]  # the dump the manifest names
     with pytest.raises(OutputInsideDump, match="must not be inside the dump"):
         make_review(store, f"{dump}/A/review", n=2)
+
+
+@pytest.fixture
+def calls(tmp_path):
+    """Overlapping windows: a 3-window owl call and a 40-window (61.5 s) chorus in one recording."""
+    wav = write_wav(tmp_path / "dump" / "C" / "20240501_050000.WAV", noise(90.0, RATE, level=0.3, seed=4), RATE)
+    chorus = [(20.0 + 1.5 * k, "wren", 0.6 + (0.3 if k == 30 else 0.0), "m1") for k in range(40)]
+    recs = [Rec("rc", "C", "2024-05-01T05:00", 90.0, path=str(wav), sample_rate=RATE,
+                detections=[(1.5, "owl", 0.7, "m1"), (3.0, "owl", 0.95, "m1"), (4.5, "owl", 0.6, "m1")] + chorus)]
+    return build(tmp_path / "store", recs)
+
+
+def test_review_samples_events_and_stores_the_verdict_against_the_peak_window(calls, tmp_path):
+    res = make_review(calls, tmp_path / "rev", species=["owl"], n=10, strategy="top", pad_s=1.0)
+    table = pd.read_csv(res.csv)
+    assert res.clips == 1  # three overlapping windows, one call, one clip
+    row = table.iloc[0]
+    assert (row["start_s"], row["end_s"], row["score"]) == (3.0, 6.0, 0.95)  # the peak window
+    assert (row["event_start_s"], row["event_end_s"], row["windows"]) == (1.5, 7.5, 3)
+    assert row["start_time"] == "2024-05-01T05:00:03+00:00"
+    source, _ = sf.read(str(tmp_path / "dump" / "C" / "20240501_050000.WAV"), dtype="float32")
+    clip, _ = sf.read(tmp_path / "rev" / row["clip"], dtype="float32")
+    assert np.array_equal(clip, source[int(0.5 * RATE):int(8.5 * RATE)])  # the whole call, 1 s either side
+
+    fill(res.csv, {3.0: "true"})
+    import_review(calls, res.csv)
+    verified = read_verified(calls)
+    det = calls.read_detections()
+    matched = verified.merge(det, on=["path", "start_s", "end_s", "label"], suffixes=("", "_det"))
+    assert len(verified) == 1 and len(matched) == 1  # review-import finds the detection it judged
+    assert matched["score_det"].iloc[0] == matched["score"].iloc[0]
+    assert verified["start_time"].iloc[0] == pd.Timestamp("2024-05-01T05:00:03", tz="UTC")
+
+
+def test_a_long_event_is_clipped_around_its_peak(calls, tmp_path):
+    res = make_review(calls, tmp_path / "rev", species=["wren"], n=5, pad_s=0.5)
+    row = pd.read_csv(res.csv).iloc[0]
+    assert res.clips == 1 and (row["event_start_s"], row["event_end_s"], row["windows"]) == (20.0, 81.5, 40)
+    assert (row["start_s"], row["end_s"]) == (65.0, 68.0)  # the peak window (k = 30)
+    source, _ = sf.read(str(tmp_path / "dump" / "C" / "20240501_050000.WAV"), dtype="float32")
+    clip, _ = sf.read(tmp_path / "rev" / row["clip"], dtype="float32")
+    # MAX_EVENT_CLIP_S (30 s) centred on the peak window (66.5 s): 51.5-81.5, then the pad
+    assert np.array_equal(clip, source[int(51.0 * RATE):int(82.0 * RATE)])
+
+
+def test_min_score_picks_events_by_their_peak(calls, tmp_path):
+    res = make_review(calls, tmp_path / "rev", n=10, min_score=0.9)
+    table = pd.read_csv(res.csv).sort_values("species")
+    assert table["species"].tolist() == ["owl", "wren"] and table["windows"].tolist() == [3, 40]

@@ -8,8 +8,11 @@
   separated), for File > Import > Labels.
 * ``csv``: every detection in one ``detections.csv``, with the site's local time beside UTC.
 
-Times are seconds into the recording file, which is what both programs show. ``index.csv``
-lists every table written and the recording it belongs to.
+Raven and Audacity get one box per event (``pam.analysis.events``: the overlapping windows of one call
+joined, scored by their peak), CSV one row per detection window; ``events`` chooses either
+way (CSV events go to ``events.csv``). Times are seconds into the recording file, which is
+what both programs show. ``index.csv`` lists every table written and the recording it
+belongs to.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
 class ExportResult:
     folder: Path
     files: list[Path]
-    detections: int
+    detections: int  # rows or boxes written: events when ``events``, else detection windows
     notes: list[str] = field(default_factory=list)
+    events: bool = False
 
 
 def _safe(text: str) -> str:
@@ -46,25 +50,6 @@ def _safe(text: str) -> str:
 
 def _seconds(x: float) -> str:
     return f"{x:.6f}"
-
-
-def merge_windows(det: pd.DataFrame, gap_s: float = 0.0) -> pd.DataFrame:
-    """Join overlapping windows of one species in one recording into one event (score: the max).
-
-    Windows overlap (3 s every 1.5 s), so a 6-second call is four rows; reviewers want one box.
-    Windows closer than ``gap_s`` are joined too.
-    """
-    if det.empty:
-        return det
-    det = det.sort_values(["path", "label", "start_s"], ignore_index=True)
-    same = (det["path"] == det["path"].shift()) & (det["label"] == det["label"].shift())
-    reach = det.groupby(["path", "label"], sort=False)["end_s"].cummax().shift()
-    new_event = ~same | (det["start_s"] > reach + gap_s)
-    det = det.assign(event=new_event.cumsum())
-    first = det.groupby("event", sort=False).first()
-    agg = det.groupby("event", sort=False).agg(end_s=("end_s", "max"), score=("score", "max"))
-    out = first.drop(columns=["end_s", "score"]).join(agg).reset_index(drop=True)
-    return out[det.columns.drop("event")]
 
 
 def _nyquist(store: Store, det: pd.DataFrame) -> dict[str, float]:
@@ -133,7 +118,7 @@ def _write_table(out: Path, name: str, lines: list[str], path: str, rows: pd.Dat
 
 
 def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
-    """Add ``local_time``: the window start on the site's clock, ISO with its UTC offset."""
+    """Add ``local_time``: the window (or event) start on the site's clock, ISO with its UTC offset."""
     local = pd.Series([""] * len(det), index=det.index, dtype=object)
     for site, idx in det.groupby("site").groups.items():
         times = pd.to_datetime(det.loc[idx, "start_time"], utc=True).dt.tz_convert(config.site_tz(site))
@@ -163,15 +148,25 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
                       species: Sequence[str] | None = None, sites: Sequence[str] | None = None,
                       start: str | None = None, end: str | None = None, min_score: float | None = None,
                       model_id: str | None = None, merge_gap_s: float | None = None,
-                      low_hz: float | None = None, high_hz: float | None = None) -> ExportResult:
-    """Write the detections matching the filters in ``fmt`` (raven | audacity | csv) under ``out``."""
+                      low_hz: float | None = None, high_hz: float | None = None,
+                      events: bool | None = None) -> ExportResult:
+    """Write the detections matching the filters in ``fmt`` (raven | audacity | csv) under ``out``.
+
+    ``events`` (default: for raven and audacity, or when ``merge_gap_s`` is given) writes one
+    row or box per event, windows up to ``merge_gap_s`` seconds apart joined too; ``min_score``
+    then keeps the events whose peak reaches it. Otherwise one row per detection window.
+    """
+    from pam.analysis.events import query_events
     from pam.io.manifest import check_outside_dumps
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     check_outside_dumps(store, out, "export folder")
-    found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
-                             model_id=model_id)
+    if events is None:
+        events = fmt != "csv" or merge_gap_s is not None
+    filters = dict(species=species, sites=sites, start=start, end=end, min_score=min_score, model_id=model_id)
+    found = (query_events(store, gap_s=merge_gap_s or 0.0, **filters) if events
+             else query_detections(store, **filters))
     det = found.rows
     notes = list(found.notes)
     if model_id is None and len(det) and fmt != "csv":
@@ -182,30 +177,32 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
         if (shared > 1).any():
             counting = label_models(det, store.read_runs(), store.done_table(columns=["recording_id", "model_id"]))
             det = one_model_per_label(det, counting).reset_index(drop=True)
-            notes += [f"{label}: detections of {shared[label]} models; exported those of model {counting[label]} "
+            what = "events" if events else "detections"
+            notes += [f"{label}: {what} of {shared[label]} models; exported those of model {counting[label]} "
                       "(the latest run's; --model chooses)" for label in shared[shared > 1].index]
-    if merge_gap_s is not None:
-        det = merge_windows(det, merge_gap_s)
     out = Path(out)
     if fmt == "csv":
         # --out names the CSV file itself when it ends in .csv, else the folder to hold detections.csv
-        path = out if out.suffix.lower() == ".csv" else out / "detections.csv"
+        # (events.csv with events)
+        path = out if out.suffix.lower() == ".csv" else out / ("events.csv" if events else "detections.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = with_local_time(det, config or PamConfig())
-        frame["start_time"] = frame["start_time"].map(lambda t: t.isoformat() if pd.notna(t) else "")
+        for col in ("start_time", "end_time") if events else ("start_time",):
+            frame[col] = frame[col].map(lambda t: t.isoformat() if pd.notna(t) else "")
         frame.to_csv(path, index=False)
-        return ExportResult(path.parent, [path], len(det), notes)
+        return ExportResult(path.parent, [path], len(det), notes, events)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_export(out)
+    boxes = det.rename(columns={"peak_score": "score"}) if events else det
     if fmt == "raven":
-        nyquist = _nyquist(store, det)
+        nyquist = _nyquist(store, boxes)
         unknown = [p for p, hz in nyquist.items() if hz == 0.0]
         if unknown and high_hz is None:
             notes.append(f"{len(unknown)} recording(s) have no known sample rate; their High Freq is 0 "
                          "(pass --high-freq)")
-        index = write_raven(det, out, nyquist, low_hz, high_hz)
+        index = write_raven(boxes, out, nyquist, low_hz, high_hz)
     else:
-        index = write_audacity(det, out)
+        index = write_audacity(boxes, out)
     pd.DataFrame(index, columns=["table", "recording", "site", "selections"]).to_csv(out / "index.csv", index=False)
     return ExportResult(out, [out / row["table"] for row in index], int(np.sum([r["selections"] for r in index])),
-                        notes)
+                        notes, events)

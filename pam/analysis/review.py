@@ -1,8 +1,12 @@
 """Checking detections by ear: sample them, cut clips, read back the verdicts.
 
-``make_review`` samples detections per species (at random or the top scores), cuts each to a
-short WAV clip (seek + one block read, so a 24-hour recording is never loaded whole) and
-writes ``review.csv`` with an empty ``verdict`` column to fill in with true / false / unsure.
+``make_review`` samples events per species (``pam.analysis.events``: the overlapping detection windows
+of one call joined; at random or the top peak scores), cuts each event to a short WAV clip
+(seek + one block read, so a 24-hour recording is never loaded whole) and writes
+``review.csv`` with an empty ``verdict`` column to fill in with true / false / unsure. Each
+row names the event's peak window (``start_s``, ``end_s``, ``score``), a detection of the
+store, so that a verdict is stored against that detection; ``event_start_s``,
+``event_end_s`` and ``windows`` say which call the clip holds.
 
 ``import_review`` stores the filled-in CSV as verified labels (``STORE/labels/verified-*.parquet``);
 the summaries turn them into per-species precision, and ``training_labels`` turns them into a
@@ -27,11 +31,13 @@ import pyarrow.dataset as ds
 import soundfile as sf
 
 import pam.store.schemas as schemas
-from pam.store.query import query_detections
+from pam.analysis.events import query_events
 from pam.store.store import Store, write_parquet_atomic
 
 REVIEW_COLUMNS = ["clip", "recording", "start_s", "end_s", "species", "score", "verdict", "notes",
-                  "site", "start_time", "model_id", "recording_id"]
+                  "site", "start_time", "model_id", "recording_id", "event_start_s", "event_end_s", "windows"]
+# A clip holds its whole event, or this many seconds of it around the peak window (plus the pad)
+MAX_EVENT_CLIP_S = 30.0
 VERDICTS = {
     "true": "true", "t": "true", "yes": "true", "y": "true", "1": "true",
     "false": "false", "f": "false", "no": "false", "n": "false", "0": "false",
@@ -55,14 +61,18 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
-def sample_detections(det: pd.DataFrame, n: int, strategy: str = "random", seed: int = 0) -> pd.DataFrame:
-    """Up to ``n`` detections per species: a seeded random sample, or the ``n`` highest scores."""
+def sample_detections(det: pd.DataFrame, n: int, strategy: str = "random", seed: int = 0,
+                      score: str = "score") -> pd.DataFrame:
+    """Up to ``n`` rows per species: a seeded random sample, or the ``n`` highest of column ``score``.
+
+    Works on detections and on events (``score="peak_score"``).
+    """
     if strategy not in ("random", "top"):
         raise ValueError(f"strategy must be 'random' or 'top', got {strategy!r}")
     picks = []
     for _label, group in det.groupby("label", sort=True):
         if strategy == "top":
-            picks.append(group.sort_values(["score", "start_time"], ascending=[False, True], kind="stable").head(n))
+            picks.append(group.sort_values([score, "start_time"], ascending=[False, True], kind="stable").head(n))
         else:
             picks.append(group.sample(n=min(n, len(group)), random_state=seed))
     return pd.concat(picks, ignore_index=True) if picks else det.head(0)
@@ -81,11 +91,26 @@ def cut_clip(source: sf.SoundFile, start_s: float, end_s: float, pad_s: float, o
     return lo / rate, hi / rate
 
 
+def clip_span(event: pd.Series | tuple, max_s: float = MAX_EVENT_CLIP_S) -> tuple[float, float]:
+    """Seconds of the recording an event's clip covers (before padding): the event, or ``max_s`` of it
+    centred on its peak window when the event is longer."""
+    start_s, end_s = float(event.start_s), float(event.end_s)
+    if end_s - start_s <= max_s:
+        return start_s, end_s
+    centre = (float(event.peak_start_s) + float(event.peak_end_s)) / 2
+    lo = min(max(start_s, centre - max_s / 2), end_s - max_s)
+    return lo, lo + max_s
+
+
 def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = None, n: int = 50,
                 strategy: str = "random", seed: int = 0, pad_s: float = 1.0, min_score: float | None = None,
                 model_id: str | None = None, sites: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None) -> ReviewSet:
-    """Sample detections per species, cut them to clips under ``out_dir/clips`` and write ``review.csv``.
+    """Sample events per species, cut them to clips under ``out_dir/clips`` and write ``review.csv``.
+
+    Overlapping windows of one call are one event, reviewed once: ``strategy="top"`` ranks
+    events by their peak score, ``min_score`` keeps events whose peak reaches it. The clip
+    holds the event (at most ``MAX_EVENT_CLIP_S`` of it, around the peak) plus ``pad_s``.
 
     Refuses an ``out_dir`` inside a scanned dump, and one whose ``review.csv`` already holds
     verdicts (import it first, or choose another folder), so no reviewing work is overwritten.
@@ -101,9 +126,10 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
         if filled:
             raise ReviewError(f"{existing}: already holds {filled} verdict(s); import it (pam review-import) and "
                               "use another --out for the next round, so that no verdict is overwritten")
-    found = query_detections(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
-                             model_id=model_id)
-    picked = sample_detections(found.rows, n, strategy, seed).sort_values(["path", "start_s"], ignore_index=True)
+    found = query_events(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
+                         model_id=model_id)
+    picked = sample_detections(found.rows, n, strategy, seed, score="peak_score").sort_values(
+        ["path", "start_s"], ignore_index=True)
     rows, notes = [], list(found.notes)
     missing: list[str] = []
     for path, group in picked.groupby("path", sort=True):
@@ -115,11 +141,15 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
         with source:
             for r in group.itertuples(index=False):
                 name = f"{_safe(r.label)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{r.start_s:09.3f}s.wav"
-                cut_clip(source, r.start_s, r.end_s, pad_s, out_dir / "clips" / name)
-                rows.append({"clip": f"clips/{name}", "recording": str(path), "start_s": r.start_s, "end_s": r.end_s,
-                             "species": r.label, "score": round(float(r.score), 4), "verdict": "", "notes": "",
-                             "site": r.site, "start_time": r.start_time.isoformat() if pd.notna(r.start_time) else "",
-                             "model_id": r.model_id, "recording_id": r.recording_id})
+                cut_clip(source, *clip_span(r), pad_s, out_dir / "clips" / name)
+                # the verdict goes to the peak window: a detection of the store, with its own time
+                peak_time = r.start_time + pd.Timedelta(microseconds=round((r.peak_start_s - r.start_s) * 1e6))
+                rows.append({"clip": f"clips/{name}", "recording": str(path), "start_s": r.peak_start_s,
+                             "end_s": r.peak_end_s, "species": r.label, "score": round(float(r.peak_score), 4),
+                             "verdict": "", "notes": "", "site": r.site,
+                             "start_time": peak_time.isoformat() if pd.notna(peak_time) else "",
+                             "model_id": r.model_id, "recording_id": r.recording_id, "event_start_s": r.start_s,
+                             "event_end_s": r.end_s, "windows": r.n_windows})
     if missing:
         notes.append(f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}")
     table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "start_s"])

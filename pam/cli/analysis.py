@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, app, cli_config, console, err, fail
+from pam.cli.app import ConfigOpt, app, cli_config, console, err, fail, time_texts
 from pam.config import ConfigError
 from pam.store.store import Store
 
@@ -57,19 +58,37 @@ def _print_frame(frame: pd.DataFrame, title: str | None = None) -> None:
     for col in frame.columns:
         table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left",
                          overflow="fold")
-    for row in frame.itertuples(index=False):
+    # times keep their fractions of a second (a window at 05:00:01.5 is not at 05:00:01), and
+    # numbers their decimals (3601.5 s into a file is not 3602)
+    texts = {i: time_texts(frame[col]) for i, col in enumerate(frame.columns)
+             if pd.api.types.is_datetime64_any_dtype(frame[col])}
+    texts.update({i: _float_texts(frame[col]) for i, col in enumerate(frame.columns)
+                  if pd.api.types.is_float_dtype(frame[col])})
+    for n, row in enumerate(frame.itertuples(index=False)):
         cells = []
-        for v in row:
-            if v is None or (isinstance(v, float) and pd.isna(v)):
+        for i, v in enumerate(row):
+            if i in texts:
+                cells.append(texts[i][n])
+            elif v is None or (isinstance(v, float) and pd.isna(v)):
                 cells.append("")
             elif isinstance(v, float):
                 cells.append(f"{v:.4g}")
             elif isinstance(v, pd.Timestamp):
-                cells.append(v.strftime("%Y-%m-%d %H:%M:%S"))
+                cells.append(time_texts(pd.Series([v]))[0])
             else:
                 cells.append(str(v))
         table.add_row(*cells)
     console.print(table)
+
+
+def _float_texts(values: pd.Series) -> list[str]:
+    """A float column with the decimals (0 to 4) its values need, the same for every row."""
+    finite = values.to_numpy(dtype="float64", na_value=np.nan)
+    finite = finite[np.isfinite(finite)]
+    if ((finite != 0) & (np.abs(finite) < 1e-3)).any():  # tiny values: significant digits, not decimals
+        return ["" if pd.isna(v) else f"{v:.4g}" for v in values]
+    digits = next((d for d in range(4) if np.allclose(np.round(finite, d), finite, rtol=0, atol=1e-6)), 4)
+    return ["" if pd.isna(v) else f"{v:.{digits}f}" for v in values]
 
 
 @app.command()
@@ -137,29 +156,45 @@ def query(
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="at most this many rows (earliest first)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write all rows to .csv or .parquet"),
     fmt: Optional[str] = typer.Option(None, "--format", help="table | csv | parquet (default: from --out)"),
+    events: bool = typer.Option(False, "--events", help="one row per event (a call: overlapping windows of one "
+                                                        "species joined) instead of one per window; --min-score "
+                                                        "then applies to each event's peak"),
 ) -> None:
     """Detections by species, site, time, score and model; reads only the files that can match."""
+    from pam.analysis.events import query_events
     from pam.store.query import query_detections
 
     st = _store(store)
     try:
-        res = query_detections(st, species=species, sites=site, start=start, end=end, min_score=min_score,
-                               model_id=model, limit=limit)
+        read = query_events if events else query_detections
+        res = read(st, species=species, sites=site, start=start, end=end, min_score=min_score, model_id=model,
+                   limit=limit)
     except _errors() as exc:
         fail(str(exc))
         return
     _notes(res.notes)
     if out is not None and fmt != "table":
         _write_frame(res.rows, out, fmt)
-        console.print(f"{len(res.rows)} detections written to {out}", highlight=False, soft_wrap=True)
+        what = ("event" if events else "detection") + "s" * (len(res.rows) != 1)
+        console.print(f"{len(res.rows)} {what} written to {out}", highlight=False, soft_wrap=True)
         return
     shown = res.rows.head(limit if limit is not None else 50)
     if len(shown):
         frame = shown.assign(file=shown["path"].map(lambda p: Path(p).name))
-        _print_frame(frame[["site", "start_time", "file", "start_s", "label", "score", "model_id"]]
-                     .rename(columns={"start_time": "start (UTC)", "start_s": "at (s)"}))
+        if events:  # narrower: the span in one column, the model only when there are several
+            bounds = _float_texts(pd.concat([frame["start_s"], frame["end_s"]], ignore_index=True))
+            span = [f"{a}-{b}" for a, b in zip(bounds[:len(frame)], bounds[len(frame):])]
+            cols = ["site", "start_time", "file", "seconds", "label", "peak_score", "n_windows"]
+            frame = frame.assign(seconds=span)[cols + ["model_id"] * (frame["model_id"].nunique() > 1)].rename(
+                columns={"start_time": "start (UTC)", "peak_score": "peak", "n_windows": "windows"})
+        else:
+            frame = frame[["site", "start_time", "file", "start_s", "label", "score", "model_id"]].rename(
+                columns={"start_time": "start (UTC)", "start_s": "at (s)"})
+        _print_frame(frame)
     more = res.total - len(shown)
-    console.print(f"{res.total} detections match ({len(res.files)} files read)"
+    found = (f"{res.total} event{'s' * (res.total != 1)} ({res.windows} detection windows)" if events
+             else f"{res.total} detection{'s' * (res.total != 1)}")
+    console.print(f"{found} match{'es' * (res.total == 1)} ({len(res.files)} files read)"
                   + (f"; {more} not shown, use --out FILE or --limit" if more > 0 else ""), highlight=False, soft_wrap=True)
 
 
@@ -204,7 +239,11 @@ def export(
     end: Optional[str] = EndOpt,
     min_score: Optional[float] = MinScoreOpt,
     model: Optional[str] = ModelOpt,
-    merge: bool = typer.Option(False, "--merge", help="join overlapping windows of a species into one selection"),
+    events: Optional[bool] = typer.Option(None, "--events/--windows",
+                                          help="one box (row) per event, overlapping windows of a call joined, or "
+                                               "one per detection window [default: raven and audacity --events, "
+                                               "csv --windows]"),
+    merge: bool = typer.Option(False, "--merge", hidden=True, help="the same as --events (the old name)"),
     low_freq: Optional[float] = typer.Option(None, "--low-freq", help="Raven Low Freq (Hz); default 0"),
     high_freq: Optional[float] = typer.Option(None, "--high-freq", help="Raven High Freq (Hz); default Nyquist"),
     config: Optional[Path] = ConfigOpt,
@@ -215,13 +254,13 @@ def export(
     st = _store(store)
     try:
         res = export_detections(st, out, fmt, cli_config(config), species=species, sites=site, start=start,
-                                end=end, min_score=min_score, model_id=model, merge_gap_s=0.0 if merge else None,
-                                low_hz=low_freq, high_hz=high_freq)
+                                end=end, min_score=min_score, model_id=model, low_hz=low_freq, high_hz=high_freq,
+                                events=True if merge else events)
     except _errors() as exc:
         fail(str(exc))
         return
     _notes(res.notes)
-    what = "selections (overlapping windows merged)" if merge else "detections"
+    what = "events (overlapping windows of a call joined)" if res.events else "detection windows"
     console.print(f"{res.detections} {what} in {len(res.files)} file(s) under {res.folder}", highlight=False,
                   soft_wrap=True)
 
@@ -231,17 +270,17 @@ def review(
     store: Path = StoreArg,
     out: Path = typer.Option(..., "--out", "-o", help="folder for clips/ and review.csv"),
     species: Optional[list[str]] = SpeciesOpt,
-    n: int = typer.Option(50, "--n", min=1, help="clips per species"),
-    strategy: str = typer.Option("random", "--strategy", help="random | top (highest scores)"),
+    n: int = typer.Option(50, "--n", min=1, help="events (clips) per species"),
+    strategy: str = typer.Option("random", "--strategy", help="random | top (highest peak scores)"),
     seed: int = typer.Option(0, "--seed"),
-    pad: float = typer.Option(1.0, "--pad", min=0.0, help="seconds of context before and after the window"),
+    pad: float = typer.Option(1.0, "--pad", min=0.0, help="seconds of context before and after the event"),
     site: Optional[list[str]] = SiteOpt,
     start: Optional[str] = StartOpt,
     end: Optional[str] = EndOpt,
     min_score: Optional[float] = MinScoreOpt,
     model: Optional[str] = ModelOpt,
 ) -> None:
-    """Cut a sample of detections per species to WAV clips, with a review.csv to fill in."""
+    """Cut a sample of events (calls) per species to WAV clips, with a review.csv to fill in."""
     from pam.analysis.review import make_review
 
     st = _store(store)

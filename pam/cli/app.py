@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 
@@ -32,6 +33,19 @@ def cli_config(path: Optional[Path], **overrides) -> PamConfig:
     except ConfigError as exc:
         fail(str(exc))
         raise  # unreachable
+
+
+def time_texts(times: pd.Series) -> list[str]:
+    """Timestamps as ``YYYY-MM-DD HH:MM:SS[.fff]`` in their own zone, all with the decimals the column needs.
+
+    A window starting at 05:00:01.5 must not read 05:00:01: every time of the column gets as
+    many decimals of a second (0 to 6) as its most precise one needs. Missing times are ''.
+    """
+    times = pd.Series(times)
+    micro = times.dropna().map(lambda t: t.microsecond).to_numpy(dtype="int64")
+    digits = next(d for d in range(7) if not (micro % 10 ** (6 - d)).any())
+    return [t.strftime("%Y-%m-%d %H:%M:%S") + (f".{t.microsecond:06d}"[:digits + 1] if digits else "")
+            if pd.notna(t) else "" for t in times]
 
 
 StoreOpt = typer.Option(..., "--store", "-s", help="store folder (created if missing)")

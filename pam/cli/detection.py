@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail
+from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail, time_texts
 from pam.config import ConfigError
 from pam.ops.prefect_server import PrefectServerError, quiet_prefect_defaults
 from pam.store.store import Store, StoreBusy
@@ -54,7 +54,7 @@ def detect(
     force: bool = typer.Option(False, "--force", help="redo recordings already done with this model and settings"),
     prefect: bool = typer.Option(True, "--prefect/--no-prefect",
                                  help="run as the Prefect nightly flow (default) or directly in this process"),
-    show: int = typer.Option(20, "--show", help="detections to print (0: none)"),
+    show: int = typer.Option(20, "--show", help="events (calls: overlapping windows joined) to print (0: none)"),
 ) -> None:
     """Scan, detect and summarise: the nightly job on the given dumps."""
     from pam.detect.checkpoint import ModelError  # imports torch: only for this command, not for every `pam ...`
@@ -102,7 +102,7 @@ def detect(
         console.print(f"failed and skipped files per site: {report['failure_report']}", highlight=False,
                       soft_wrap=True)
     if show:
-        _print_detections(st, dumps, report["model_id"], report["settings_hash"], show)
+        _print_detections(st, dumps, report["run_id"], report["model_id"], report["settings_hash"], show)
     # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
     # failed and none could be analysed; a few bad files among good ones are reported, not fatal.
     for line in unscanned:  # the scan's message names the dump already
@@ -119,11 +119,12 @@ def _print_problems(problems: list[dict]) -> None:
         console.print(f"  {p['path']}: {p['reason']}", highlight=False, soft_wrap=True)
 
 
-def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, limit: int) -> None:
-    """The dumps' detections by this model and settings, grouped by file, compact enough for
-    an 80-column terminal."""
+def _print_detections(st: Store, dumps: list[Path], run_id: str, model_id: str, key: str, limit: int) -> None:
+    """The dumps' detections by this model and settings, as events (overlapping windows of a call
+    joined), grouped by file, compact enough for an 80-column terminal."""
     import pyarrow.dataset as pads
 
+    from pam.analysis.events import detection_events
     from pam.ops.pipeline import recordings_in
 
     recordings = recordings_in(st, [str(d) for d in dumps])
@@ -138,19 +139,38 @@ def _print_detections(st: Store, dumps: list[Path], model_id: str, key: str, lim
     if det.empty:
         console.print("no detections in these dumps")
         return
-    det = det.sort_values(["start_time", "path", "start_s", "label"])
-    console.print(f"{len(det)} detections in these dumps (model {model_id}; times UTC):", highlight=False)
-    shown = det.head(limit)
+    events = detection_events(det)
+    windows = _windows_text(st, run_id)
+    console.print(f"{len(det)} detections in {len(events)} event{'s' * (len(events) != 1)} in these dumps"
+                  f"{f' ({windows})' if windows else ''}; model {model_id}; times UTC:", highlight=False,
+                  soft_wrap=True)
+    shown = events.head(limit)
+    times = time_texts(shown["start_time"])
+    width = max(len(t) for t in times)
     for path, rows in shown.groupby("path", sort=False):
         first = rows.iloc[0]
         console.print(f"  [bold]{first['site']}[/bold]  {Path(path).name}", highlight=False)
-        for r in rows.itertuples(index=False):
-            t = r.start_time
-            when = f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 100000}" if pd.notna(t) else "time unknown        "
-            console.print(f"    {when}  {r.start_s:7.1f} s  {r.label}  {r.score:.3f}", highlight=False)
-    if len(det) > limit:
-        console.print(f"  ... {len(det) - limit} more (--show N for more; pam query {st.root} for all)",
-                      highlight=False)
+        for i, r in zip(rows.index, rows.itertuples(index=False)):
+            when = (times[i] or "time unknown").ljust(width)
+            span = f"{r.start_s:.1f}-{r.end_s:.1f} s"
+            console.print(f"    {when}  {span:>15}  {r.label}  {r.peak_score:.3f}  "
+                          f"{r.n_windows} window{'s' * (r.n_windows != 1)}", highlight=False)
+    if len(events) > limit:
+        console.print(f"  ... {len(events) - limit} more events (--show N for more; pam query {st.root} --events "
+                      "for all)", highlight=False)
+
+
+def _windows_text(st: Store, run_id: str) -> str:
+    """How the run's windows lie, e.g. 'windows overlap: 3 s every 1.5 s'; '' when the run row is missing."""
+    runs = st.read_runs()
+    row = runs[runs["run_id"] == run_id]
+    try:
+        settings = json.loads(row["config_json"].iloc[0])["settings"]
+        window_s, hop_s = float(settings["window_s"]), float(settings["hop_s"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return ""
+    how = "overlap" if hop_s < window_s else "touch" if hop_s == window_s else "do not touch"
+    return f"windows {how}: {window_s:g} s every {hop_s:g} s"
 
 
 @app.command()

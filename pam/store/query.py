@@ -66,6 +66,7 @@ class QueryResult:
     files: list[Path]
     notes: list[str] = field(default_factory=list)
     total: int = 0  # rows matching before --limit
+    windows: int | None = None  # rows are events (pam.analysis.events): the detection windows of all matching events
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
