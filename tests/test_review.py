@@ -160,7 +160,7 @@ def test_review_samples_events_and_stores_the_verdict_against_the_peak_window(ca
 
     fill(res.csv, {3.0: "true"})
     import_review(calls, res.csv)
-    verified = read_verified(calls)
+    verified = calls.read_verified()
     det = calls.read_detections()
     matched = verified.merge(det, on=["path", "start_s", "end_s", "label"], suffixes=("", "_det"))
     assert len(verified) == 1 and len(matched) == 1  # review-import finds the detection it judged
