@@ -41,7 +41,7 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         result = scan(dump, store, config)
     except ScanError as exc:
         summary.error = str(exc)
-        summary.problems.append({"path": str(dump), "stage": "scan", "reason": str(exc)})
+        summary.problems.append({"path": str(dump), "stage": "scan", "reason": exc.reason})
         logger.error("%s", exc)
         return summary
     rows = result.rows
