@@ -1,4 +1,5 @@
 import re
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +26,8 @@ def test_detect_prints_detections_and_problems(tmp_path, dump):
     res = runner.invoke(app, ["detect", str(dump), "--store", str(store), "--model", str(model),
                               "--no-prefect", "--workers", "0"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "file is empty (0 bytes)" in res.output
+    assert res.output.count("file is empty (0 bytes)") == 1  # listed once, not again among the warnings
+    assert "warnings:" not in res.output
     assert "1 recordings scored" in res.output
     # three overlapping windows (0, 1.5, 3 s) of one call: one event
     assert "3 detections in 1 event in these dumps (windows overlap: 3 s every 1.5 s)" in res.output
@@ -126,12 +128,12 @@ def test_detect_shows_undated_detections_and_copes_with_empty_and_missing_dumps(
     assert res.exit_code == 0, res.output
     assert "no recordings in these dumps" in res.output
 
-    # a mistyped dump: the other dump is still analysed, then the command fails for cron to see
+    # a mistyped dump among good ones: refused before anything is analysed or created
     res = runner.invoke(app, ["detect", str(undated), str(tmp_path / "nosuch"), "--store", str(tmp_path / "s3"),
                               *args], catch_exceptions=False)
-    assert res.exit_code == 1, res.output
-    assert "1 recordings scored" in res.output
-    assert re.search(r"error: \S*nosuch: .*does not exist", res.output.replace("\n", ""))
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: {tmp_path / 'nosuch'}: dump folder does not exist"
+    assert not (tmp_path / "s3").exists()
 
 
 def test_detect_fails_when_every_recording_fails(tmp_path, dump):
@@ -159,3 +161,123 @@ def test_a_dask_runner_without_prefect_is_refused_before_the_store_is_made(tmp_p
                               "--no-prefect"])
     assert res.exit_code == 2 and "runs through the Prefect flow" in res.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture
+def prefect_starts(monkeypatch):
+    """Every attempt to reach a Prefect server, recorded and refused: argument errors come first."""
+    import pam.ops.prefect_server
+
+    calls = []
+
+    @contextmanager
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise pam.ops.prefect_server.PrefectServerError("test: Prefect must not start")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(pam.ops.prefect_server, "prefect_api", refuse)
+    return calls
+
+
+def _bad_arguments(tmp_path, dump):
+    """(arguments after `detect`, the expected one-line error) per kind of bad argument."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a dump")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("detect:\n  hop_s: 0\n")
+    store = tmp_path / "store"
+    return {
+        "missing dump": ([str(tmp_path / "no" / "such" / "dump"), "--store", str(store)],
+                         f"{tmp_path / 'no' / 'such' / 'dump'}: dump folder does not exist"),
+        "dump is a file": ([str(a_file), "--store", str(store)], f"{a_file}: dump is not a folder"),
+        "store inside dump": ([str(dump), "--store", str(dump / "store")],
+                              f"{dump / 'store'}: the store must not be inside the dump {dump}"),
+        "store is a file": ([str(dump), "--store", str(a_file)], f"{a_file}: the store is a file, not a folder"),
+        "missing model": ([str(dump), "--store", str(store), "--model", str(tmp_path / "none.pt")],
+                          f"{tmp_path / 'none.pt'}: model file not found"),
+        "bad config": ([str(dump), "--store", str(store), "--config", str(bad_yaml)],
+                       f"{bad_yaml}: detect.hop_s: Input should be greater than 0"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing dump", "dump is a file", "store inside dump", "store is a file",
+                                  "missing model", "bad config"])
+def test_bad_arguments_are_one_line_before_prefect_or_any_file(tmp_path, dump, prefect_starts, case):
+    args, message = _bad_arguments(tmp_path, dump)[case]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    res = runner.invoke(app, ["detect", *args], catch_exceptions=False)  # with Prefect, as by default
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), res.output
+    assert prefect_starts == []  # refused before the Prefect server
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # no store, no lock, no report
+
+
+@pytest.mark.parametrize("case", ["missing dump", "dump is a file", "store inside dump", "store is a file",
+                                  "bad config"])
+def test_scan_refuses_bad_arguments_before_creating_the_store(tmp_path, dump, case):
+    args, message = _bad_arguments(tmp_path, dump)[case]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    res = runner.invoke(app, ["scan", *args])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), res.output
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", [["summarize"], ["query"], ["report", "--out", "REPORT"], ["runs"],
+                                     ["sql", "SELECT 1"]])
+def test_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path, command):
+    store = tmp_path / "nosuch-store"
+    command = [str(tmp_path / c) if c == "REPORT" else c for c in command]
+    res = runner.invoke(app, [command[0], str(store), *command[1:]])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: store {store} does not exist"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pam_warnings_come_once_in_a_block_of_their_own(tmp_path):
+    """A Song Meter site without a clock: pam warns once, under "warnings:", not as a log line."""
+    model = every_window_model(tmp_path / "m.pt")
+    write_wav(tmp_path / "dump" / "CREEK" / "SM4_20240501_020000.wav", noise(4.0, 16000), 16000)
+    res = runner.invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s"), "--model",
+                              str(model), "--no-prefect", "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    said = [k for k, line in enumerate(lines) if "site(s) CREEK have no timezone" in line]
+    assert len(said) == 1 and lines[said[0] - 1].endswith("warnings:"), res.output  # (after the progress bar)
+    assert said[0] < next(k for k, line in enumerate(lines) if line.startswith("run "))
+    # with the site's clock in a config the warning is gone
+    conf = tmp_path / "clock.yaml"
+    conf.write_text("sites:\n  CREEK:\n    timezone: America/New_York\n")
+    res = runner.invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s2"), "--model",
+                              str(model), "--config", str(conf), "--no-prefect", "--workers", "0"])
+    assert res.exit_code == 0 and "warnings:" not in res.output and "timezone" not in res.output, res.output
+    assert "2024-05-01 06:00:00.0" in res.output  # 02:00 EDT
+
+
+def test_verbose_without_prefect_shows_pam_info_lines(tmp_path, dump):
+    model = every_window_model(tmp_path / "m.pt")
+    args = ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(model), "--no-prefect",
+            "--workers", "0"]
+    quiet = runner.invoke(app, args, catch_exceptions=False)
+    assert quiet.exit_code == 0 and "pam: scanned" not in quiet.output
+    loud = runner.invoke(app, [*args, "--verbose"], catch_exceptions=False)
+    assert loud.exit_code == 0 and "pam: scanned" in loud.output, loud.output
+
+
+def test_a_dump_gone_by_scan_time_is_one_error_and_exit_1(tmp_path, dump, monkeypatch):
+    """A dump that passes the argument check but cannot be scanned (unmounted meanwhile): the
+    other dumps are analysed, the error is printed once, and the status is 1 for cron."""
+    import pam.cli.detection
+
+    model = every_window_model(tmp_path / "m.pt")
+    monkeypatch.setattr(pam.cli.detection, "check_scan_inputs", lambda dumps, store: None)
+    gone = tmp_path / "gone"
+    res = runner.invoke(app, ["detect", str(dump), str(gone), "--store", str(tmp_path / "s"), "--model", str(model),
+                              "--no-prefect", "--workers", "0"], catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    assert "1 recordings scored" in res.output
+    assert res.output.count("dump folder does not exist") == 1, res.output
+    assert f"error: {gone}: dump folder does not exist" in res.output

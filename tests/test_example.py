@@ -27,13 +27,15 @@ def test_example_dump_calls_are_found_and_little_else(tmp_path):
     one GA call (0.934, see docs/model.md), which an honest threshold rule does not chase.
     """
     store = tmp_path / "store"
-    res = CliRunner().invoke(app, ["detect", str(EXAMPLES / "dump"), "--store", str(store), "--no-prefect",
-                                   "--workers", "0"], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["detect", str(EXAMPLES / "dump"), "--store", str(store), "--config",
+                                   str(EXAMPLES / "config.yaml"), "--no-prefect", "--workers", "0"],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "3 recordings scored" in res.output
     shown = re.search(r"(\d+) detections in (\d+) events in these dumps \(windows overlap: 3 s every 1\.5 s\)",
                       res.output)
     assert shown, res.output
+    assert "warnings:" not in res.output  # the config gives the Song Meter site its clock
     det = Store(store).read_detections()
     truth = pd.read_csv(EXAMPLES / "truth.csv")
     found, on_calls = 0, set()
@@ -53,3 +55,7 @@ def test_example_dump_calls_are_found_and_little_else(tmp_path):
     t0 = datetime(2024, 4, 15, 6, 30, tzinfo=timezone.utc)
     assert all(t.to_pydatetime() == t0 + timedelta(seconds=s) for t, s in zip(am["start_time"], am["start_s"]))
     assert set(det["device"].dropna()) >= {"24A04F0B5D3C1E77", "SM4CREEK"}
+    # the Song Meter names are local time at a Georgia site: 06:45 EDT is 10:45 UTC
+    sm = Store(store).read_manifest().set_index("path")["start_time"]
+    assert sm[str((EXAMPLES / "dump" / "SM4-CREEK" / "SM4CREEK_20240415_064500.flac").resolve())] == \
+        pd.Timestamp("2024-04-15 10:45", tz="UTC")

@@ -35,15 +35,49 @@ def test_nightly_flow_matches_library_run(tmp_path, prefect_harness):
     assert again["detect"]["recordings_done"] == 0 and again["detect"]["recordings_skipped"] == 3
 
 
-def test_cli_runs_through_prefect_by_default(tmp_path, prefect_harness):
+@pytest.fixture
+def prefect_console_text(monkeypatch):
+    """What Prefect's console handler prints, with its INFO lines let through as outside the
+    tests (conftest.py sets PREFECT_LOGGING_LEVEL=WARNING for the other tests)."""
+    import io
+    import logging
+
+    from flows.nightly import nightly  # noqa: F401 - Prefect sets up its logging on import
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    buffer = io.StringIO()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            monkeypatch.setattr(handler.console, "file", buffer)
+    prefect_logger = logging.getLogger("prefect")
+    level = prefect_logger.level
+    prefect_logger.setLevel(logging.INFO)
+    yield buffer
+    prefect_logger.setLevel(level)
+
+
+def test_cli_runs_through_prefect_by_default(tmp_path, prefect_harness, prefect_console_text):
     write_wav(tmp_path / "dump" / "S1" / "20240501_020000.WAV", noise(4.0, 16000), 16000)
+    write_wav(tmp_path / "dump" / "S1" / "SM4_20240501_030000.wav", noise(4.0, 16000), 16000)  # no site clock
     model = every_window_model(tmp_path / "m.pt")
-    res = CliRunner().invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s"),
-                                   "--model", str(model), "--workers", "0"], catch_exceptions=False)
+    args = ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s"), "--model", str(model), "--workers", "0"]
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "1 recordings scored" in res.output
+    assert "2 recordings scored" in res.output
     runs = Store(tmp_path / "s").read_runs()
     assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
+    # Prefect's INFO lines stay off the terminal; pam's warning comes once, in its own block
+    quiet = prefect_console_text.getvalue()
+    assert "Beginning flow run" not in quiet and "Finished in state" not in quiet, quiet
+    assert "have no timezone" not in quiet
+    lines = res.output.splitlines()
+    said = [k for k, line in enumerate(lines) if "site(s) S1 have no timezone" in line]
+    assert len(said) == 1 and lines[said[0] - 1] == "warnings:", res.output
+    # --verbose: the whole log of the run (here a rerun with nothing left to do)
+    again = CliRunner().invoke(app, [*args, "--verbose"], catch_exceptions=False)
+    assert again.exit_code == 0 and "2 already done" in again.output, again.output
+    loud = prefect_console_text.getvalue()[len(quiet):]
+    assert "Beginning flow run" in loud and "Finished in state Completed" in loud, loud
 
 
 def test_a_busy_store_ends_the_flow_as_a_deferral_not_a_failure(tmp_path, prefect_harness):

@@ -146,6 +146,14 @@ def test_bad_dumps_and_store_inside_dump(tmp_path):
     assert not (d / "store").exists()
 
 
+def test_an_unscannable_dump_is_one_problem_that_names_its_path_once(tmp_path):
+    from pam.ops.pipeline import scan_stage
+
+    s = scan_stage(tmp_path / "nope", Store(tmp_path / "s"), PamConfig())
+    assert s.error == f"{tmp_path / 'nope'}: dump folder does not exist"
+    assert s.problems == [{"path": str(tmp_path / "nope"), "stage": "scan", "reason": "dump folder does not exist"}]
+
+
 def test_unreadable_subfolder_is_recorded_and_scan_goes_on(dump, tmp_path, monkeypatch):
     real_scandir = os.scandir
     blocked = str(dump / "SM-B")

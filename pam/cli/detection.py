@@ -11,7 +11,9 @@ import typer
 from rich.table import Table
 
 from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail, time_texts
-from pam.config import ConfigError
+from pam.cli.console_log import pam_warnings_apart
+from pam.config import ConfigError, PamConfig
+from pam.io.preflight import check_scan_inputs
 from pam.ops.prefect_server import PrefectServerError, quiet_prefect_defaults
 from pam.store.store import Store, StoreBusy
 
@@ -27,17 +29,25 @@ def scan(
 
     conf = cli_config(config)
     st = Store(store)
-    failed = False
-    for d in dumps:
-        s = scan_stage(d, st, conf)
-        if s.error:
-            err.print(f"[red]error:[/red] {s.error}", highlight=False)
-            failed = True
-            continue
-        console.print(f"{s.dump}: {s.files} files, {s.usable} usable, {s.reopened} opened, "
-                      f"{s.pending} left for later", highlight=False, soft_wrap=True)
-        for p in s.problems:
-            console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False, soft_wrap=True)
+    try:
+        check_scan_inputs(dumps, st)  # before anything is created
+    except ConfigError as exc:
+        fail(str(exc))
+    failed, listed, unscanned = False, [], []
+    with pam_warnings_apart() as warnings:
+        for d in dumps:
+            s = scan_stage(d, st, conf)
+            if s.error:
+                err.print(f"[red]error:[/red] {s.error}", highlight=False)
+                failed = True
+                unscanned.append(s.error)
+                continue
+            console.print(f"{s.dump}: {s.files} files, {s.usable} usable, {s.reopened} opened, "
+                          f"{s.pending} left for later", highlight=False, soft_wrap=True)
+            for p in s.problems:
+                console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False, soft_wrap=True)
+            listed += s.problems
+    _print_warnings(warnings.messages, listed, unscanned)
     if failed:
         raise typer.Exit(1)
 
@@ -55,42 +65,40 @@ def detect(
     prefect: bool = typer.Option(True, "--prefect/--no-prefect",
                                  help="run as the Prefect nightly flow (default) or directly in this process"),
     show: int = typer.Option(20, "--show", help="events (calls: overlapping windows joined) to print (0: none)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="also show the run's INFO log (Prefect's, or pam's with --no-prefect)"),
 ) -> None:
     """Scan, detect and summarise: the nightly job on the given dumps."""
-    from pam.detect.checkpoint import ModelError  # imports torch: only for this command, not for every `pam ...`
-
     conf = cli_config(config, **{"model": str(model) if model else None, "detect.device": device,
                               "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)
+    # Arguments are checked before Prefect starts or anything is created: a mistyped path or a
+    # bad model costs seconds, not a run recorded in a new store.
     try:
+        check_scan_inputs(dumps, st)
+    except ConfigError as exc:
+        fail(str(exc))
+    from pam.detect.checkpoint import ModelError  # imports torch: only for this command, not for every `pam ...`
+    from pam.ops.pipeline import check_detect_settings
+
+    try:
+        check_detect_settings(conf, prefect=prefect)
         if prefect:
-            quiet_prefect_defaults()
-            from flows.nightly import nightly
-            from pam.ops.prefect_server import prefect_api
-
-            with prefect_api():  # a server tied to this process, so a kill -9 leaves none behind
-                result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
-            if result.get("busy"):
-                fail(result["busy"])
-            report = result["detect"]
-            problems = [p for s in result["scans"] for p in s["problems"]]
-            unscanned = [s["error"] for s in result["scans"] if s["error"]]
+            report, scans = _run_flow(dumps, st, conf, force, verbose)
         else:
-            from dataclasses import asdict
-
-            from pam.ops.pipeline import run_nightly
-
-            scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
-            report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed}
-            problems = [p for s in scans for p in s.problems]
-            unscanned = [s.error for s in scans if s.error]
+            report, scans = _run_direct(dumps, st, conf, force, verbose)
     except (ConfigError, ModelError, StoreBusy) as exc:
         fail(str(exc))
         return
     except PrefectServerError as exc:
         fail(str(exc), code=1)
         return
-    _print_problems(problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")])
+    unscanned = [s["error"] for s in scans if s["error"]]
+    # a dump that could not be scanned is one error line at the end, not a problem file as well
+    problems = [p for s in scans if not s["error"] for p in s["problems"]]
+    listed = problems + [f for f in report["failures"] if f["stage"] in ("detect", "shard")]
+    _print_problems(listed)
+    _print_warnings(report["warnings"], listed, unscanned)
     speed = (f" ({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time)"
              if report["recordings_done"] else "")
     console.print(
@@ -109,6 +117,62 @@ def detect(
         err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
     if unscanned or (report["recordings_failed"] and not report["recordings_done"]):
         raise typer.Exit(1)
+
+
+def _run_flow(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verbose: bool) -> tuple[dict, list[dict]]:
+    """The nightly Prefect flow in this process; Prefect's INFO lines only when ``verbose``."""
+    quiet_prefect_defaults()
+    from flows.nightly import nightly  # imports Prefect, which sets up its logging
+    from pam.cli.console_log import prefect_console
+    from pam.ops.prefect_server import api_configured, prefect_api
+
+    if not api_configured():
+        err.print("starting a local Prefect server for this run (10-20 s; PREFECT_API_URL unset)"
+                  + ("" if verbose else "; --verbose shows Prefect's log"), highlight=False, soft_wrap=True)
+    with prefect_console(verbose), pam_warnings_apart(hide=not verbose) as warnings:
+        with prefect_api():  # a server tied to this process, so a kill -9 leaves none behind
+            result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+    if result.get("busy"):
+        raise StoreBusy(result["busy"])
+    return {**result["detect"], "warnings": warnings.messages}, result["scans"]
+
+
+def _run_direct(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verbose: bool) -> tuple[dict, list[dict]]:
+    """The same stages without Prefect; pam's INFO lines only when ``verbose``."""
+    from contextlib import ExitStack
+    from dataclasses import asdict
+
+    from pam.cli.console_log import pam_info_to_stderr
+    from pam.ops.pipeline import run_nightly
+
+    quiet_prefect_defaults()  # the summary step looks for a Prefect run to attach its artifacts to
+    with ExitStack() as stack:
+        warnings = stack.enter_context(pam_warnings_apart())
+        if verbose:
+            stack.enter_context(pam_info_to_stderr())
+        scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
+    report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed,
+              "warnings": warnings.messages}
+    return report, [asdict(s) for s in scans]
+
+
+def _print_warnings(messages: list[str], listed: list[dict], errors: list[str]) -> None:
+    """pam's warnings of the run, less those about a file listed already or an error printed at the end."""
+    paths = {p["path"] for p in listed}
+
+    def about_listed_file(m: str) -> bool:
+        cut = m.find(": ")
+        while cut > 0:
+            if m[:cut] in paths:
+                return True
+            cut = m.find(": ", cut + 1)
+        return False
+
+    shown = [m for m in messages if m not in errors and not about_listed_file(m)]
+    if shown:
+        console.print("[yellow]warnings:[/yellow]")
+        for m in shown:
+            console.print(f"  {m}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_problems(problems: list[dict]) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 from pam.io import recorders
 from pam.io.audio import AudioError, is_audio_name, probe
 from pam.config import ConfigError, PamConfig, ScanConfig, nested_path
+from pam.io.preflight import dump_folder_problem, store_inside_dump
 from pam.store.store import Store
 
 USABLE = ("ok", "truncated")
@@ -31,7 +32,14 @@ FINGERPRINT_BYTES = 64 * 1024
 
 
 class ScanError(RuntimeError):
-    """The dump as a whole cannot be scanned (missing, not a folder, unreadable)."""
+    """The dump as a whole cannot be scanned (missing, not a folder, unreadable).
+
+    ``reason`` is the message without the dump's path, for tables and lists that show the path
+    beside it."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class StoreInsideDump(ScanError, ConfigError):
@@ -84,11 +92,21 @@ def site_of(path: Path, dump: Path, config: PamConfig) -> str:
     return site_for(path.relative_to(dump), dump, recorders.parse_filename(path).prefix, config.scan)
 
 
+def check_dump_folder(dump: str | os.PathLike) -> Path:
+    """The dump as an absolute path, or ScanError when it is missing, not a folder or unreadable."""
+    dump = Path(dump).expanduser().resolve()
+    problem = dump_folder_problem(dump)
+    if problem:
+        shown = str(dump) if _printable(dump) is not None else repr(str(dump))
+        raise ScanError(f"{shown}: {problem}", reason=problem)
+    return dump
+
+
 def check_store_outside(store: Store, dump: str | os.PathLike) -> None:
     """pam never writes into an input folder: refuse a store that is the dump or inside it."""
-    if nested_path(store.root, dump):
-        raise StoreInsideDump(f"{store.root}: the store must not be inside the dump {Path(dump).expanduser().resolve()} "
-                        "(pam never writes into input folders)")
+    problem = store_inside_dump(store.root, dump)
+    if problem:
+        raise StoreInsideDump(problem)
 
 
 class OutputInsideDump(ConfigError):
@@ -186,15 +204,7 @@ def scan(
     """Scan one dump folder and merge its rows into the store's manifest."""
     config = config or PamConfig()
     now = now or datetime.now(timezone.utc)
-    dump = Path(dump).expanduser().resolve()
-    if not dump.exists():
-        raise ScanError(f"{dump}: dump folder does not exist")
-    if not dump.is_dir():
-        raise ScanError(f"{dump}: dump is not a folder")
-    if not os.access(dump, os.R_OK | os.X_OK):
-        raise ScanError(f"{dump}: dump folder is not readable (permission denied)")
-    if _printable(dump) is None:
-        raise ScanError(f"{str(dump)!r}: the dump folder's name is not valid UTF-8; give it a UTF-8 name")
+    dump = check_dump_folder(dump)
     check_store_outside(store, dump)
 
     old = store.read_manifest()

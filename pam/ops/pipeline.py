@@ -41,7 +41,7 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         result = scan(dump, store, config)
     except ScanError as exc:
         summary.error = str(exc)
-        summary.problems.append({"path": str(dump), "stage": "scan", "reason": str(exc)})
+        summary.problems.append({"path": str(dump), "stage": "scan", "reason": exc.reason})
         logger.error("%s", exc)
         return summary
     rows = result.rows
@@ -113,3 +113,16 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
         report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
         summarize_stage(store, config)
     return scans, report
+
+
+def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:
+    """The model and detection settings are usable: the checkpoint loads (ModelError), the
+    device exists, the window fits the model, and without Prefect the runner runs in this
+    process (ConfigError). Imports torch: check the paths first, they answer at once."""
+    from pam.detect.checkpoint import load_checkpoint
+    from pam.detect.detection import DetectSettings, resolve_device
+
+    if not prefect:
+        require_in_process_runner(config)
+    resolve_device(config.detect.device)
+    DetectSettings.from_config(config.detect, load_checkpoint(config.model, device="cpu"))
