@@ -35,6 +35,15 @@ class LoadedModel:
     card: ModelCard
     model_id: str
     path: Path
+    created_at: datetime | None = None  # when the checkpoint was written (UTC); None if it does not say
+
+
+def _created_at(value: object) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def model_id_of(path: str | os.PathLike) -> str:
@@ -149,4 +158,5 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
         raise ModelError(f"{where}: weights do not fit the declared architecture ({first[:200]})") from None
     net.eval().to(device)
-    return LoadedModel(net=net, card=card, model_id=model_id_of(path), path=path)
+    return LoadedModel(net=net, card=card, model_id=model_id_of(path), path=path,
+                       created_at=_created_at(payload.get("created_at")))
