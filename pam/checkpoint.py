@@ -59,8 +59,9 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("pam") / "models" / BUNDLED))
 
 
-def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> str:
-    """Write atomically; returns the new model id."""
+def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard, created_at: datetime | None = None) -> str:
+    """Write atomically; returns the new model id. ``created_at`` (default: now) is kept when a
+    card is amended without retraining."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the checkpoint's file name, e.g. {path / (card.name + '.pt')}")
@@ -68,7 +69,7 @@ def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> st
         "format": FORMAT,
         "version": VERSION,
         "pam_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": (created_at or datetime.now(timezone.utc)).isoformat(),
         "name": card.name,
         "classes": list(card.classes),
         "sample_rate": card.spectrogram.sample_rate,

@@ -170,6 +170,7 @@ def evaluate(
     from pam.checkpoint import load_checkpoint
     from pam.train.evaluate import evaluate_path, macro_ap, write_report
     from pam.train.fit import resolve_device
+    from pam.train.seen import seen_in_training, seen_message
 
     if not data.exists():
         fail(f"{data}: not found")
@@ -179,10 +180,14 @@ def evaluate(
     except _errors() as exc:
         fail(str(exc))
         return
+    seen = seen_message(loaded.card, seen_in_training(loaded.card, items), "clips" if used == "clips" else "windows")
     _print_report(report, f"{loaded.card.name} ({loaded.model_id}) on {data} ({used})")
     if out:
-        paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items)
+        paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items,
+                             notes=[seen] if seen else None)
         console.print(f"report: {paths['parquet']}, {paths['markdown']}", highlight=False)
+    if seen:
+        console.print(seen, highlight=False, markup=False, soft_wrap=True)
     console.print(f"macro AP: {_fmt(macro_ap(report))}", highlight=False)
 
 
