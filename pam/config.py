@@ -14,7 +14,7 @@ import os
 import re
 from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -230,14 +230,35 @@ def _is_union_tag(part: object) -> bool:
     return isinstance(part, str) and ("[" in part or part in _UNION_TAGS)
 
 
-def _close_keys(model: type | None, loc: tuple, key: str) -> list[str]:
-    """Field names near ``key`` in the section ``loc`` leads to, for a "did you mean"."""
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part) if model else None
-        model = getattr(field, "annotation", None) if field else None
-        if model is None or not hasattr(model, "model_fields"):
+def _section_keys(model: type | None, loc: tuple) -> list[str]:
+    """The keys allowed in the section ``loc`` leads to (empty when it is not a section).
+
+    The walk steps through mappings and lists of sections too: in ``sites.<site>.<key>`` the
+    site's name leads into ``SiteConfig``, in ``data.tables.0.<key>`` the index into ``Source``.
+    """
+    node: object = model
+    parts = list(loc)
+    while parts:
+        if get_origin(node) in (dict, list):
+            node = get_args(node)[-1] if get_args(node) else None
+            parts.pop(0)  # the mapping's key or the list's index
+            continue
+        field = getattr(node, "model_fields", {}).get(parts.pop(0))
+        node = field.annotation if field else None
+        if node is None:
             return []
-    return difflib.get_close_matches(key, list(getattr(model, "model_fields", {})), n=1, cutoff=0.6)
+    return list(getattr(node, "model_fields", {}))
+
+
+def _unknown_key_hint(model: type | None, loc: tuple) -> str:
+    """`` (did you mean sites.A.timezone?)``, or the keys the section takes when none is close."""
+    if not loc:
+        return ""
+    keys = _section_keys(model, loc[:-1])
+    near = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {'.'.join(map(str, loc[:-1] + (near[0],)))}?)"
+    return f" (allowed here: {', '.join(keys)})" if keys else ""
 
 
 def format_errors(source: str, exc: ValidationError, overridden: Iterable[str] = (),
@@ -251,10 +272,7 @@ def format_errors(source: str, exc: ValidationError, overridden: Iterable[str] =
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            near = _close_keys(model, loc[:-1], str(loc[-1])) if loc else []
-            if near:
-                msg += f" (did you mean {'.'.join(map(str, loc[:-1] + (near[0],)))}?)"
+            msg = "unknown key" + _unknown_key_hint(model, loc)
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg.lower()}"
         elif err["type"] == "value_error":

@@ -79,6 +79,9 @@ def test_bad_input_is_one_line(store, tmp_path):
     assert res.exit_code == 2 and "does not exist" in res.output
     res = invoke("sql", store.root, "SELEKT 1")
     assert res.exit_code == 2 and "SQL error" in res.output
+    res = invoke("sql", store.root, "SELECT * FROM site_day")
+    assert res.exit_code == 2 and "no table site_day (did you mean site_days?)" in res.output
+    assert "the store's tables: " in res.output and "recordings" in res.output
 
 
 def test_export_review_and_import(store, tmp_path):

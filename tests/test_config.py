@@ -85,3 +85,24 @@ def test_overrides_and_settings_hash():
     assert conf.detect.batch_size == 8 and conf.detect.device == "auto"
     assert settings_hash({"a": 1, "b": 2}) == settings_hash({"b": 2, "a": 1})
     assert settings_hash({"a": 1}) != settings_hash({"a": 2})
+
+
+def test_unknown_site_keys_get_a_suggestion_or_the_allowed_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sites:\n  A:\n    timezon: Europe/London\n  B:\n    utc_offset: '+02:00'\n    latitude: 51.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).splitlines() == [
+        f"{p}: sites.A.timezon: unknown key (did you mean sites.A.timezone?)",
+        f"{p}: sites.B.latitude: unknown key (allowed here: timezone, utc_offset, lat, lon)",
+    ]
+
+
+def test_unknown_keys_in_a_list_of_sections_get_a_suggestion(tmp_path):
+    from pam.train.config import load_train_config
+
+    p = tmp_path / "train.yaml"
+    p.write_text("data:\n  tables:\n    - pth: labels.csv\n")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(p)
+    assert f"{p}: data.tables.0.pth: unknown key (did you mean data.tables.0.path?)" in str(e.value).splitlines()

@@ -146,6 +146,21 @@ def test_sql_views(store):
         run_sql(store, "SELECT nope FROM detections")
 
 
+def test_sql_names_the_tables_when_one_does_not_exist(tmp_path):
+    empty = pam.store.open(tmp_path / "s").ensure()
+    with pytest.raises(QueryError) as e:
+        run_sql(empty, "SELECT count(*) FROM detection")
+    message = str(e.value)
+    assert message.startswith("SQL error: no table detection (did you mean detections?); the store's tables: ")
+    listed = message.split("the store's tables: ")[1].split(", ")
+    assert {"detections", "recordings", "done", "runs", "verified", "failures", "daily_counts", "site_days"} <= set(listed)
+    assert not [t for t in listed if t.startswith(("_", "pg_", "sqlite_", "duckdb_"))]
+    for name in listed:  # every table named can be queried
+        run_sql(empty, f'SELECT * FROM "{name}" LIMIT 0')
+    with pytest.raises(QueryError, match=r"^SQL error: no table zzz; the store's tables: "):
+        run_sql(empty, "SELECT * FROM zzz")
+
+
 def test_sql_on_an_empty_store(tmp_path):
     empty = pam.store.open(tmp_path / "s").ensure()
     assert int(run_sql(empty, "SELECT count(*) AS n FROM detections")["n"][0]) == 0

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from pamstore import build
-from pam.analysis.report import build_report, publish_artifacts, species_summary
+from pam.analysis.report import build_report, diel_title, publish_artifacts, species_site_plot, species_summary
 from test_summaries import CONF, RECS
 
 
@@ -36,6 +36,73 @@ def test_species_rows_match_hand_counts(report):
     assert (rows["owl"]["site_days_detected"], rows["owl"]["site_days_surveyed"]) == (5, 8)
     assert rows["owl"]["naive_occupancy"] == 1.0 and rows["wren"]["naive_occupancy"] == pytest.approx(0.667)
     assert "| owl | 7 | 3 | 5 / 8 |" in report.markdown
+
+
+def test_precision_is_hidden_and_explained_when_nothing_was_reviewed(report):
+    page = report.html_path.read_text()
+    species_table = page.split("<h2>Species</h2>")[1].split("<h2>")[0]
+    assert "<th>precision</th>" not in species_table
+    assert "none of these detections has been reviewed yet (pam review, then pam review-import" in species_table
+    assert "precision |" not in report.markdown and "none of these detections has been reviewed" in report.markdown
+    assert all(r["precision"] is None for r in report.species_rows)  # the artifact rows keep the column
+
+
+def test_precision_shows_not_reviewed_for_species_without_verdicts(tmp_path):
+    import pandas as pd
+
+    from pam.analysis.summaries import summarize
+
+    store = build(tmp_path / "store", RECS)
+    summary = summarize(store, CONF, model_id="m1")
+    summary.tables["precision"] = pd.DataFrame({"label": ["owl"], "model_id": ["m1"], "verified_true": [3],
+                                                "verified_false": [1], "unsure": [0], "precision": [0.75]})
+    rep = build_report(store, tmp_path / "out", CONF, summary=summary)
+    species_table = rep.html_path.read_text().split("<h2>Species</h2>")[1].split("<h2>")[0]
+    assert "<th>precision</th>" in species_table and "reviewed yet" not in species_table
+    rows = re.findall(r"<tr><td>(\w+)</td>.*?</tr>", species_table)
+    assert rows == ["owl", "wren"]
+    assert re.search(r"<tr><td>owl</td>.*<td>0.75</td></tr>", species_table)
+    assert re.search(r"<tr><td>wren</td>.*<td>not reviewed</td></tr>", species_table)
+    assert "| owl | 7 | 3 | 5 / 8 | 0.75 |" in rep.markdown and "| wren | 3 | 2 | 3 / 8 | not reviewed |" in rep.markdown
+
+
+@pytest.mark.parametrize("species, top, title", [
+    (["owl"], 6, "Diel activity of owl"),
+    (["owl", "wren"], 6, "Diel activity of owl and wren"),
+    (["owl", "wren", "jay"], 3, "Diel activity of owl, wren and jay"),
+    (["owl", "wren", "jay", "tit"], 6, "Diel activity of all 4 species"),
+    (["owl", "wren", "jay", "tit"], 1, "Diel activity of the top species by detections (owl)"),
+    (["owl", "wren", "jay", "tit"], 2, "Diel activity of the top 2 species by detections"),
+    ([], 6, "Diel activity"),
+])
+def test_diel_heading_reads_naturally(species, top, title):
+    assert diel_title(species, top) == title
+
+
+def test_report_heading_names_the_species_shown(report):
+    assert "<h2>Diel activity of owl and wren</h2>" in report.html_path.read_text()
+
+
+@pytest.mark.parametrize("n_species, n_sites", [(1, 1), (2, 3), (12, 40)])
+def test_species_site_title_clears_the_colour_bar(n_species, n_sites):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.text import Text
+
+    daily = pd.DataFrame([{"label": f"species_{i}", "site": f"SITE_{j:02d}", "local_date": "2024-05-01",
+                           "detections": (i + j) % 3} for i in range(n_species) for j in range(n_sites)])
+    fig = species_site_plot(daily)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    [title_text] = [t for t in fig.findobj(Text) if t.get_text().startswith("Species x site")]
+    title = title_text.get_window_extent(renderer)
+    heat, bar = fig.axes
+    for artist in (bar, bar.yaxis.label, heat):
+        assert not title.overlaps(artist.get_window_extent(renderer)), artist
+    plt.close(fig)
 
 
 def test_empty_store_still_writes_a_page(tmp_path):

@@ -55,6 +55,8 @@ def test_shipped_bobwhite_model_card() -> None:
     for per in card.metrics["cross_site"].values():
         assert set(per) == {"overlay", "no_overlay"}
     assert "doi:10.1002/rse2.294" in json.dumps(card.training)  # the data's credit travels with the model
+    split = card.training["clips"]["split"]  # every clip it was trained and validated on, for pam evaluate
+    assert {s: split.count(s) for s in ("train", "val", "test")} == card.training["data"]["per_split"]
 
 
 def test_shipped_model_stays_quiet_on_foreign_soundscapes(shared_data: Path, tmp_path: Path) -> None:

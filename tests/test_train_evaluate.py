@@ -15,7 +15,7 @@ from pam.cli.main import app
 from pam.train.evaluate import evaluate_recordings, report_frame, to_markdown, window_truth
 from pam.train.labels import AnnotatedRecording, Annotation, load_raven_recordings
 
-from models import every_window_model
+from models import every_window_model, model_listing_clips
 
 # Ranked: 0.9 pos, 0.8 neg, 0.7 pos, 0.6 pos, 0.5 neg (AP 29/36, see test_train_metrics).
 Y = np.array([1, 0, 1, 1, 0])
@@ -101,3 +101,88 @@ def test_evaluate_command_prints_macro_ap_and_writes_reports(tmp_path: Path) -> 
     assert typo.exit_code == 2 and "labels found: A (1)" in typo.output.replace("\n", "")
     missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.csv"), "--model", str(model)])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def _clip_table(tmp_path: Path) -> tuple[Path, list]:
+    from pam.train.clips import load_clip_table
+    from train_data import write_clip_set
+
+    table = write_clip_set(tmp_path / "data", 8)  # c000..c007, 0.75 s each, every other one 'chirp'
+    return table, load_clip_table(table)
+
+
+def test_evaluate_says_which_clips_the_model_was_trained_on(tmp_path: Path) -> None:
+    import shutil
+
+    table, clips = _clip_table(tmp_path)
+    metrics = {"val": {"macro": {"ap": 0.5}}, "test": {"macro": {"ap": 0.8125}}}
+    model = model_listing_clips(tmp_path / "m.pt", clips[:6], ["train", "train", "train", "val", "test", "test"],
+                                metrics)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(table), "--model", str(model), "--out", str(out)],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    line = ("warning: 4 of 8 clips were in listed's own training data (3 training, 1 validation clips), so these "
+            "figures are not held-out; its card's held-out figure: test macro AP 0.812 on 2 clips")
+    assert line in result.output.splitlines()
+    assert result.output.splitlines()[-1].startswith("macro AP: ")  # still the last line
+    assert f"> {line}" in (out / "report.md").read_text()
+    # the same audio moved elsewhere is still recognised (by content, not by path)
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    moved = CliRunner().invoke(app, ["evaluate", str(tmp_path / "moved" / "labels.csv"), "--model", str(model)],
+                               env={"COLUMNS": "400"})
+    assert moved.exit_code == 0 and line in moved.output.splitlines()
+    # clips the card does not list: nothing to say
+    unseen = model_listing_clips(tmp_path / "u.pt", clips[6:], ["train", "val"])
+    (tmp_path / "data" / "first.csv").write_text("\n".join((tmp_path / "data" / "labels.csv").read_text()
+                                                            .splitlines()[:7]) + "\n")
+    quiet = CliRunner().invoke(app, ["evaluate", str(tmp_path / "data" / "first.csv"), "--model", str(unseen)])
+    assert quiet.exit_code == 0 and "training data" not in quiet.output and "warning" not in quiet.output
+
+
+def test_seen_counts_each_item_once_and_only_overlapping_time(tmp_path: Path) -> None:
+    from pam.detect.model import ModelCard
+    from pam.train.clips import LabelledClip
+    from pam.train.seen import CLIPS_KEY, clip_record, seen_in_training, seen_message
+
+    rec = tmp_path / "rec.wav"
+    sf.write(rec, np.zeros(8000 * 10, dtype=np.float32), 8000)
+    listed = [LabelledClip(rec, 0.0, 3.0, ("a",), None, "rec"), LabelledClip(rec, 2.0, 5.0, ("a",), None, "rec"),
+              LabelledClip(rec, 8.0, 9.0, (), None, "rec")]
+    card = ModelCard(name="m", classes=["a"], window_s=1.0, training={CLIPS_KEY: clip_record(listed, ["train", "test", "val"])})
+    items = pd.DataFrame({"path": [str(rec)] * 5 + [str(tmp_path / "gone.wav")],
+                          "start_s": [0.0, 2.5, 4.0, 5.0, 7.0, 0.0], "end_s": [1.0, 3.5, 5.5, 8.0, 8.5, 3.0]})
+    seen = seen_in_training(card, items)
+    # 0-1: train; 2.5-3.5: train and test, counted as train; 4-5.5: test; 5-8: touches nothing
+    # (ends where the val clip starts); 7-8.5: val; a missing file matches nothing
+    assert seen.per_split == {"train": 2, "val": 1, "test": 1} and seen.seen == 3 and seen.items == 6
+    assert seen_message(card, seen, "windows").startswith("warning: 3 of 6 windows were in m's own training data "
+                                                          "(2 training, 1 validation windows)")
+    assert seen_message(card, seen).endswith("its card has no held-out figure")
+    only_test = seen_in_training(card, items.iloc[[2]])
+    assert only_test.per_split["test"] == 1 and seen_message(card, only_test) is None  # its test split is held out
+
+
+def test_cards_without_a_clip_list_say_so_only_when_trained_by_pam() -> None:
+    from pam.detect.model import ModelCard
+    from pam.train.seen import seen_in_training, seen_message
+
+    items = pd.DataFrame({"path": ["x.wav"], "start_s": [0.0], "end_s": [1.0]})
+    handmade = ModelCard(name="h", classes=["a"], window_s=1.0)
+    assert seen_message(handmade, seen_in_training(handmade, items)) is None
+    older = ModelCard(name="old", classes=["a"], window_s=1.0, training={"config": {}, "data_fingerprint": "f"})
+    assert seen_message(older, seen_in_training(older, items)) == (
+        "note: old's card does not list its training clips, so pam cannot tell whether these clips were among them")
+
+
+@pytest.mark.realdata
+def test_bundled_model_on_its_own_clips_says_so(shared_data: Path) -> None:
+    card = load_checkpoint().card
+    per_split = card.training["data"]["per_split"]
+    result = CliRunner().invoke(app, ["evaluate", str(shared_data / "bobwhite" / "labels.csv")], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    n = per_split["train"] + per_split["val"]
+    val_ap = card.metrics["val"]["macro"]["ap"]
+    assert (f"warning: {n} of {n} clips were in bobwhite-v2's own training data ({per_split['train']} training, "
+            f"{per_split['val']} validation clips), so these figures are not held-out; its card's held-out figure: "
+            f"validation macro AP {val_ap:.3f} on {per_split['val']} clips") in result.output.splitlines()

@@ -52,3 +52,28 @@ def test_training_flow_and_search_flow(tmp_path: Path, prefect_harness) -> None:
     best = table[table["best"]].iloc[0]
     assert best["val_ap"] == table["val_ap"].max()
     assert Path(found["export"]["path"]).parent == Path(best["run_dir"])
+
+
+def test_models_describes_the_bundled_model_from_its_card(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    import pam.store
+
+    bundled = load_checkpoint()
+    store = pam.store.open(tmp_path / "store").ensure()
+    now = datetime.now(timezone.utc)
+    for i, model_id in enumerate([bundled.model_id, "0123456789abcdef"]):
+        store.write_run({"run_id": f"20240501T000000Z-{i:04x}", "flow": "detect", "status": "completed",
+                         "started_at": now, "model_id": model_id})
+    listing = CliRunner().invoke(app, ["models", str(store.root)], env={"COLUMNS": "400"})
+    assert listing.exit_code == 0, listing.output
+    [line] = [row for row in listing.output.splitlines() if bundled.model_id in row]
+    cells = [c.strip() for c in line.strip("│ ").split("│")]
+    card = bundled.card
+    [(cls, threshold)] = card.thresholds.items()
+    assert cells[:5] == [bundled.model_id, f"{card.name} (bundled)", ", ".join(card.classes), f"{cls} {threshold:.3f}",
+                         f"not registered, created {bundled.created_at:%Y-%m-%d %H:%M}"]
+    assert cells[6] == f"{card.metrics['val']['macro']['ap']:.3f}" and cells[8] == str(bundled.path.resolve())
+    assert bundled.created_at is not None and bundled.created_at.tzinfo is not None
+    [other] = [row for row in listing.output.splitlines() if "0123456789abcdef" in row]
+    assert "(not registered)" in other

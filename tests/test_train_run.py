@@ -176,3 +176,45 @@ def test_recalibration_refuses_misspelt_labels_and_keeps_thresholds_of_absent_cl
         assert model.card.thresholds[c] == pytest.approx(parent.card.thresholds[c])
         assert any(line.startswith(f"{c}: threshold") and "kept" in line for line in lines)
 
+
+
+def test_model_card_lists_every_clip_of_the_split(finished) -> None:
+    from pam.io.manifest import fingerprint
+    from pam.train.clips import load_clip_table
+    from pam.train.seen import CLIPS_KEY, seen_in_training
+
+    folder, result, _ = finished
+    card = load_checkpoint(result["export"]["path"]).card
+    clips, splits = read_split(result["run_dir"])
+    record = card.training[CLIPS_KEY]
+    assert record["split"] == splits and record["start_s"] == [c.start_s for c in clips]
+    assert record["audio"] == [fingerprint(c.path, c.path.stat().st_size) for c in clips]
+    table = load_clip_table(folder / "labels.csv")
+    items = pd.DataFrame({"path": [str(c.path) for c in table], "start_s": [c.start_s for c in table],
+                          "end_s": [c.end_s for c in table]})
+    seen = seen_in_training(card, items)
+    assert seen.per_split == {s: splits.count(s) for s in ("train", "val", "test")}
+    assert seen.seen == splits.count("train") + splits.count("val") < len(table)
+
+
+def test_backfill_rebuilds_the_clip_list_of_an_older_card(finished, tmp_path: Path) -> None:
+    from pam.detect.checkpoint import ModelError, save_checkpoint
+    from pam.train.backfill import add_clip_record
+    from pam.train.seen import CLIPS_KEY
+
+    _, result, _ = finished
+    model = load_checkpoint(result["export"]["path"])
+    listed = model.card.training.pop(CLIPS_KEY)
+    save_checkpoint(tmp_path / "old.pt", model.net, model.card, created_at=model.created_at)
+    new_id = add_clip_record(tmp_path / "old.pt", tmp_path / "new.pt")
+    new = load_checkpoint(tmp_path / "new.pt")
+    assert new.model_id == new_id and new.card.training[CLIPS_KEY] == listed
+    assert new.created_at == model.created_at and new.card.thresholds == model.card.thresholds
+    assert all(torch.equal(v, new.net.state_dict()[k]) for k, v in model.net.state_dict().items())
+    with pytest.raises(ModelError, match="already lists its clips"):
+        add_clip_record(tmp_path / "new.pt", tmp_path / "again.pt")
+    model.card.training["data_fingerprint"] = "0123456789abcdef"
+    save_checkpoint(tmp_path / "changed.pt", model.net, model.card)
+    with pytest.raises(ModelError, match="not the card's 0123456789abcdef"):
+        add_clip_record(tmp_path / "changed.pt", tmp_path / "never.pt")
+    assert not (tmp_path / "never.pt").exists()

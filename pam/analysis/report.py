@@ -88,17 +88,23 @@ def effort_figure(site_days: pd.DataFrame) -> str | None:
 
 
 def species_site_figure(daily: pd.DataFrame) -> str | None:
-    """Share of surveyed days with a detection, species x site."""
+    """Share of surveyed days with a detection, species x site, as an embedded PNG."""
+    return None if daily.empty else _png(species_site_plot(daily))
+
+
+def species_site_plot(daily: pd.DataFrame):
+    """The matplotlib figure of ``species_site_figure`` (``daily``: the daily_counts table, not empty)."""
     import matplotlib.pyplot as plt
 
-    if daily.empty:
-        return None
     per_day = daily.groupby(["label", "site", "local_date"], as_index=False)["detections"].max()
     share = per_day.assign(hit=per_day["detections"] > 0).groupby(["label", "site"])["hit"].mean().unstack("site")
     share = share.sort_index()
-    fig, ax = plt.subplots(figsize=(min(2.5 + 0.35 * share.shape[1], 16), 1.4 + 0.38 * share.shape[0]))
+    # constrained layout with a figure title keeps the title above the colour bar and its label
+    fig, ax = plt.subplots(figsize=(min(4.5 + 0.35 * share.shape[1], 16), 1.8 + 0.38 * share.shape[0]),
+                           layout="constrained")
     img = ax.imshow(share.to_numpy(dtype=float), aspect="auto", cmap="YlGnBu", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(img, ax=ax, label="share of surveyed days detected", fraction=0.03)
+    bar = fig.colorbar(img, ax=ax, fraction=0.05)
+    bar.set_label("share of days", fontsize=8)
     ax.set_xticks(range(share.shape[1]))
     ax.set_xticklabels(share.columns, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(share.shape[0]))
@@ -107,8 +113,8 @@ def species_site_figure(daily: pd.DataFrame) -> str | None:
         for (i, j), v in np.ndenumerate(share.to_numpy(dtype=float)):
             if not np.isnan(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 else "black")
-    ax.set_title("Species x site: share of surveyed days with a detection", fontsize=10)
-    return _png(fig)
+    fig.suptitle("Species x site: share of surveyed days with a detection", fontsize=10)
+    return fig
 
 
 def diel_figure(diel: pd.DataFrame, effort: pd.DataFrame, species: list[str]) -> str | None:
@@ -139,6 +145,21 @@ def diel_figure(diel: pd.DataFrame, effort: pd.DataFrame, species: list[str]) ->
     return _png(fig)
 
 
+def diel_title(species: list[str], top: int) -> str:
+    """The diel section's heading for the first ``top`` of ``species`` (most detections first)."""
+    shown = species[:top]
+    if not species:
+        return "Diel activity"
+    if len(shown) == len(species) and len(species) <= 3:
+        names = species[0] if len(species) == 1 else ", ".join(species[:-1]) + f" and {species[-1]}"
+        return f"Diel activity of {names}"
+    if len(shown) == len(species):
+        return f"Diel activity of all {len(species)} species"
+    if len(shown) == 1:
+        return f"Diel activity of the top species by detections ({shown[0]})"
+    return f"Diel activity of the top {len(shown)} species by detections"
+
+
 def species_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per species: totals, where and how often, and precision if clips were verified."""
     daily, hourly = tables["daily_counts"], tables["hourly_counts"]
@@ -162,6 +183,23 @@ def species_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     out["precision"] = prec.reindex(out.index).astype(float).round(3)
     out = out.sort_values("detections", ascending=False).reset_index(names="species")
     return out
+
+
+NOT_REVIEWED = "not reviewed"
+REVIEW_HINT = ("precision: none of these detections has been reviewed yet (pam review, then pam review-import "
+               "with the verdicts)")
+
+
+def reviewed_any(species: pd.DataFrame) -> bool:
+    return bool(len(species)) and bool(species["precision"].notna().any())
+
+
+def species_for_display(species: pd.DataFrame) -> pd.DataFrame:
+    """The species table as shown: without the precision column when nothing was reviewed,
+    else with "not reviewed" for the species that have no verdicts."""
+    if not reviewed_any(species):
+        return species.drop(columns="precision")
+    return species.assign(precision=[NOT_REVIEWED if pd.isna(v) else float(v) for v in species["precision"]])
 
 
 def _html_table(frame: pd.DataFrame, limit: int = 200) -> str:
@@ -189,12 +227,18 @@ def _markdown(store: Store, species: pd.DataFrame, rich: pd.DataFrame, notes: li
     lines = [f"# pam summary for `{store.root}`", "",
              f"{len(rich)} sites, {rich['analysed_h'].sum():.2f} h analysed, "
              f"{int(rich['detections'].sum()) if len(rich) else 0} detections, {len(species)} species.", ""]
+    reviewed = reviewed_any(species)
     if len(species):
-        lines += ["| species | detections | sites | site-days detected / surveyed | precision |", "|---|---|---|---|---|"]
+        head = "| species | detections | sites | site-days detected / surveyed |"
+        lines += [head + (" precision |" if reviewed else ""), "|---|---|---|---|" + ("---|" if reviewed else "")]
         for r in species.itertuples(index=False):
-            prec = "" if pd.isna(r.precision) else f"{r.precision:.2f}"
-            lines.append(f"| {r.species} | {int(r.detections)} | {int(r.sites)} | {int(r.site_days_detected)} / "
-                         f"{int(r.site_days_surveyed)} | {prec} |")
+            row = (f"| {r.species} | {int(r.detections)} | {int(r.sites)} | {int(r.site_days_detected)} / "
+                   f"{int(r.site_days_surveyed)} |")
+            if reviewed:
+                row += f" {NOT_REVIEWED if pd.isna(r.precision) else f'{r.precision:.2f}'} |"
+            lines.append(row)
+        if not reviewed:
+            lines += ["", REVIEW_HINT + "."]
     lines += [""] + [f"> {n}" for n in notes]
     return "\n".join(lines)
 
@@ -214,7 +258,7 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
     figures = [
         ("Recording effort", effort_figure(tables["site_days"])),
         ("Species by site", species_site_figure(tables["daily_counts"])),
-        (f"Diel activity of the top {min(top, len(species))} species",
+        (diel_title(species["species"].tolist(), top),
          diel_figure(tables["diel"], tables["effort"], species["species"].head(top).tolist())),
     ]
     sites_table = rich.drop(columns=["species_list"]).assign(
@@ -233,7 +277,8 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
     for title, png in figures:
         if png:
             parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
-    parts += ["<h2>Species</h2>", _html_table(species),
+    review_note = [] if reviewed_any(species) or not len(species) else [f"<p class='meta'>{html.escape(REVIEW_HINT)}.</p>"]
+    parts += ["<h2>Species</h2>", _html_table(species_for_display(species)), *review_note,
               "<h2>Sites: effort and richness</h2>", _html_table(sites_table),
               "<h2>Detections per species and site</h2>", _html_table(by_site),
               "<p class='meta'>Full tables: summaries/*/ in the store (Parquet); occupancy detection histories: "

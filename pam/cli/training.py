@@ -170,6 +170,7 @@ def evaluate(
     from pam.detect.checkpoint import load_checkpoint
     from pam.train.evaluate import evaluate_path, macro_ap, write_report
     from pam.train.fit import resolve_device
+    from pam.train.seen import seen_in_training, seen_message
 
     if not data.exists():
         fail(f"{data}: not found")
@@ -179,10 +180,14 @@ def evaluate(
     except _errors() as exc:
         fail(str(exc))
         return
+    seen = seen_message(loaded.card, seen_in_training(loaded.card, items), "clips" if used == "clips" else "windows")
     _print_report(report, f"{loaded.card.name} ({loaded.model_id}) on {data} ({used})")
     if out:
-        paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items)
+        paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items,
+                             notes=[seen] if seen else None)
         console.print(f"report: {paths['parquet']}, {paths['markdown']}", highlight=False)
+    if seen:
+        console.print(seen, highlight=False, markup=False, soft_wrap=True)
     console.print(f"macro AP: {_fmt(macro_ap(report))}", highlight=False)
 
 
@@ -218,32 +223,41 @@ def calibrate(
 
 @app.command()
 def models(store: Path = typer.Argument(..., help="store folder")) -> None:
-    """List the models registered in a store (and models used by its runs but not registered)."""
+    """List the models registered in a store, and the models its runs used without registering them
+    (the bundled model is described from its card)."""
     import pandas as pd
 
-    from pam.detect.registry import headline, read_models
-    from pam.store.store import Store
+    from pam.detect.registry import bundled_if, card_row, headline, read_models, used_model_ids
 
     if not store.is_dir():
         fail(f"store {store} does not exist")
     frame = read_models(store)
-    table = Table()
-    for col in ("model", "name", "classes", "registered (UTC)", "parent", "val AP", "test AP", "path"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("model", "parent"))
-    for r in frame.to_dict("records"):
-        h = headline(r["metrics_json"])
-        when = r["registered_at"]
-        table.add_row(_text(r["model_id"]), _text(r["name"]), ", ".join(json.loads(_text(r["classes_json"]) or "[]")),
-                      when.strftime("%Y-%m-%d %H:%M") if isinstance(when, datetime) and not pd.isna(when) else "",
-                      _text(r["parent_id"]), _fmt(h["val_macro_ap"]), _fmt(h["test_macro_ap"]), _text(r["path"]))
-    used = set()
     try:
-        runs = Store(store).read_runs()
-        used = set(runs["model_id"].dropna()) if "model_id" in runs else set()
-    except Exception:  # noqa: BLE001 - a store without runs
-        pass
-    for mid in sorted(m for m in used - set(frame["model_id"]) if isinstance(m, str)):
-        table.add_row(mid, "(not registered)", "", "", "", "", "", "")
+        used = used_model_ids(store)
+    except Exception:  # noqa: BLE001 - a store without readable runs lists its registry alone
+        used = set()
+    table = Table()
+    for col in ("model", "name", "classes", "thresholds", "registered (UTC)", "parent", "val AP", "test AP", "path"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("model", "parent"))
+
+    def add(r: dict, name: str, when: str) -> None:
+        h = headline(r["metrics_json"])
+        thresholds = json.loads(_text(r["thresholds_json"]) or "{}")
+        table.add_row(_text(r["model_id"]), name, ", ".join(json.loads(_text(r["classes_json"]) or "[]")),
+                      ", ".join(f"{c} {t:.3f}" for c, t in thresholds.items()), when, _text(r["parent_id"]),
+                      _fmt(h["val_macro_ap"]), _fmt(h["test_macro_ap"]), _text(r["path"]))
+
+    for r in frame.to_dict("records"):
+        when = r["registered_at"]
+        add(r, _text(r["name"]), when.strftime("%Y-%m-%d %H:%M")
+            if isinstance(when, datetime) and not pd.isna(when) else "")
+    for mid in sorted(used - set(frame["model_id"])):
+        bundled = bundled_if(mid)
+        if bundled is None:
+            table.add_row(mid, "(not registered)", "", "", "", "", "", "", "")
+            continue
+        created = f", created {bundled.created_at:%Y-%m-%d %H:%M}" if bundled.created_at else ""
+        add(card_row(bundled), f"{bundled.card.name} (bundled)", f"not registered{created}")
     if not len(frame) and not used:
         console.print(f"no models registered in {store} (pam train with output.store set registers them)")
         return

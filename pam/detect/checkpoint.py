@@ -35,6 +35,15 @@ class LoadedModel:
     card: ModelCard
     model_id: str
     path: Path
+    created_at: datetime | None = None  # when the checkpoint was written (UTC); None if it does not say
+
+
+def _created_at(value: object) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def model_id_of(path: str | os.PathLike) -> str:
@@ -50,8 +59,9 @@ def bundled_model_path() -> Path:
     return Path(str(resources.files("pam") / "models" / BUNDLED))
 
 
-def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> str:
-    """Write atomically; returns the new model id."""
+def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard, created_at: datetime | None = None) -> str:
+    """Write atomically; returns the new model id. ``created_at`` (default: now) is kept when a
+    card is amended without retraining."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the checkpoint's file name, e.g. {path / (card.name + '.pt')}")
@@ -59,7 +69,7 @@ def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard) -> st
         "format": FORMAT,
         "version": VERSION,
         "pam_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": (created_at or datetime.now(timezone.utc)).isoformat(),
         "name": card.name,
         "classes": list(card.classes),
         "sample_rate": card.spectrogram.sample_rate,
@@ -149,4 +159,5 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
         first = str(exc).splitlines()[0] if str(exc) else "mismatch"
         raise ModelError(f"{where}: weights do not fit the declared architecture ({first[:200]})") from None
     net.eval().to(device)
-    return LoadedModel(net=net, card=card, model_id=model_id_of(path), path=path)
+    return LoadedModel(net=net, card=card, model_id=model_id_of(path), path=path,
+                       created_at=_created_at(payload.get("created_at")))

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
-from pam.detect.checkpoint import load_checkpoint
-from pam.store.store import write_parquet_atomic
+from pam.detect.checkpoint import LoadedModel, bundled_model_path, load_checkpoint, model_id_of
+from pam.store.store import Store, write_parquet_atomic
 
 
 def models_dir(store: str | os.PathLike) -> Path:
@@ -36,23 +36,49 @@ def register(store: str | os.PathLike, model_path: str | os.PathLike, *, config:
     model = load_checkpoint(model_path)
     card = model.card
     row = {
-        "model_id": model.model_id,
-        "name": card.name,
-        "path": str(Path(model_path).resolve()),
-        "classes_json": json.dumps(card.classes),
-        "sample_rate": int(card.sample_rate),
-        "window_s": float(card.window_s),
-        "thresholds_json": json.dumps(card.thresholds, sort_keys=True),
+        **card_row(model),
         "metrics_json": json.dumps(metrics if metrics is not None else card.metrics, sort_keys=True, default=str),
         "config_json": json.dumps(config if config is not None else card.training.get("config", {}),
                                   sort_keys=True, default=str),
         "data_fingerprint": data_fingerprint or card.training.get("data_fingerprint"),
-        "parent_id": card.parent_id,
         "registered_at": datetime.now(timezone.utc),
     }
     table = pa.Table.from_pylist([row], schema=schemas.with_version("models"))
     write_parquet_atomic(table, models_dir(store) / f"model-{model.model_id}.parquet")
     return row
+
+
+def card_row(model: LoadedModel) -> dict:
+    """A registry row's columns as the checkpoint's card gives them (``registered_at`` left None):
+    how ``pam models`` describes a model that detections used but nobody registered."""
+    card = model.card
+    return {
+        "model_id": model.model_id,
+        "name": card.name,
+        "path": str(Path(model.path).resolve()),
+        "classes_json": json.dumps(card.classes),
+        "sample_rate": int(card.sample_rate),
+        "window_s": float(card.window_s),
+        "thresholds_json": json.dumps(card.thresholds, sort_keys=True),
+        "metrics_json": json.dumps(card.metrics, sort_keys=True, default=str),
+        "config_json": json.dumps(card.training.get("config", {}), sort_keys=True, default=str),
+        "data_fingerprint": card.training.get("data_fingerprint"),
+        "parent_id": card.parent_id,
+        "registered_at": None,
+    }
+
+
+def used_model_ids(store: str | os.PathLike) -> set[str]:
+    """The models the store's detection runs used (registered or not)."""
+    runs = Store(store).read_runs()
+    return {m for m in runs["model_id"].dropna() if isinstance(m, str)}
+
+
+def bundled_if(model_id: str) -> LoadedModel | None:
+    """The bundled model when ``model_id`` is its id (detections made without --model), else None."""
+    if model_id != model_id_of(bundled_model_path()):
+        return None
+    return load_checkpoint(None)
 
 
 def read_models(store: str | os.PathLike) -> pd.DataFrame:

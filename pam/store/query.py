@@ -12,6 +12,7 @@ exact time) that Parquet row-group statistics can skip on.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -234,7 +235,30 @@ def run_sql(store: Store, sql: str) -> pd.DataFrame:
     con = sql_connection(store)
     try:
         return con.execute(sql).fetch_df()
+    except duckdb.CatalogException as exc:
+        raise QueryError(_catalog_message(con, str(exc))) from None
     except duckdb.Error as exc:
         raise QueryError(f"SQL error: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
+
+
+MISSING_TABLE = re.compile(r"Table with name (?P<name>\S+) does not exist")
+
+
+def store_tables(con) -> list[str]:
+    """The views ``sql_connection`` made, by name (DuckDB's own catalog tables left out)."""
+    rows = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary").fetchall()
+    return sorted(name for (name,) in rows if not name.startswith("_"))
+
+
+def _catalog_message(con, error: str) -> str:
+    """A missing table names the store's tables and the nearest one (not DuckDB's system tables)."""
+    first = error.splitlines()[0]
+    m = MISSING_TABLE.search(first)
+    if not m:
+        return f"SQL error: {first}"
+    tables = store_tables(con)
+    near = difflib.get_close_matches(m["name"], tables, n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return f"SQL error: no table {m['name']}{hint}; the store's tables: {', '.join(tables)}"

@@ -153,8 +153,8 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def to_markdown(report: pd.DataFrame, title: str | None = None) -> str:
-    """A readable table of a report (one line per class, the macro means last)."""
+def to_markdown(report: pd.DataFrame, title: str | None = None, notes: list[str] | None = None) -> str:
+    """A readable table of a report (one line per class, the macro means last), then ``notes``."""
     target = report["target_precision"].iloc[0] if len(report) else 0.9
     cols = [("class", "class"), ("items", "items"), ("positives", "positives"), ("ap", "AP"),
             ("roc_auc", "ROC-AUC"), ("recall_at_target", f"recall at P {target:g}"), ("threshold", "threshold"),
@@ -166,17 +166,18 @@ def to_markdown(report: pd.DataFrame, title: str | None = None) -> str:
         if r["class"] == "macro":
             cells = [f"**{c}**" if c != "–" else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"> {n}" for n in notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
 def write_report(report: pd.DataFrame, out_dir: str | os.PathLike, name: str, title: str | None = None,
-                 items: pd.DataFrame | None = None) -> dict[str, str]:
+                 items: pd.DataFrame | None = None, notes: list[str] | None = None) -> dict[str, str]:
     """``<name>.parquet``, ``<name>.md`` (and ``<name>-items.parquet``, the scores) under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"parquet": str(out / f"{name}.parquet"), "markdown": str(out / f"{name}.md")}
     report.to_parquet(paths["parquet"], index=False)
-    Path(paths["markdown"]).write_text(to_markdown(report, title))
+    Path(paths["markdown"]).write_text(to_markdown(report, title, notes))
     if items is not None:
         paths["items"] = str(out / f"{name}-items.parquet")
         items.to_parquet(paths["items"], index=False)

@@ -15,6 +15,7 @@ Stages pass the run folder, never arrays, so any stage can be rerun alone. The r
     calibration.json        each class's threshold and how it was chosen
     evaluation/             val / test reports (.parquet, .md, per-clip scores), report.md
     model.pt                the final model: weights, calibrated thresholds, metrics, provenance
+                            (its card lists every clip of the split, by content: pam.train.seen)
 
 Rerunning a config resumes in the same folder: the split is read back, training continues
 after the last finished epoch, and the later stages are redone (they are cheap).
@@ -51,6 +52,7 @@ from pam.train.curves import plot_learning_curve
 from pam.train.evaluate import evaluate_clip_set, macro_ap, write_report, to_markdown
 from pam.train.fit import FitConfig, fit, resolve_device
 from pam.train.labels import background_files, load_sources
+from pam.train.seen import CLIPS_KEY, clip_record
 from pam.train.split import SPLITS, assign_splits
 
 SPLIT_COLUMNS = ["path", "start_s", "end_s", "labels", "site", "recording", "split"]
@@ -324,8 +326,10 @@ def train_model(run_dir: str | os.PathLike, progress: bool = True, log: Log = pr
     history.to_parquet(run_dir / "history.parquet", index=False)
     plot_learning_curve(history, run_dir / "learning_curve.png", result.best_epoch,
                         title=f"{card.name}: kept epoch {result.best_epoch} of {len(history)}")
+    clips, splits = read_split(run_dir)
     card.training = {
         "config": conf.plain(), "data": info, "data_fingerprint": info["data_fingerprint"],
+        CLIPS_KEY: clip_record(clips, splits),
         "fit": cfg.to_dict() | {"progress": None}, "best_epoch": result.best_epoch, "epochs_run": len(history),
         "stopped_early": result.stopped_early, "history": history.round(5).to_dict(orient="list"),
         "backgrounds_s": round(sum(len(b) for b in backgrounds) / card.sample_rate, 1),
