@@ -170,11 +170,6 @@ class _Forward:
         return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sigmoid scores; on CUDA out-of-memory, halve the batch and go on."""
-    return _Forward(net, device)(x)
-
-
 SEQ_SPAN = 100_000  # commit numbers per shard: shard k commits as k * SEQ_SPAN, k * SEQ_SPAN + 1, ...
 
 
