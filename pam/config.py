@@ -124,16 +124,17 @@ class DetectConfig(_Strict):
 
 
 def _valid_cron(expr: str) -> str:
-    """Validate with the cron parser Prefect itself uses, so that serve never rejects it later."""
+    """Validate with the schedule class ``pam serve`` uses, so that serve never rejects it later."""
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"cron {expr!r} needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
+    from prefect.schedules import Cron  # what pam serve schedules with (nightly_deployment)
+
     try:
-        from prefect._vendor.croniter import croniter
-    except ImportError:  # pragma: no cover - Prefect moved its vendored parser
-        return expr
-    if not croniter.is_valid(expr) or any(f.lower() in ("r", "h") for f in fields):
-        raise ValueError(f"cron {expr!r} is not a valid cron expression, e.g. '0 2 * * *' for 02:00 every day")
+        Cron(expr)
+    except ValueError:
+        example = "e.g. '0 2 * * *' for 02:00 every day"
+        raise ValueError(f"cron {expr!r} is not a valid cron expression, {example}") from None
     return expr
 
 

@@ -78,3 +78,12 @@ def test_local_timezone_is_an_iana_name(monkeypatch):
     assert local_timezone() == "Europe/Berlin"
     monkeypatch.setenv("TZ", "not a zone")
     ZoneInfo(local_timezone())  # falls back to the system's zone or UTC, always valid
+
+
+def test_next_runs_start_after_the_given_time_and_move_a_skipped_time_past_the_gap(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("schedule: {cron: '30 2 * * *', timezone: America/New_York, dumps: [/x], store: /y}\n")
+    zone = ZoneInfo("America/New_York")
+    runs = next_runs(load_config(p), 2, after=datetime(2024, 3, 9, 2, 30, tzinfo=zone))  # itself a run time
+    # 2024-03-10 02:30 does not exist in New York (clocks jump 02:00 -> 03:00); Prefect runs it at 03:30 EDT
+    assert [r.isoformat() for r in runs] == ["2024-03-10T03:30:00-04:00", "2024-03-11T02:30:00-04:00"]

@@ -10,8 +10,9 @@ import torch
 
 from pam.detect.model import Architecture, ModelCard, SpectrogramSettings
 from pam.train.clips import ClipSet
-from pam.train.fit import FitConfig, ResumeError, _draws, clip_windows, fit, score_clips
+from pam.train.fit import FitConfig, _draws, clip_windows, fit, score_clips
 from pam.train.metrics import average_precision
+from pam.train.training_state import ResumeError
 from pam.detect.windows import window_grid
 
 RATE = 8000

@@ -12,7 +12,7 @@ import torch
 
 from pam.detect.checkpoint import load_checkpoint
 from pam.config import ConfigError, DetectConfig
-from pam.detect.detection import DetectSettings
+from pam.detect.settings import DetectSettings
 from pam.detect.registry import read_models
 from pam.train.config import load_train_config
 from pam.train.run import RunError, prepare_data, read_split, run_training, train_model

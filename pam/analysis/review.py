@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import soundfile as sf
 
 import pam.store.schemas as schemas

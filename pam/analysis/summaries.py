@@ -387,7 +387,3 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
                          "done_files": done_now})
     return SummaryResult(tables, store.summaries_dir, full, recounted, len(new_flushes), notes, counting)
 
-
-def write_daily_counts(store: Store, config: PamConfig | None = None) -> pd.DataFrame:
-    """Bring all summaries up to date and return the daily counts (kept for older callers)."""
-    return summarize(store, config).tables["daily_counts"]

@@ -22,8 +22,8 @@ def _errors() -> tuple[type[BaseException], ...]:
     from pam.detect.checkpoint import ModelError
     from pam.ops.prefect_server import PrefectServerError
     from pam.train.clips import ClipTableError
-    from pam.train.fit import ResumeError
     from pam.train.run import RunError
+    from pam.train.training_state import ResumeError
 
     return (ConfigError, ModelError, ClipTableError, RunError, ResumeError, ValueError, FileNotFoundError,
             PrefectServerError)

@@ -16,24 +16,22 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
 from pam import __version__
-
-import pam.store.schemas as schemas
+from pam.config import ConfigError, DetectConfig, RetriesConfig
 from pam.detect.checkpoint import LoadedModel
-from pam.config import ConfigError, DetectConfig, RetriesConfig, settings_hash
 from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
+from pam.detect.detection_rows import PendingDetections, build_flush, optional_text
+from pam.detect.settings import DetectSettings
 from pam.io.manifest import check_store_outside
-from pam.store.store import Flush, Store, new_run_id
-from pam.detect.windows import window_count
+from pam.store.store import Store, new_run_id
 
 log = logging.getLogger("pam.detect.detection")
 
@@ -61,42 +59,6 @@ def default_workers(device: torch.device | str = "cpu") -> int:
     return min(4, cores // 8)
 
 
-@dataclass(frozen=True)
-class DetectSettings:
-    """What decides the detections of a (recording, model) pair; hashed into the work key."""
-
-    window_s: float
-    hop_s: float
-    channel: int | None
-    thresholds: dict[str, float]
-
-    @classmethod
-    def from_config(cls, conf: DetectConfig, model: LoadedModel) -> "DetectSettings":
-        card = model.card
-        window_s = conf.window_s if conf.window_s is not None else card.window_s
-        if abs(window_s - card.window_s) > 1e-9:
-            raise ConfigError(
-                f"detect.window_s is {window_s} s but model {card.name} ({model.model_id}) "
-                f"was trained on {card.window_s} s windows; leave window_s unset to use the model's"
-            )
-        unknown = set(conf.thresholds) - set(card.classes)
-        if unknown:
-            raise ConfigError(f"detect.thresholds: {sorted(unknown)} not among the model's classes {card.classes}")
-        vec = card.threshold_vector(conf.thresholds, conf.min_score)
-        return cls(
-            window_s=window_s,
-            hop_s=conf.hop_s,
-            channel=None if conf.channel == "mix" else int(conf.channel),
-            thresholds={c: float(t) for c, t in zip(card.classes, vec.tolist())},
-        )
-
-    def key(self) -> str:
-        return settings_hash({
-            "window_s": self.window_s, "hop_s": self.hop_s, "channel": self.channel,
-            "thresholds": self.thresholds, "schema": schemas.DETECTIONS_VERSION,
-        })
-
-
 @dataclass
 class DetectionReport:
     run_id: str
@@ -121,18 +83,6 @@ class DetectionReport:
     def speed(self) -> float:
         """Seconds of audio per wall-clock second."""
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
-
-
-class _Pending:
-    """Detections of one recording, gathered batch by batch until its last window."""
-
-    __slots__ = ("starts", "classes", "scores", "windows")
-
-    def __init__(self) -> None:
-        self.starts: list[np.ndarray] = []
-        self.classes: list[np.ndarray] = []
-        self.scores: list[np.ndarray] = []
-        self.windows = 0
 
 
 class _Forward:
@@ -170,11 +120,6 @@ class _Forward:
                 self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
                                  size, self.limit)
         return out[0] if len(out) == 1 else torch.cat(out)
-
-
-def _forward(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sigmoid scores; on CUDA out-of-memory, halve the batch and go on."""
-    return _Forward(net, device)(x)
 
 
 SEQ_SPAN = 100_000  # commit numbers per shard: shard k commits as k * SEQ_SPAN, k * SEQ_SPAN + 1, ...
@@ -318,177 +263,171 @@ def detect_recordings(
     fails with a transient error (I/O) is tried again ``retries.count`` times, ``retries.delay_s``
     apart, after the others; then it is reported failed with its reason.
     """
-    logger = logger or log
-    retries = retries or RetriesConfig()
-    device = device or resolve_device(conf.device)
-    key = settings.key()
-    report = DetectionReport(run_id, model.model_id, key)
-    todo = todo.reset_index(drop=True)
-    net = model.net.to(device).eval()
-    card = model.card
-    forward = _Forward(net, device, logger)
-    thresholds = torch.tensor([settings.thresholds[c] for c in card.classes], device=device)
-    workers = conf.num_workers if conf.num_workers is not None else default_workers(device)
-    if workers and multiprocessing.current_process().daemon:
-        workers = 0  # a daemonic process (a Dask worker) may not start DataLoader workers
-
-    pending: dict[int, _Pending] = {}
-    ready: list[int] = []
-    seq = store.next_seq(run_id, seq_start, seq_end)
-    last_flush = time.monotonic()
-    # Counted in whole milliseconds per recording (so the bar never passes its total through float
-    # rounding) and shown in hours through unit_scale.
-    file_ms = {int(i): int(round(float(d) * 1000)) if d == d else 0 for i, d in todo["duration_s"].items()}
-    bar = tqdm(total=sum(file_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="audio", disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
-    shown: dict[int, int] = {}
-
-    def flush() -> None:
-        nonlocal seq, ready, last_flush
-        if not ready:
-            return
-        if seq >= seq_end:
-            raise RuntimeError(f"run {run_id} used up its commit numbers {seq_start}-{seq_end - 1}; "
-                               "raise detect.flush_every")
-        result = store.commit(run_id, seq, _build_flush(todo, ready, pending, card.classes, settings,
-                                                        model.model_id, key, run_id),
-                              replace=force, lock_timeout_s=conf.lock_timeout_s)
-        committed = result.done
-        if result.superseded:
-            logger.warning("%d earlier result(s) of this model replaced: the same recording under other detection "
-                           "settings, or a file rewritten since it was analysed", result.superseded)
-        report.recordings_done += committed.num_rows
-        report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
-        report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)
-        for i in ready:
-            pending.pop(i, None)
-        ready = []
-        seq += 1
-        last_flush = time.monotonic()
-
-    attempts = [0] * len(todo)
-    queue = []
-    for i, (rate, frames) in enumerate(zip(todo["sample_rate"], todo["frames"])):
-        if pd.isna(rate) or pd.isna(frames) or int(rate) <= 0 or int(frames) <= 0:
-            report.failures.append({"path": str(todo.at[i, "path"]), "stage": "detect", "status": "failed",
-                                    "reason": "the manifest has no sample rate or length for it; rescan the dump",
-                                    "site": _text(todo.at[i, "site"]), "attempts": 0})
-        else:
-            queue.append(i)
+    run = _DetectionRun(store, todo, model, settings, conf, run_id=run_id, force=force,
+                        retries=retries or RetriesConfig(), seq_range=(seq_start, seq_end),
+                        device=device or resolve_device(conf.device), progress=progress, logger=logger or log)
+    queue = run.recordings_to_read()
     with torch.inference_mode():
         while queue:
-            again: list[int] = []
-            for i in queue:
-                attempts[i] += 1
-            tasks = [RecordingTask(i, str(todo.at[i, "path"]), int(todo.at[i, "sample_rate"]),
-                                   int(todo.at[i, "frames"])) for i in queue]
-            dataset = WindowBatches(tasks, card.sample_rate, settings.window_s, settings.hop_s,
-                                    conf.batch_size, settings.channel)
-            loader = make_loader(dataset, num_workers=min(workers, len(tasks)), pin_memory=device.type == "cuda")
-            for batch in loader:
-                audio = batch["audio"]
-                if audio.shape[0]:
-                    x = audio.to(device, non_blocking=True)
-                    scores = forward(x)
-                    hit_rows, hit_cls = torch.nonzero(scores >= thresholds, as_tuple=True)
-                    hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
-                    hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
-                    rec = batch["rec"].numpy()
-                    start = batch["start"].numpy()
-                    for i in np.unique(rec):
-                        p = pending.setdefault(int(i), _Pending())
-                        p.windows += int((rec == i).sum())
-                        sel = rec[hit_rows] == i
-                        if sel.any():
-                            p.starts.append(start[hit_rows[sel]])
-                            p.classes.append(hit_cls[sel])
-                            p.scores.append(hit_scores[sel])
-                        now_ms = min(file_ms[int(i)], int(p.windows * settings.hop_s * 1000))
-                        bar.update(now_ms - shown.get(int(i), 0))
-                        shown[int(i)] = now_ms
-                for i in batch["finished"]:
-                    pending.setdefault(int(i), _Pending())
-                    ready.append(int(i))
-                    bar.update(file_ms[int(i)] - shown.get(int(i), 0))
-                    shown[int(i)] = file_ms[int(i)]
-                for i, reason, transient in batch["errors"]:
-                    i = int(i)
-                    pending.pop(i, None)
-                    bar.update(-shown.pop(i, 0))
-                    path = str(todo.at[i, "path"])
-                    if transient and attempts[i] <= retries.count:
-                        again.append(i)
-                        logger.warning("%s: %s; will retry (attempt %d of %d)", path, reason, attempts[i],
-                                       retries.count + 1)
-                        continue
-                    tries = f" (after {attempts[i]} attempts)" if attempts[i] > 1 else ""
-                    report.failures.append({"path": path, "stage": "detect", "status": "failed",
-                                            "reason": reason + tries, "site": _text(todo.at[i, "site"]),
-                                            "attempts": attempts[i]})
-                    logger.warning("%s: %s%s", path, reason, tries)
-                if len(ready) >= conf.flush_every or (ready and time.monotonic() - last_flush > 60):
-                    flush()
-            flush()
-            if again and retries.delay_s:
-                time.sleep(retries.delay_s)
+            again = run.detect_pass(queue)
+            run.flush()
+            if again and run.retries.delay_s:
+                time.sleep(run.retries.delay_s)
             queue = again
-    bar.close()
-    return report
+    run.bar.close()
+    return run.report
 
 
-def _text(value: object) -> str | None:
-    """Missing strings come back from pandas as None, NaN or <NA>; Arrow wants None."""
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+class _AudioBar:
+    """Progress in hours of audio: a recording advances with its scored windows, jumps to its
+    length when it is finished, and is taken off again when it fails.
+
+    Counted in whole milliseconds per recording (so the bar never passes its total through
+    float rounding) and shown in hours through unit_scale.
+    """
+
+    def __init__(self, durations: pd.Series, progress: bool):
+        self.file_ms = {int(i): int(round(float(d) * 1000)) if d == d else 0 for i, d in durations.items()}
+        self.shown: dict[int, int] = {}
+        self.bar = tqdm(total=sum(self.file_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="audio",
+                        disable=not progress,
+                        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
+
+    def _show(self, i: int, ms: int) -> None:
+        self.bar.update(ms - self.shown.get(i, 0))
+        self.shown[i] = ms
+
+    def scored(self, i: int, windows: int, hop_s: float) -> None:
+        self._show(i, min(self.file_ms[i], int(windows * hop_s * 1000)))
+
+    def finished(self, i: int) -> None:
+        self._show(i, self.file_ms[i])
+
+    def failed(self, i: int) -> None:
+        self.bar.update(-self.shown.pop(i, 0))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, _Pending], classes: list[str],
-                 settings: DetectSettings, model_id: str, key: str, run_id: str) -> Flush:
-    now = datetime.now(timezone.utc)
-    det_cols: dict[str, list] = {name: [] for name in schemas.DETECTIONS.names + ["site", "date"]}
-    done_rows = []
-    labels = np.array(classes, dtype=object)
-    for i in ready:
-        r = todo.iloc[i]
-        p = pending.get(i) or _Pending()
-        sr = int(r["sample_rate"])
-        frames = int(r["frames"])
-        win = round(settings.window_s * sr)
-        n = sum(len(s) for s in p.starts)
-        if n:
-            starts = np.concatenate(p.starts)
-            cls = np.concatenate(p.classes)
-            scores = np.concatenate(p.scores)
-            order = np.lexsort((cls, starts))
-            starts, cls, scores = starts[order], cls[order], scores[order]
-            start_s = starts / sr
-            end_s = np.minimum(starts + win, frames) / sr
-            t0 = r["start_time"]
-            if t0 is not None and not pd.isna(t0):
-                base = pd.Timestamp(t0).to_pydatetime()
-                times = [base + timedelta(seconds=float(s)) for s in start_s]
-                dates = [t.strftime("%Y-%m-%d") for t in times]
+class _DetectionRun:
+    """One ``detect_recordings`` call: the model on its device, each recording's attempts, the
+    detections of recordings still being scored (``pending``), the finished ones not yet
+    committed (``ready``), the next commit number, the progress bar and the report."""
+
+    def __init__(self, store: Store, todo: pd.DataFrame, model: LoadedModel, settings: DetectSettings,
+                 conf: DetectConfig, *, run_id: str, force: bool, retries: RetriesConfig, seq_range: tuple[int, int],
+                 device: torch.device, progress: bool, logger: logging.Logger | logging.LoggerAdapter):
+        self.store, self.model, self.settings, self.conf = store, model, settings, conf
+        self.run_id, self.force, self.retries, self.device, self.logger = run_id, force, retries, device, logger
+        self.key = settings.key()
+        self.report = DetectionReport(run_id, model.model_id, self.key)
+        self.todo = todo.reset_index(drop=True)
+        self.forward = _Forward(model.net.to(device).eval(), device, logger)
+        self.thresholds = torch.tensor([settings.thresholds[c] for c in model.card.classes], device=device)
+        workers = conf.num_workers if conf.num_workers is not None else default_workers(device)
+        if workers and multiprocessing.current_process().daemon:
+            workers = 0  # a daemonic process (a Dask worker) may not start DataLoader workers
+        self.workers = workers
+        self.pending: dict[int, PendingDetections] = {}
+        self.ready: list[int] = []
+        self.seq_start, self.seq_end = seq_range
+        self.seq = store.next_seq(run_id, self.seq_start, self.seq_end)
+        self.last_flush = time.monotonic()
+        self.bar = _AudioBar(self.todo["duration_s"], progress)
+        self.attempts = [0] * len(self.todo)
+
+    def recordings_to_read(self) -> list[int]:
+        """The recordings that can be read; those the manifest gives no rate or length are reported failed."""
+        queue = []
+        for i, (rate, frames) in enumerate(zip(self.todo["sample_rate"], self.todo["frames"])):
+            if pd.isna(rate) or pd.isna(frames) or int(rate) <= 0 or int(frames) <= 0:
+                self.report.failures.append({
+                    "path": str(self.todo.at[i, "path"]), "stage": "detect", "status": "failed",
+                    "reason": "the manifest has no sample rate or length for it; rescan the dump",
+                    "site": optional_text(self.todo.at[i, "site"]), "attempts": 0})
             else:
-                times = [None] * n
-                dates = [None] * n
-            det_cols["recording_id"] += [r["recording_id"]] * n
-            det_cols["path"] += [str(r["path"])] * n
-            det_cols["device"] += [_text(r["device"])] * n
-            det_cols["start_sample"] += starts.tolist()
-            det_cols["start_s"] += start_s.tolist()
-            det_cols["end_s"] += end_s.tolist()
-            det_cols["start_time"] += times
-            det_cols["label"] += labels[cls].tolist()
-            det_cols["score"] += scores.astype(np.float32).tolist()
-            det_cols["model_id"] += [model_id] * n
-            det_cols["settings_hash"] += [key] * n
-            det_cols["run_id"] += [run_id] * n
-            det_cols["site"] += [_text(r["site"])] * n
-            det_cols["date"] += dates
-        done_rows.append({
-            "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
-            "run_id": run_id, "site": _text(r["site"]), "path": str(r["path"]),
-            "windows": window_count(frames, sr, settings.window_s, settings.hop_s),
-            "audio_s": frames / sr, "detections": n, "committed_at": now,
-        })
-    schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
-    return Flush(pa.table(det_cols, schema=schema), pa.Table.from_pylist(done_rows, schema=schemas.DONE))
+                queue.append(i)
+        return queue
+
+    def detect_pass(self, queue: list[int]) -> list[int]:
+        """Read and score the recordings of ``queue`` once, committing as they finish; the ones to try again."""
+        again: list[int] = []
+        for i in queue:
+            self.attempts[i] += 1
+        tasks = [RecordingTask(i, str(self.todo.at[i, "path"]), int(self.todo.at[i, "sample_rate"]),
+                               int(self.todo.at[i, "frames"])) for i in queue]
+        settings = self.settings
+        dataset = WindowBatches(tasks, self.model.card.sample_rate, settings.window_s, settings.hop_s,
+                                self.conf.batch_size, settings.channel)
+        loader = make_loader(dataset, num_workers=min(self.workers, len(tasks)), pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            if batch["audio"].shape[0]:
+                self.score_batch(batch)
+            for i in batch["finished"]:
+                self.pending.setdefault(int(i), PendingDetections())
+                self.ready.append(int(i))
+                self.bar.finished(int(i))
+            for i, reason, transient in batch["errors"]:
+                self.bar.failed(int(i))
+                if self.failed(int(i), reason, transient):
+                    again.append(int(i))
+            if len(self.ready) >= self.conf.flush_every or (self.ready and time.monotonic() - self.last_flush > 60):
+                self.flush()
+        return again
+
+    def score_batch(self, batch: dict) -> None:
+        """Score a batch of windows and add the hits to their recordings' pending detections."""
+        scores = self.forward(batch["audio"].to(self.device, non_blocking=True))
+        hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds, as_tuple=True)
+        hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
+        hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+        rec = batch["rec"].numpy()
+        start = batch["start"].numpy()
+        for i in np.unique(rec):
+            p = self.pending.setdefault(int(i), PendingDetections())
+            p.windows += int((rec == i).sum())
+            sel = rec[hit_rows] == i
+            if sel.any():
+                p.starts.append(start[hit_rows[sel]])
+                p.classes.append(hit_cls[sel])
+                p.scores.append(hit_scores[sel])
+            self.bar.scored(int(i), p.windows, self.settings.hop_s)
+
+    def failed(self, i: int, reason: str, transient: bool) -> bool:
+        """Drop a recording that failed to read; True when it is to be tried again, else it is reported."""
+        self.pending.pop(i, None)
+        path = str(self.todo.at[i, "path"])
+        attempts = self.attempts[i]
+        if transient and attempts <= self.retries.count:
+            self.logger.warning("%s: %s; will retry (attempt %d of %d)", path, reason, attempts, self.retries.count + 1)
+            return True
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        self.report.failures.append({"path": path, "stage": "detect", "status": "failed", "reason": reason + tries,
+                                     "site": optional_text(self.todo.at[i, "site"]), "attempts": attempts})
+        self.logger.warning("%s: %s%s", path, reason, tries)
+        return False
+
+    def flush(self) -> None:
+        """Commit the finished recordings (detections and done rows) and count them into the report."""
+        if not self.ready:
+            return
+        if self.seq >= self.seq_end:
+            raise RuntimeError(f"run {self.run_id} used up its commit numbers {self.seq_start}-{self.seq_end - 1}; "
+                               "raise detect.flush_every")
+        rows = build_flush(self.todo, self.ready, self.pending, self.model.card.classes, self.settings,
+                            self.model.model_id, self.key, self.run_id)
+        result = self.store.commit(self.run_id, self.seq, rows, replace=self.force,
+                                   lock_timeout_s=self.conf.lock_timeout_s)
+        if result.superseded:
+            self.logger.warning("%d earlier result(s) of this model replaced: the same recording under other "
+                                "detection settings, or a file rewritten since it was analysed", result.superseded)
+        committed = result.done
+        self.report.recordings_done += committed.num_rows
+        self.report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
+        self.report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)
+        for i in self.ready:
+            self.pending.pop(i, None)
+        self.ready = []
+        self.seq += 1
+        self.last_flush = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pam.config import ConfigError, PamConfig, nested_path
+from pam.config import ConfigError, nested_path
 from pam.store import Store
 
 

@@ -120,7 +120,8 @@ def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:
     device exists, the window fits the model, and without Prefect the runner runs in this
     process (ConfigError). Imports torch: check the paths first, they answer at once."""
     from pam.detect.checkpoint import load_checkpoint
-    from pam.detect.detection import DetectSettings, resolve_device
+    from pam.detect.detection import resolve_device
+    from pam.detect.settings import DetectSettings
 
     if not prefect:
         require_in_process_runner(config)

@@ -11,9 +11,10 @@ GPU box) uses ``prefect.yaml`` instead; see docs/operations.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,13 +52,19 @@ def schedule_zone(conf: PamConfig) -> str:
 
 
 def next_runs(conf: PamConfig, n: int = 3, after: datetime | None = None) -> list[datetime]:
-    """The next ``n`` start times of the nightly schedule, in its time zone."""
-    from prefect._vendor.croniter import croniter
+    """The next ``n`` start times of the nightly schedule after ``after`` (default: now), in its time zone.
 
-    zone = ZoneInfo(schedule_zone(conf))
-    # On the wall clock, then placed in the zone: 02:30 stays 02:30 across a DST change.
-    it = croniter(conf.schedule.cron, (after or datetime.now(zone)).astimezone(zone).replace(tzinfo=None))
-    return [it.get_next(datetime).replace(tzinfo=zone) for _ in range(n)]
+    Computed by the Prefect server's own cron schedule, so they are the times the runs will
+    get: on the wall clock (02:30 stays 02:30 across a DST change); a wall time that the
+    clocks skip runs as much later as they jump (02:30 becomes 03:30 that night).
+    """
+    from prefect.server.schemas.schedules import CronSchedule
+
+    name = schedule_zone(conf)
+    zone = ZoneInfo(name)
+    start = (after or datetime.now(zone)) + timedelta(microseconds=1)  # get_dates returns times on or after start
+    dates = asyncio.run(CronSchedule(cron=conf.schedule.cron, timezone=name).get_dates(n=n, start=start))
+    return [datetime.fromtimestamp(d.timestamp(), zone) for d in dates]
 
 
 def load_for_serving(config_file: str | os.PathLike) -> PamConfig:

@@ -15,10 +15,9 @@ import json
 import math
 import os
 import time
-import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ from pam.detect.model import ModelCard, PamNet
 from pam.train import augment
 from pam.train.clips import ClipSet
 from pam.train.metrics import average_precision
+from pam.train.training_state import RandomGenerators, RunFolder, TrainingProgress
 from pam.detect.windows import window_grid
 
 
@@ -219,27 +219,226 @@ def _draws(targets: np.ndarray, repeats: int, balanced: bool, rng: np.random.Gen
     return rng.choice(n, size=repeats * n, replace=True, p=w / w.sum())
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _background_bank(config: FitConfig, backgrounds: ClipSet | list[np.ndarray] | None, length: int,
+                     device: torch.device) -> torch.Tensor | None:
+    """The overlay's background segments on the device, or None when the config overlays nothing."""
+    if config.overlay_p <= 0:
+        return None
+    bg = backgrounds.waves if isinstance(backgrounds, ClipSet) else backgrounds
+    if bg is None or not len(bg):
+        raise ValueError("overlay_p > 0 needs background clips")
+    return augment.background_bank(bg, length).to(device)
 
 
-def _state_fingerprint(card: ModelCard, config: FitConfig, train: ClipSet, val: ClipSet | None,
-                       start: dict | None) -> str:
-    """What a saved training state must agree with to be resumed."""
-    blob = json.dumps({
-        "config": config.fingerprint(), "classes": card.classes, "spectrogram": card.spectrogram.to_dict(),
-        "arch": card.arch.to_dict(), "window_s": card.window_s, "train": [len(train), float(train.targets.sum())],
-        "val": [len(val), float(val.targets.sum())] if val is not None else None,
-        "start": hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in start.values())).hexdigest()[:16]
-        if start else None,
-    }, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _lr_schedule(opt: torch.optim.Optimizer, config: FitConfig,
+                 total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+                                                   pct_start=config.warmup)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    raise ValueError(f"unknown schedule {config.schedule!r} (onecycle | cosine | constant)")
 
 
-class ResumeError(ValueError):
-    """A run folder holds a training state that does not belong to this run."""
+class _Trainer:
+    """One training run's moving parts (network, optimiser, schedule, moving average, random
+    generators) and the fixed inputs they work on: trains an epoch, scores validation."""
+
+    def __init__(self, card: ModelCard, config: FitConfig, train: ClipSet, net: PamNet | None,
+                 backgrounds: ClipSet | list[np.ndarray] | None):
+        self.card, self.config, self.train = card, config, train
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # before the network is built: its initial weights
+        self.net = (net or card.build()).to(self.device)
+        self.start_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.window = round(card.window_s * card.sample_rate)
+        self.bank = _background_bank(config, backgrounds, self.window, self.device)
+        self.generators = RandomGenerators.seeded(config.seed, self.device)
+        n_examples = config.repeats * len(train)
+        self.batch = min(config.batch_size, n_examples)
+        self.steps = max(1, n_examples // self.batch)  # full batches only: BatchNorm needs > 1
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = _lr_schedule(self.opt, config, config.epochs * self.steps)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.targets = torch.from_numpy(train.targets)
+        self.shift = round(config.shift_s * card.sample_rate)
+        self.ema = _Ema(self.net, config.ema_decay) if config.ema_decay > 0 else None
+
+    def state(self) -> dict:
+        """The entries of ``last.pt`` that ``restore`` reads back."""
+        ema = self.ema
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "ema": ema.state if ema is not None else None, "ema_steps": ema.steps if ema is not None else 0,
+                "rng": self.generators.state()}
+
+    def restore(self, saved: dict) -> None:
+        self.net.load_state_dict(saved["net"])
+        self.opt.load_state_dict(saved["opt"])
+        self.sched.load_state_dict(saved["sched"])
+        if self.ema is not None:
+            self.ema.state = {k: v.to(self.device) for k, v in saved["ema"].items()}
+            self.ema.steps = saved["ema_steps"]
+        self.generators.restore(saved["rng"])
+
+    def weights_on_cpu(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the epoch's draws; its history row, validation columns still NaN."""
+        config = self.config
+        self.net.train()
+        draws = _draws(self.train.targets, config.repeats, config.balanced, self.generators.order)
+        losses, outs, ys = [], [], []
+        inner = tqdm(range(self.steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                     disable=not config.progress or self.steps < 2)
+        for s in inner:
+            loss, out, y = self._train_step(draws[s * self.batch:(s + 1) * self.batch])
+            losses.append(loss)
+            outs.append(out)
+            ys.append(y)
+            inner.set_postfix(loss=f"{loss:.3f}")
+        inner.close()
+        return {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                "train_ap": _mean_ap((torch.cat(ys) > 0.5).float().numpy(), torch.cat(outs).numpy()),
+                "val_loss": math.nan, "val_ap": math.nan, "lr": self.opt.param_groups[0]["lr"]}
+
+    def _train_step(self, index: np.ndarray) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimiser step on the clips ``index``: its loss, logits and (augmented) targets."""
+        config = self.config
+        x = _crop_batch(self.train.waves, index, self.window, self.generators.crops).to(self.device, non_blocking=True)
+        y = self.targets[index].to(self.device)
+        x, y = augment.augment_batch(x, y, self.generators.augment, backgrounds=self.bank, overlay_p=config.overlay_p,
+                                     snr_db=tuple(config.snr_db), gain_db=tuple(config.gain_db),
+                                     mix_p=config.mix_p, shift=self.shift)
+        with _autocast(self.device):
+            out = self.net.classify(self._spectrogram(x))
+        loss = self.loss_fn(out.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
+        return float(loss.detach()), out.detach().float().cpu(), y.detach().cpu()
+
+    def _spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch's spectrograms, with SpecAugment stripes when the config asks for them."""
+        config = self.config
+        spec = self.net.frontend(x)
+        if config.spec_time_masks > 0 or config.spec_freq_masks > 0:
+            spec = augment.spec_augment(spec, self.generators.augment, time_masks=config.spec_time_masks,
+                                        time_width=config.spec_time_width, freq_masks=config.spec_freq_masks,
+                                        freq_width=config.spec_freq_width)
+        return spec
+
+    @contextmanager
+    def judged_weights(self) -> Iterator[None]:
+        """Inside: the network holds the weights that are validated and kept (the moving average
+        when there is one); after: the live weights that training goes on with."""
+        if self.ema is None:
+            yield
+            return
+        live = copy.deepcopy(self.net.state_dict())
+        self.net.load_state_dict(self.ema.state)
+        try:
+            yield
+        finally:
+            self.net.load_state_dict(live)
+
+    def validation_scores(self, val: ClipSet) -> tuple[float, float]:
+        """Validation BCE and mean AP of the network's current weights (clip scores as detection's)."""
+        logit = score_clips(self.net, val.waves, self.card.window_s, self.card.sample_rate, self.config.hop_s,
+                            self.device, logits=True)
+        loss = float(self.loss_fn(torch.from_numpy(logit), torch.from_numpy(val.targets)))
+        return loss, _mean_ap(val.targets, 1 / (1 + np.exp(-logit)))
+
+
+def _checked_validation(card: ModelCard, train: ClipSet, val: ClipSet | None, config: FitConfig) -> ClipSet | None:
+    """Check the inputs of ``fit``; the validation clips, None when there are none."""
+    if config.keep not in ("best", "last"):
+        raise ValueError(f"unknown keep {config.keep!r} (best | last)")
+    _check_set("training", train, card)
+    if val is not None:
+        _check_set("validation", val, card)
+        if len(val) == 0:
+            val = None
+    if len(train) < 2:
+        raise ValueError("need at least two training clips")
+    return val
+
+
+def _resume(trainer: _Trainer, folder: RunFolder | None) -> TrainingProgress:
+    """Restore the trainer from the run folder's last state; the progress it had made."""
+    saved = folder.load_last() if folder is not None else None
+    if saved is None:
+        return TrainingProgress()
+    trainer.restore(saved)
+    progress = TrainingProgress.from_saved(saved)
+    if progress.best_epoch:
+        progress.best_state = folder.load_best()
+    return progress
+
+
+def _run_epoch(trainer: _Trainer, progress: TrainingProgress, epoch: int, val: ClipSet | None,
+               folder: RunFolder | None) -> dict:
+    """Train one epoch, validate it and keep its weights when they are the best; its history row."""
+    config = trainer.config
+    t0 = time.perf_counter()
+    row = trainer.train_epoch(epoch)
+    with trainer.judged_weights():
+        if val is not None:
+            row["val_loss"], row["val_ap"] = trainer.validation_scores(val)
+            if config.keep == "best" and progress.count_epoch(epoch, row["val_loss"], config.min_epochs,
+                                                              config.min_delta):
+                progress.best_state = trainer.weights_on_cpu()
+                if folder is not None:
+                    folder.save_best(epoch, progress.best_loss, progress.best_state)
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _train_epochs(trainer: _Trainer, progress: TrainingProgress, val: ClipSet | None, folder: RunFolder | None,
+                  on_epoch: Callable[[dict], None] | None) -> None:
+    """The epochs not yet done, until the last or until early stopping; ``progress`` is updated
+    and, with a run folder, saved after each."""
+    config = trainer.config
+    first_epoch = len(progress.rows) + 1
+    done = progress.stopped or first_epoch > config.epochs
+    bar = tqdm(range(first_epoch, config.epochs + 1), desc="epochs", unit="epoch",
+               disable=not config.progress or done, leave=False, initial=first_epoch - 1, total=config.epochs)
+    for epoch in ([] if done else bar):
+        row = _run_epoch(trainer, progress, epoch, val, folder)
+        progress.rows.append(row)
+        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}", ap=f"{row['val_ap']:.3f}")
+        if config.keep == "best" and val is not None and progress.bad >= config.patience:
+            progress.stopped = True
+        if folder is not None:
+            folder.save_last(epoch, {**trainer.state(), **progress.saved()})
+        if on_epoch is not None:
+            on_epoch(dict(row))
+        if progress.stopped:
+            break
+    bar.close()
+
+
+def _result(trainer: _Trainer, progress: TrainingProgress, val: ClipSet | None, resumed_from: int) -> FitResult:
+    """The network with the kept weights loaded (the best epoch's, else the last or its moving average)."""
+    net = trainer.net
+    best_epoch, best_loss = progress.best_epoch, progress.best_loss
+    if progress.best_state is not None:
+        net.load_state_dict(progress.best_state)
+    else:
+        best_epoch = len(progress.rows)
+        if trainer.ema is not None:
+            net.load_state_dict(trainer.ema.state)
+        if val is not None and progress.rows:
+            best_loss = progress.rows[-1]["val_loss"]
+    net.eval()
+    history = pd.DataFrame(progress.rows, columns=HISTORY_COLUMNS)
+    return FitResult(net=net, history=history, best_epoch=best_epoch, best_val_loss=best_loss,
+                     stopped_early=progress.stopped, config=trainer.config, resumed_from=resumed_from)
 
 
 def fit(
@@ -269,180 +468,25 @@ def fit(
     ``on_epoch`` is called with each epoch's history row.
     """
     config = config or FitConfig()
-    if config.keep not in ("best", "last"):
-        raise ValueError(f"unknown keep {config.keep!r} (best | last)")
-    _check_set("training", train, card)
-    if val is not None:
-        _check_set("validation", val, card)
-        if len(val) == 0:
-            val = None
-    if len(train) < 2:
-        raise ValueError("need at least two training clips")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    net = (net or card.build()).to(device)
-    start_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    win = round(card.window_s * card.sample_rate)
-
-    bank = None
-    if config.overlay_p > 0:
-        bg = backgrounds.waves if isinstance(backgrounds, ClipSet) else backgrounds
-        if bg is None or not len(bg):
-            raise ValueError("overlay_p > 0 needs background clips")
-        bank = augment.background_bank(bg, win).to(device)
-
-    cpu_gen = torch.Generator().manual_seed(config.seed)
-    dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    order_rng = np.random.default_rng(config.seed)
-    n_examples = config.repeats * len(train)
-    batch = min(config.batch_size, n_examples)
-    steps = max(1, n_examples // batch)  # full batches only: BatchNorm needs > 1
-
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * steps
-    if config.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total,
-                                                    pct_start=config.warmup)
-    elif config.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    elif config.schedule == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r} (onecycle | cosine | constant)")
-    loss_fn = nn.BCEWithLogitsLoss()
-    targets = torch.from_numpy(train.targets)
-    shift = round(config.shift_s * card.sample_rate)
-    masking = config.spec_time_masks > 0 or config.spec_freq_masks > 0
-
-    ema = _Ema(net, config.ema_decay) if config.ema_decay > 0 else None
-    rows: list[dict] = []
-    best_loss, best_epoch, best_state, bad = math.inf, 0, None, 0
-    stopped = False
-    first_epoch = 1
-
-    state_dir = Path(state_dir) if state_dir is not None else None
-    fingerprint = _state_fingerprint(card, config, train, val, start_state)
+    val = _checked_validation(card, train, val, config)
+    trainer = _Trainer(card, config, train, net, backgrounds)
+    folder = None
     if state_dir is not None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        last_path = state_dir / "last.pt"
-        if last_path.is_file():
-            saved = torch.load(last_path, map_location="cpu", weights_only=False)
-            if saved.get("fingerprint") != fingerprint:
-                raise ResumeError(f"{last_path}: saved training state is from other data or settings; "
-                                  "use a new run folder (or start fresh) to train with these")
-            net.load_state_dict(saved["net"])
-            opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
-            if ema is not None:
-                ema.state = {k: v.to(device) for k, v in saved["ema"].items()}
-                ema.steps = saved["ema_steps"]
-            cpu_gen.set_state(saved["rng"]["cpu"])
-            dev_gen.set_state(saved["rng"]["dev"])
-            order_rng.bit_generator.state = saved["rng"]["order"]
-            torch.set_rng_state(saved["rng"]["torch"])
-            if device.type == "cuda" and saved["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
-            rows = list(saved["history"])
-            best_loss, best_epoch, bad, stopped = saved["best_loss"], saved["best_epoch"], saved["bad"], saved["stopped"]
-            if best_epoch and (state_dir / "best.pt").is_file():
-                best_state = torch.load(state_dir / "best.pt", map_location="cpu", weights_only=True)["state"]
-            first_epoch = len(rows) + 1
-    resumed_from = first_epoch - 1
+        folder = RunFolder(state_dir, state_fingerprint(card, config, train, val, trainer.start_state))
+    progress = _resume(trainer, folder)
+    resumed_from = len(progress.rows)
+    _train_epochs(trainer, progress, val, folder, on_epoch)
+    return _result(trainer, progress, val, resumed_from)
 
-    def save_state(epoch: int) -> None:
-        if state_dir is None:
-            return
-        _save_atomic({
-            "fingerprint": fingerprint, "epoch": epoch, "net": net.state_dict(), "opt": opt.state_dict(),
-            "sched": sched.state_dict(), "ema": ema.state if ema is not None else None,
-            "ema_steps": ema.steps if ema is not None else 0,
-            "rng": {"cpu": cpu_gen.get_state(), "dev": dev_gen.get_state(), "order": order_rng.bit_generator.state,
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "history": rows, "best_loss": best_loss, "best_epoch": best_epoch, "bad": bad, "stopped": stopped,
-        }, state_dir / "last.pt")
 
-    done = stopped or first_epoch > config.epochs
-    bar = tqdm(range(first_epoch, config.epochs + 1), desc="epochs", unit="epoch",
-               disable=not config.progress or done, leave=False, initial=first_epoch - 1, total=config.epochs)
-    for epoch in ([] if done else bar):
-        t0 = time.perf_counter()
-        net.train()
-        draws = _draws(train.targets, config.repeats, config.balanced, order_rng)
-        losses, outs, ys = [], [], []
-        inner = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                     disable=not config.progress or steps < 2)
-        for s in inner:
-            idx = draws[s * batch:(s + 1) * batch]
-            x = _crop_batch(train.waves, idx, win, cpu_gen).to(device, non_blocking=True)
-            y = targets[idx].to(device)
-            x, y = augment.augment_batch(x, y, dev_gen, backgrounds=bank, overlay_p=config.overlay_p,
-                                         snr_db=tuple(config.snr_db), gain_db=tuple(config.gain_db),
-                                         mix_p=config.mix_p, shift=shift)
-            with _autocast(device):
-                spec = net.frontend(x)
-                if masking:
-                    spec = augment.spec_augment(spec, dev_gen, time_masks=config.spec_time_masks,
-                                                time_width=config.spec_time_width,
-                                                freq_masks=config.spec_freq_masks,
-                                                freq_width=config.spec_freq_width)
-                out = net.classify(spec)
-            loss = loss_fn(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(net)
-            losses.append(float(loss.detach()))
-            outs.append(out.detach().float().cpu())
-            ys.append(y.detach().cpu())
-            inner.set_postfix(loss=f"{losses[-1]:.3f}")
-        inner.close()
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-               "train_ap": _mean_ap((torch.cat(ys) > 0.5).float().numpy(), torch.cat(outs).numpy()),
-               "val_loss": math.nan, "val_ap": math.nan, "lr": opt.param_groups[0]["lr"]}
-        live = None
-        if ema is not None:  # judge (and keep) the averaged weights; train on with the live ones
-            live = copy.deepcopy(net.state_dict())
-            net.load_state_dict(ema.state)
-        if val is not None:
-            logit = score_clips(net, val.waves, card.window_s, card.sample_rate, config.hop_s, device, logits=True)
-            row["val_loss"] = float(loss_fn(torch.from_numpy(logit), torch.from_numpy(val.targets)))
-            row["val_ap"] = _mean_ap(val.targets, 1 / (1 + np.exp(-logit)))
-            if config.keep == "best":
-                if epoch < config.min_epochs:
-                    pass
-                elif row["val_loss"] < best_loss - config.min_delta:
-                    best_loss, best_epoch, bad = row["val_loss"], epoch, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                    if state_dir is not None:
-                        _save_atomic({"epoch": epoch, "val_loss": best_loss, "state": best_state},
-                                     state_dir / "best.pt")
-                else:
-                    bad += 1
-        if live is not None:
-            net.load_state_dict(live)
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}", ap=f"{row['val_ap']:.3f}")
-        if config.keep == "best" and val is not None and bad >= config.patience:
-            stopped = True
-        save_state(epoch)
-        if on_epoch is not None:
-            on_epoch(dict(row))
-        if stopped:
-            break
-    bar.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    else:
-        best_epoch = len(rows)
-        if ema is not None:
-            net.load_state_dict(ema.state)
-        if val is not None and rows:
-            best_loss = rows[-1]["val_loss"]
-    net.eval()
-    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
-    return FitResult(net=net, history=history, best_epoch=best_epoch, best_val_loss=best_loss,
-                     stopped_early=stopped, config=config, resumed_from=resumed_from)
+def state_fingerprint(card: ModelCard, config: FitConfig, train: ClipSet, val: ClipSet | None,
+                      start: dict | None) -> str:
+    """What a saved training state must agree with to be resumed."""
+    blob = json.dumps({
+        "config": config.fingerprint(), "classes": card.classes, "spectrogram": card.spectrogram.to_dict(),
+        "arch": card.arch.to_dict(), "window_s": card.window_s, "train": [len(train), float(train.targets.sum())],
+        "val": [len(val), float(val.targets.sum())] if val is not None else None,
+        "start": hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in start.values())).hexdigest()[:16]
+        if start else None,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
