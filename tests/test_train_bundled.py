@@ -44,6 +44,9 @@ def test_bundled_script_writes_a_loadable_checkpoint_with_cross_site_numbers(tmp
 def test_shipped_bobwhite_model_card() -> None:
     import json
 
+    from pam.detect.checkpoint import model_id_of
+    from pam.train.clip_sidecar import read_sidecar, sidecar_path
+
     path = bundled_model_path()
     if not path.is_file():
         pytest.skip("the bundled model has not been built in this checkout")
@@ -55,7 +58,13 @@ def test_shipped_bobwhite_model_card() -> None:
     for per in card.metrics["cross_site"].values():
         assert set(per) == {"overlay", "no_overlay"}
     assert "doi:10.1002/rse2.294" in json.dumps(card.training)  # the data's credit travels with the model
-    split = card.training["clips"]["split"]  # every clip it was trained and validated on, for pam evaluate
+    # The id every store's detections carry: the checkpoint's bytes never change once shipped.
+    assert model_id_of(path) == "f8cb50bfb2e8dddf"
+    # Every clip it was trained and validated on, for pam evaluate: in a small sidecar beside it, tied
+    # to that id (writing the list onto the card would have changed the id).
+    sidecar = sidecar_path(path)
+    assert sidecar.is_file() and sidecar.stat().st_size < 20_000 and "clips" not in card.training
+    split = read_sidecar(path, "f8cb50bfb2e8dddf")["split"]
     assert {s: split.count(s) for s in ("train", "val", "test")} == card.training["data"]["per_split"]
 
 

@@ -140,6 +140,34 @@ def test_evaluate_says_which_clips_the_model_was_trained_on(tmp_path: Path) -> N
     assert quiet.exit_code == 0 and "training data" not in quiet.output and "warning" not in quiet.output
 
 
+def test_evaluate_reads_the_clip_list_from_a_sidecar_of_the_same_model_only(tmp_path: Path) -> None:
+    from pam.detect.checkpoint import model_id_of
+    from pam.train.clip_sidecar import sidecar_path
+
+    table, clips = _clip_table(tmp_path)
+    metrics = {"val": {"macro": {"ap": 0.5}}}
+    model = model_listing_clips(tmp_path / "m.pt", clips[:3], ["train", "val", "test"], metrics, in_sidecar=True)
+    assert "clips" not in load_checkpoint(model).card.training and sidecar_path(model) == tmp_path / "m.clips.json"
+    result = CliRunner().invoke(app, ["evaluate", str(table), "--model", str(model)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert ("warning: 2 of 8 clips were in listed's own training data (1 training, 1 validation clips), so these "
+            "figures are not held-out; its card's held-out figure: validation macro AP 0.500 on 1 clip") \
+        in result.output.splitlines()
+    # the checkpoint replaced by another model: the sidecar names the old id and is refused, evaluation goes on
+    old_id = model_id_of(model)
+    other = model_listing_clips(tmp_path / "other.pt", clips[:3], ["train", "val", "test"],
+                                {"val": {"macro": {"ap": 0.25}}}, in_sidecar=True)
+    sidecar_path(other).unlink()
+    other.replace(model)
+    new_id = model_id_of(model)
+    assert new_id != old_id and sidecar_path(model).is_file()
+    stale = CliRunner().invoke(app, ["evaluate", str(table), "--model", str(model)], env={"COLUMNS": "400"})
+    assert stale.exit_code == 0 and "macro AP: " in stale.output.splitlines()[-1]
+    assert (f"note: pam cannot tell whether these clips were listed's training data: {tmp_path / 'm.clips.json'}: "
+            f"lists the clips of model {old_id}, not of m.pt (model {new_id}); remove it, or write it again with "
+            f"python -m pam.train.backfill {model}") in stale.output.splitlines()
+
+
 def test_seen_counts_each_item_once_and_only_overlapping_time(tmp_path: Path) -> None:
     from pam.detect.model import ModelCard
     from pam.train.clips import LabelledClip
@@ -152,14 +180,14 @@ def test_seen_counts_each_item_once_and_only_overlapping_time(tmp_path: Path) ->
     card = ModelCard(name="m", classes=["a"], window_s=1.0, training={CLIPS_KEY: clip_record(listed, ["train", "test", "val"])})
     items = pd.DataFrame({"path": [str(rec)] * 5 + [str(tmp_path / "gone.wav")],
                           "start_s": [0.0, 2.5, 4.0, 5.0, 7.0, 0.0], "end_s": [1.0, 3.5, 5.5, 8.0, 8.5, 3.0]})
-    seen = seen_in_training(card, items)
+    seen = seen_in_training(card.training[CLIPS_KEY], items)
     # 0-1: train; 2.5-3.5: train and test, counted as train; 4-5.5: test; 5-8: touches nothing
     # (ends where the val clip starts); 7-8.5: val; a missing file matches nothing
     assert seen.per_split == {"train": 2, "val": 1, "test": 1} and seen.seen == 3 and seen.items == 6
     assert seen_message(card, seen, "windows").startswith("warning: 3 of 6 windows were in m's own training data "
                                                           "(2 training, 1 validation windows)")
     assert seen_message(card, seen).endswith("its card has no held-out figure")
-    only_test = seen_in_training(card, items.iloc[[2]])
+    only_test = seen_in_training(card.training[CLIPS_KEY], items.iloc[[2]])
     assert only_test.per_split["test"] == 1 and seen_message(card, only_test) is None  # its test split is held out
 
 
@@ -169,9 +197,9 @@ def test_cards_without_a_clip_list_say_so_only_when_trained_by_pam() -> None:
 
     items = pd.DataFrame({"path": ["x.wav"], "start_s": [0.0], "end_s": [1.0]})
     handmade = ModelCard(name="h", classes=["a"], window_s=1.0)
-    assert seen_message(handmade, seen_in_training(handmade, items)) is None
+    assert seen_message(handmade, seen_in_training(None, items)) is None
     older = ModelCard(name="old", classes=["a"], window_s=1.0, training={"config": {}, "data_fingerprint": "f"})
-    assert seen_message(older, seen_in_training(older, items)) == (
+    assert seen_message(older, seen_in_training(None, items)) == (
         "note: old's card does not list its training clips, so pam cannot tell whether these clips were among them")
 
 

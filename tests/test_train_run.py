@@ -192,29 +192,46 @@ def test_model_card_lists_every_clip_of_the_split(finished) -> None:
     table = load_clip_table(folder / "labels.csv")
     items = pd.DataFrame({"path": [str(c.path) for c in table], "start_s": [c.start_s for c in table],
                           "end_s": [c.end_s for c in table]})
-    seen = seen_in_training(card, items)
+    seen = seen_in_training(record, items)
     assert seen.per_split == {s: splits.count(s) for s in ("train", "val", "test")}
     assert seen.seen == splits.count("train") + splits.count("val") < len(table)
 
 
-def test_backfill_rebuilds_the_clip_list_of_an_older_card(finished, tmp_path: Path) -> None:
-    from pam.detect.checkpoint import ModelError, save_checkpoint
-    from pam.train.backfill import add_clip_record
-    from pam.train.seen import CLIPS_KEY
+def test_backfill_writes_the_clip_list_of_an_older_card_beside_it(finished, tmp_path: Path) -> None:
+    from pam.detect.checkpoint import ModelError, model_id_of, save_checkpoint
+    from pam.train.backfill import main as backfill_main
+    from pam.train.backfill import write_clip_list
+    from pam.train.clip_sidecar import read_sidecar, sidecar_path
+    from pam.train.clips import load_clip_table
+    from pam.train.run import recalibrate
+    from pam.train.seen import CLIPS_KEY, listed_clips
 
-    _, result, _ = finished
+    folder, result, _ = finished
     model = load_checkpoint(result["export"]["path"])
     listed = model.card.training.pop(CLIPS_KEY)
     save_checkpoint(tmp_path / "old.pt", model.net, model.card, created_at=model.created_at)
-    new_id = add_clip_record(tmp_path / "old.pt", tmp_path / "new.pt")
-    new = load_checkpoint(tmp_path / "new.pt")
-    assert new.model_id == new_id and new.card.training[CLIPS_KEY] == listed
-    assert new.created_at == model.created_at and new.card.thresholds == model.card.thresholds
-    assert all(torch.equal(v, new.net.state_dict()[k]) for k, v in model.net.state_dict().items())
+    before = (tmp_path / "old.pt").read_bytes()
+    old_id = model_id_of(tmp_path / "old.pt")
+    assert listed_clips(load_checkpoint(tmp_path / "old.pt")) is None
+    assert backfill_main([str(tmp_path / "old.pt")]) == 0
+    # the checkpoint is not rewritten, so its model id stays; the list lies beside it, naming that id
+    assert (tmp_path / "old.pt").read_bytes() == before and model_id_of(tmp_path / "old.pt") == old_id
+    assert sidecar_path(tmp_path / "old.pt") == tmp_path / "old.clips.json"
+    assert listed_clips(load_checkpoint(tmp_path / "old.pt")) == listed == read_sidecar(tmp_path / "old.pt", old_id)
+    assert f'"model_id": "{old_id}"' in (tmp_path / "old.clips.json").read_text()
+    # a model recalibrated from it has the same weights and clips: its own card lists them
+    clips = load_clip_table(folder / "labels.csv")[:20]
+    recalibrate(tmp_path / "old.pt", clips, tmp_path / "site.pt", log=quiet)
+    assert load_checkpoint(tmp_path / "site.pt").card.training[CLIPS_KEY] == listed
     with pytest.raises(ModelError, match="already lists its clips"):
-        add_clip_record(tmp_path / "new.pt", tmp_path / "again.pt")
+        write_clip_list(result["export"]["path"])
+    # another model under the old file name: the sidecar names the old id and is refused
     model.card.training["data_fingerprint"] = "0123456789abcdef"
-    save_checkpoint(tmp_path / "changed.pt", model.net, model.card)
+    save_checkpoint(tmp_path / "old.pt", model.net, model.card)
+    with pytest.raises(ModelError, match=f"lists the clips of model {old_id}, not of old.pt"):
+        listed_clips(load_checkpoint(tmp_path / "old.pt"))
+    # and the list cannot be rebuilt for it: the data fingerprint differs, nothing is written
+    sidecar_path(tmp_path / "old.pt").unlink()
     with pytest.raises(ModelError, match="not the card's 0123456789abcdef"):
-        add_clip_record(tmp_path / "changed.pt", tmp_path / "never.pt")
-    assert not (tmp_path / "never.pt").exists()
+        write_clip_list(tmp_path / "old.pt")
+    assert not sidecar_path(tmp_path / "old.pt").exists()

@@ -170,7 +170,7 @@ def evaluate(
     from pam.detect.checkpoint import load_checkpoint
     from pam.train.evaluate import evaluate_path, macro_ap, write_report
     from pam.train.fit import resolve_device
-    from pam.train.seen import seen_in_training, seen_message
+    from pam.train.seen import seen_note
 
     if not data.exists():
         fail(f"{data}: not found")
@@ -180,7 +180,7 @@ def evaluate(
     except _errors() as exc:
         fail(str(exc))
         return
-    seen = seen_message(loaded.card, seen_in_training(loaded.card, items), "clips" if used == "clips" else "windows")
+    seen = seen_note(loaded, items, "clips" if used == "clips" else "windows")
     _print_report(report, f"{loaded.card.name} ({loaded.model_id}) on {data} ({used})")
     if out:
         paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items,

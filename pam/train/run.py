@@ -52,7 +52,7 @@ from pam.train.curves import plot_learning_curve
 from pam.train.evaluate import evaluate_clip_set, macro_ap, write_report, to_markdown
 from pam.train.fit import FitConfig, fit, resolve_device
 from pam.train.labels import background_files, load_sources
-from pam.train.seen import CLIPS_KEY, clip_record
+from pam.train.seen import CLIPS_KEY, clip_record, listed_clips
 from pam.train.split import SPLITS, assign_splits
 
 SPLIT_COLUMNS = ["path", "start_s", "end_s", "labels", "site", "recording", "split"]
@@ -520,6 +520,13 @@ def recalibrate(model_path: str | os.PathLike, clips: list[LabelledClip], out: s
         "clips": len(clips), "previous_thresholds": old, "chosen": {c: v.to_dict() for c, v in chosen.items()},
         "sites": sorted({c.site for c in clips if c.site})}}
     card.parent_id = model.model_id
+    try:  # same weights, same training clips: the new card lists them even when the parent's sidecar did
+        listed = listed_clips(model)
+    except ModelError as exc:
+        listed = None
+        log(f"note: the new card does not list the training clips: {exc}")
+    if listed:
+        card.training = {**card.training, CLIPS_KEY: listed}
     model_id = save_checkpoint(out, model.net, card)
     for c, v in chosen.items():
         if not v.positives:

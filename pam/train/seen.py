@@ -3,10 +3,14 @@
 Training writes every clip of the run's split onto the model card (``card.training['clips']``,
 written by ``clip_record``): the audio by content (``pam.io.manifest.fingerprint``: file name,
 size, first and last 64 KiB, so moving or copying the data does not hide it), the clip's
-start and end in seconds, and its split. ``seen_in_training`` matches evaluated clips (or
-soundscape windows) against that list: an item counts when it overlaps a recorded clip of
-the same audio. A model scored on its own training clips looks far better than it will on
-new audio, so ``pam evaluate`` says so in one line and quotes the card's held-out figure.
+start and end in seconds, and its split. A model trained before cards listed their clips
+may have the list in a sidecar beside its checkpoint instead (``pam.train.clip_sidecar``,
+written by ``python -m pam.train.backfill``, so the checkpoint and its model id stay as they
+were); ``listed_clips`` reads the card's list first, else the sidecar's. ``seen_in_training``
+matches evaluated clips (or soundscape windows) against that list: an item counts when it
+overlaps a listed clip of the same audio. A model scored on its own training clips looks far
+better than it will on new audio, so ``pam evaluate`` says so in one line and quotes the
+card's held-out figure.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from pam.io.manifest import fingerprint as file_fingerprint
+from pam.detect.checkpoint import LoadedModel, ModelError
 from pam.detect.model import ModelCard
+from pam.train.clip_sidecar import read_sidecar
 from pam.train.clips import LabelledClip
 
 CLIPS_KEY = "clips"  # card.training[CLIPS_KEY]: {"audio", "start_s", "end_s", "split"}, one entry per clip
@@ -51,12 +57,18 @@ def clip_record(clips: Sequence[LabelledClip], splits: Sequence[str]) -> dict[st
             "end_s": [float(c.end_s) for c in clips], "split": list(splits)}
 
 
+def listed_clips(model: LoadedModel) -> dict[str, list] | None:
+    """The clips ``model`` was trained, validated and tested on: its card's list, else the sidecar's
+    beside its checkpoint, else None. Raises ModelError for a sidecar of another model id."""
+    return model.card.training.get(CLIPS_KEY) or read_sidecar(model.path, model.model_id)
+
+
 @dataclass
 class SeenInTraining:
     """How many evaluated items overlap the clips on the model's card, by split.
 
     An item overlapping clips of several splits counts once, under the first of train, val, test.
-    ``recorded`` is False when the card lists no clips (then nothing can be said).
+    ``recorded`` is False when no list of the model's clips is known (then nothing can be said).
     """
 
     items: int
@@ -69,12 +81,12 @@ class SeenInTraining:
         return sum(self.per_split.get(s, 0) for s in SEEN_SPLITS)
 
 
-def seen_in_training(card: ModelCard, items: pd.DataFrame) -> SeenInTraining:
-    """Match evaluated ``items`` (columns ``path``, ``start_s``, ``end_s``) against the card's clips."""
-    record = card.training.get(CLIPS_KEY)
-    if not record:
+def seen_in_training(listed: dict[str, list] | None, items: pd.DataFrame) -> SeenInTraining:
+    """Match evaluated ``items`` (columns ``path``, ``start_s``, ``end_s``) against ``listed``, a model's
+    clip list (``listed_clips``; None when it has none)."""
+    if not listed:
         return SeenInTraining(items=len(items), recorded=False)
-    known = pd.DataFrame({k: record[k] for k in ("audio", "start_s", "end_s", "split")})
+    known = pd.DataFrame({k: listed[k] for k in ("audio", "start_s", "end_s", "split")})
     by_audio = {fp: group for fp, group in known.groupby("audio", sort=False)}
     order = ["train", "val", "test"]
     per_split = dict.fromkeys(order, 0)
@@ -120,3 +132,12 @@ def seen_message(card: ModelCard, seen: SeenInTraining, unit: str = "clips") -> 
     return (f"warning: {seen.seen} of {seen.items} {unit} were in {card.name}'s own training data "
             f"({', '.join(parts)} {unit}), so these figures are not held-out; "
             + (f"its card's held-out figure: {held}" if held else "its card has no held-out figure"))
+
+
+def seen_note(model: LoadedModel, items: pd.DataFrame, unit: str = "clips") -> str | None:
+    """``seen_message`` for ``model`` and the evaluated ``items``; a note when its sidecar is refused."""
+    try:
+        listed = listed_clips(model)
+    except ModelError as exc:
+        return f"note: pam cannot tell whether these {unit} were {model.card.name}'s training data: {exc}"
+    return seen_message(model.card, seen_in_training(listed, items), unit)
