@@ -176,7 +176,7 @@ def test_replace_interrupted_after_done_is_finished_by_next_commit(tmp_path, mon
     a, b = new_run_id(), new_run_id()
     store.commit(a, 0, make_flush(["r1", "r2"], a))
 
-    def crash(self, journal):
+    def crash(self, journal, own=None):
         raise KeyboardInterrupt("power cut")
 
     monkeypatch.setattr(Store, "_apply_journal", crash)

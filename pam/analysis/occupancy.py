@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import pam.store.schemas as schemas
+from pam.store.atomic import write_text_atomic
 
 # CSV column prefix -> occupancy table column, in the order they are written
 OBS_COVARIATES = {"hours": "analysed_h", "doy": "doy", "start": "start_local_h", "from_sunrise": "from_sunrise_h"}
@@ -162,9 +163,7 @@ def run_thresholds(runs: pd.DataFrame) -> dict[tuple[str, str], list[float]]:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, na_rep="NA")
-    tmp.replace(path)
+    write_text_atomic(frame.to_csv(index=False, na_rep="NA"), path)
 
 
 def write_history_csvs(occupancy: pd.DataFrame, folder: Path, models: dict[str, str], sites: pd.DataFrame, *,

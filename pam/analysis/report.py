@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pam.config import PamConfig
+from pam.store.atomic import write_text_atomic
 from pam.store.store import Store
 from pam.analysis.summaries import SummaryResult, one_model_per_label, summarize
 
@@ -288,9 +289,7 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(page, path)
     rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
             for r in species.to_dict("records")]
     return Report(path, _markdown(store, species, rich, summary.notes), rows,

@@ -37,6 +37,7 @@ import pam.store.schemas as schemas
 from pam.config import PamConfig
 from pam.analysis.effort import analysed_by_model, day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
 from pam.analysis.occupancy import detection_histories, run_thresholds, write_history_csvs
+from pam.store.atomic import write_text_atomic
 from pam.store.query import score_threshold
 from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store, write_parquet_atomic
 from pam.analysis.survey_covariates import site_positions, survey_days
@@ -181,10 +182,7 @@ def _read_state(store: Store) -> dict | None:
 
 
 def _write_state(store: Store, state: dict) -> None:
-    path = _state_path(store)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(state, indent=1, sort_keys=True), _state_path(store))
 
 
 # -- derived tables --------------------------------------------------------------------------

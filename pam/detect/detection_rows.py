@@ -13,7 +13,7 @@ import pyarrow as pa
 
 import pam.store.schemas as schemas
 from pam.store.store import Flush
-from pam.detect.windows import window_count
+from pam.detect.windows import scored_seconds, window_count
 
 from pam.detect.settings import DetectSettings
 
@@ -83,7 +83,7 @@ def build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, Pending
             "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
             "run_id": run_id, "site": optional_text(r["site"]), "path": str(r["path"]),
             "windows": window_count(frames, sr, settings.window_s, settings.hop_s),
-            "audio_s": frames / sr, "detections": n, "committed_at": now,
+            "audio_s": scored_seconds(frames, sr, settings.window_s, settings.hop_s), "detections": n, "committed_at": now,
         })
     schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
     return Flush(pa.table(det_cols, schema=schema), pa.Table.from_pylist(done_rows, schema=schemas.DONE))

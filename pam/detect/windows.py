@@ -57,6 +57,19 @@ def window_grid(frames: int, sample_rate: int, window_s: float, hop_s: float) ->
     return WindowGrid(sample_rate, frames, win, starts[keep])
 
 
+def scored_seconds(frames: int, sample_rate: int, window_s: float, hop_s: float) -> float:
+    """Seconds of the recording that some window covers: all of it when windows overlap or
+    touch, less when ``hop_s > window_s`` leaves gaps (duty cycling). The effort behind the
+    detections, stored as ``done.audio_s``."""
+    grid = window_grid(frames, sample_rate, window_s, hop_s)
+    if not len(grid):
+        return 0.0
+    ends = np.minimum(grid.starts + grid.window, frames)
+    next_starts = np.append(grid.starts[1:], frames)
+    covered = np.minimum(ends, next_starts) - grid.starts
+    return float(covered.sum()) / sample_rate
+
+
 def window_count(frames: int, sample_rate: int, window_s: float, hop_s: float) -> int:
     """How many windows a recording of ``frames`` samples yields."""
     return len(window_grid(frames, sample_rate, window_s, hop_s))

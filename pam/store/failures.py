@@ -11,8 +11,6 @@ Entries are the dicts that scan and detection collect: ``path``, ``stage`` (``sc
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +19,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
-from pam.store.store import Store, write_parquet_atomic
+from pam.store.atomic import write_parquet_atomic, write_text_atomic
+from pam.store.store import Store
 
 _OUTCOME_ORDER = {"failed": 0, "skipped": 1, "partial": 2}
 
@@ -107,17 +106,8 @@ def write_failure_report(store: Store, run_id: str, failures: list[dict],
     md_path, table_path = report_paths(store, run_id)
     store.reports_dir.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(failure_table(run_id, failures), table_path)
-    _write_text_atomic(render_markdown(run_id, failures, dumps), md_path)
+    write_text_atomic(render_markdown(run_id, failures, dumps), md_path)
     return md_path
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_failures(store: Store) -> pa.Table:

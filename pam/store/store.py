@@ -27,7 +27,6 @@ by the next run rather than losing or doubling rows.
 
 from __future__ import annotations
 
-import builtins
 import fcntl
 import json
 import os
@@ -49,6 +48,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
+from pam.store.atomic import TMP_NAME, fsync_dir as _fsync_dir, write_parquet_atomic, write_text_atomic
 
 PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
 DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
@@ -70,7 +70,6 @@ _RUN_LOCKS_GUARD = threading.Lock()
 # Summary tables that pam.analysis.summaries writes under summaries/<name>/<name>.parquet.
 SUMMARY_TABLES = ("effort", "hourly_counts", "daily_counts", "site_days", "site_richness", "diel",
                   "occupancy", "precision")
-TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 
 
 def new_run_id() -> str:
@@ -78,38 +77,8 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write so that readers see either nothing or the whole file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with builtins.open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def _write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with builtins.open(tmp, "w") as fh:
-        json.dump(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_text_atomic(json.dumps(obj), path)
 
 
 def partition_dir(site: str | None, day: str | None) -> str:
@@ -265,24 +234,23 @@ class Store:
         return fd
 
     def run_lock_holder_alive(self) -> bool:
-        """Whether the process named in ``.run.lock`` (as ``_acquire_run_lock`` writes it) is alive;
-        a holder on another host is taken as alive, since it cannot be checked from here."""
+        """Whether some process holds ``.run.lock`` now, asked of the kernel with a non-blocking
+        lock test (the pid written in the file outlives the lock; issue 12, defect 4)."""
+        if self.holds_run_lock():
+            return True
         try:
-            text = (self.root / ".run.lock").read_text(errors="replace")
+            fd = os.open(self.root / ".run.lock", os.O_RDWR)
         except OSError:
             return False
-        m = re.match(r"pid (\d+) on (\S+?):", text)
-        if not m:
-            return False
-        if m.group(2) != socket.gethostname():
-            return True
         try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             return True
-        return True
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     def holds_run_lock(self) -> bool:
         """Whether this process holds this store's run lock."""
@@ -379,6 +347,7 @@ class Store:
                 return Committed(done, 0)
             stale = _out_of_date(existing, done)
             old = pd.concat([already[already["recording_id"].isin(clash)], stale])
+            self._drop_uncommitted_parts(run_id, seq)
             self._write_parts(run_id, seq, detections)
             journal = self.root / f".replace-{run_id}-{seq:05d}.json"
             if len(old):
@@ -389,8 +358,18 @@ class Store:
             write_parquet_atomic(done.cast(schemas.with_version("done")),
                                  self.done_dir / f"done-{run_id}-{seq:05d}.parquet")
             if len(old):
-                self._apply_journal(journal)
+                self._apply_journal(journal, own=(run_id, seq))
             return Committed(done, len(stale))
+
+    def _drop_uncommitted_parts(self, run_id: str, seq: int) -> None:
+        """Parts a failed attempt of this commit number left (issue 12, defect 1): a retry may
+        group recordings differently, and its done file must not cover them."""
+        if (run_id, seq) in self._committed_flushes():
+            raise ValueError(f"commit {run_id}-{seq} was already made; take a new number (next_seq)")
+        name = f"part-{run_id}-{seq:05d}.parquet"
+        for dirpath, _dirs, files in os.walk(self.detections_dir):
+            if name in files:
+                os.unlink(os.path.join(dirpath, name))
 
     def _write_parts(self, run_id: str, seq: int, detections: pa.Table) -> None:
         if detections.num_rows == 0:
@@ -404,8 +383,9 @@ class Store:
             path = self.detections_dir / partition_dir(site, day) / f"part-{run_id}-{seq:05d}.parquet"
             write_parquet_atomic(part, path)
 
-    def _apply_journal(self, journal: Path) -> None:
-        """Remove the superseded rows a --force commit listed, then drop the journal."""
+    def _apply_journal(self, journal: Path, own: tuple[str, int] | None = None) -> None:
+        """Remove the superseded rows a --force commit listed, then drop the journal. ``own``: the
+        commit that wrote the journal, whose new files are not superseded (issue 12, defect 2)."""
         keys = {tuple(k) for k in json.loads(journal.read_text())["keys"]}
         by_run: dict[str, set[tuple[str, str, str]]] = {}
         for rec, model, settings, run in keys:
@@ -414,6 +394,9 @@ class Store:
             for path in list(self.detections_dir.rglob(f"part-{run}-*.parquet")) + list(
                 self.done_dir.glob(f"done-{run}-*.parquet")
             ):
+                if own is not None and (m := PART_NAME.match(path.name) or DONE_NAME.match(path.name)) \
+                        and (m["run"], int(m["seq"])) == own:
+                    continue
                 table = pq.read_table(path)
                 mask = [
                     (r, m, s) not in drop
@@ -453,7 +436,7 @@ class Store:
         for entry in list(os.scandir(self.root)):
             if m := JOURNAL_NAME.match(entry.name):
                 if (m["run"], int(m["seq"])) in committed:
-                    self._apply_journal(Path(entry.path))
+                    self._apply_journal(Path(entry.path), own=(m["run"], int(m["seq"])))
                 else:
                     os.unlink(entry.path)
             elif RETIRE_NAME.match(entry.name):
