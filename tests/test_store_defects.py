@@ -88,8 +88,7 @@ def test_defect2_same_run_replace_keeps_the_new_rows(tmp_path):
 
 
 # -- 3. readers saw old and new rows together during --force ----------------------------------
-@pytest.mark.xfail(strict=True, reason="the folder store's journal is applied after the done file; "
-                   "fixed by the Delta Lake store")
+
 def test_defect3_readers_never_see_old_and_new_rows_together(tmp_path, monkeypatch):
     store = Store(tmp_path).ensure()
     first, second = new_run_id(), new_run_id()

@@ -22,7 +22,6 @@ a site's clock, a ``done`` file rewritten by ``--force``) recomputes everything.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -152,13 +151,11 @@ def _files_near(files: list[Path], touched: dict[str, set[int]]) -> list[Path]:
 
 # -- state ---------------------------------------------------------------------------------
 def _done_files(store: Store) -> dict[str, list[int]]:
-    if not store.done_dir.exists():
-        return {}
     out = {}
-    for entry in os.scandir(store.done_dir):
-        if DONE_NAME.match(entry.name):
-            st = entry.stat()
-            out[entry.name] = [st.st_size, st.st_mtime_ns]
+    for path in store.done_files():
+        if DONE_NAME.match(path.name):
+            st = path.stat()
+            out[path.name] = [st.st_size, st.st_mtime_ns]
     return out
 
 

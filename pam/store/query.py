@@ -183,23 +183,25 @@ def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: s
 
 
 # -- SQL ---------------------------------------------------------------------------------------
-def sql_connection(store: Store):
-    """A DuckDB connection with views: detections, recordings, done, runs, verified, failures, summaries."""
+def sql_connection(store: Store, as_of: int | str | None = None):
+    """A DuckDB connection with views: detections, recordings, done, runs, verified, failures, summaries.
+    ``detections`` and ``done`` show one version of the results table (the latest, or ``as_of``)."""
     import duckdb
 
     if not store.root.is_dir():
         raise QueryError(f"store {store.root} does not exist")
     con = duckdb.connect()
-    files = [str(f) for f in store.detection_files()]
+    snap = store.snapshot(as_of)  # one version of the results table for both views
+    files = [str(f) for f in store.detection_files(snap=snap)]
     if files:
         # folder names percent-encode site names; SQL gets the names as written in the manifest
-        con.execute(f"CREATE VIEW detections AS SELECT * REPLACE (url_decode(site) AS site) FROM read_parquet("
-                    f"{_sql_list(files)}, hive_partitioning = true, hive_types = {{'site': VARCHAR, 'date': VARCHAR}})")
+        con.execute(f"CREATE VIEW detections AS SELECT * EXCLUDE (kind) REPLACE (url_decode(site) AS site) FROM "
+                    f"read_parquet({_sql_list(files)}, hive_partitioning = true, "
+                    "hive_types = {'kind': VARCHAR, 'site': VARCHAR, 'date': VARCHAR})")
     else:
         _empty_view(con, "detections", pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
     _files_view(con, "recordings", [store.manifest_path] if store.manifest_path.exists() else [], schemas.MANIFEST)
-    _files_view(con, "done", sorted(store.done_dir.glob("done-*.parquet")) if store.done_dir.exists() else [],
-                schemas.DONE)
+    _files_view(con, "done", store.done_files(snap=snap), schemas.DONE)
     _files_view(con, "runs", sorted(store.runs_dir.glob("run-*.parquet")) if store.runs_dir.exists() else [],
                 schemas.RUNS)
     _files_view(con, "verified", store.verified_files(), schemas.VERIFIED)
@@ -225,7 +227,7 @@ def _files_view(con, name: str, files: list[Path], schema: pa.Schema) -> None:
         _empty_view(con, name, schema)
         return
     con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_list([str(f) for f in files])}, '
-                "union_by_name = true)")
+                "union_by_name = true, hive_partitioning = false)")
 
 
 def run_sql(store: Store, sql: str) -> pd.DataFrame:

@@ -1,32 +1,27 @@
-"""The store: a folder of Parquet tables that is the single source of truth.
+"""The store: Parquet tables, the single source of truth (docs/store.md).
 
-Layout (see ``docs/store.md``)::
+Layout::
 
     STORE/
       manifest/manifest.parquet            one row per recording path seen
-      detections/site=S/date=D/part-<run>-<seq>.parquet
-      done/done-<run>-<seq>.parquet        work keys committed by that flush
+      results/                             Delta Lake table: detections and done rows
+        _delta_log/                        the table's versions
+        kind=detection/site=S/date=D/part-<run>-<seq>-<hex>.parquet
+        kind=done/site=S/done-<run>-<seq>-<hex>.parquet
       runs/run-<run>.parquet               one row per run
       models/model-<id>.parquet            model registry rows
       summaries/<name>/...                 derived tables
-      .lock                                held only while committing
+      .lock, .run.lock                     manifest lock; one run at a time (policy only)
 
-Commit protocol, which makes every stage idempotent and crash-safe:
-
-1. under the store lock, write each detection part to a hidden temporary name, fsync it
-   and rename it into place (``part-<run>-<seq>.parquet``);
-2. then write ``done/done-<run>-<seq>.parquet`` the same way.
-
-A part file counts only when its ``done`` file exists, so a crash between 1 and 2 leaves
-parts nobody reads, and the next commit deletes them. Recordings already committed by
-another run are dropped at commit time, so two runs on one store never double a row.
-Replacing rows (``--force``; new settings for a recording; a rewritten file's old content)
-goes through a journal (``.replace-<run>-<seq>.json``) so that a crash half-way is finished
-by the next run rather than losing or doubling rows.
+A commit of a flush (its detections, its done rows, the rows it replaces) is one Delta
+transaction (``pam.store.transactions``): readers see all of it or none of it, two writers
+never both commit one recording, and a process killed at any point leaves files that no
+version names, which ``recover`` deletes.
 """
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
 import os
@@ -36,11 +31,10 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import quote
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -48,13 +42,17 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
-from pam.store.atomic import TMP_NAME, fsync_dir as _fsync_dir, write_parquet_atomic, write_text_atomic
+from pam.store.atomic import TMP_NAME, write_parquet_atomic
+from pam.store.results import DETECTION, DONE, UNKNOWN, ResultFile, ResultsTable
+from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
 
-PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
-DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
-JOURNAL_NAME = re.compile(r"^\.replace-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.json$")
-RETIRE_NAME = re.compile(r"^\.retire-[0-9a-f]+\.json$")
-UNKNOWN = "unknown"
+# File names in the results table: a flush's files carry its run and commit number.
+PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
+DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
+# Files under results/ that no version of the table names (a writer killed between writing its
+# files and committing them) are deleted by recover() once they are this old: a younger one may
+# belong to a commit still in flight on another machine.
+ORPHAN_AGE_S = 3600.0
 
 
 class StoreBusy(RuntimeError):
@@ -77,46 +75,30 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def _write_json_atomic(obj: object, path: Path) -> None:
-    write_text_atomic(json.dumps(obj), path)
+def _remove_temporary(folder: Path) -> int:
+    """Delete temporary files (``pam.store.atomic.TMP_NAME``) under ``folder``."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if TMP_NAME.match(name):
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
 
 
-def partition_dir(site: str | None, day: str | None) -> str:
-    """Hive folder of a site and UTC day; a missing one (None, or NaN out of a pandas groupby) is 'unknown'."""
-    site = site if isinstance(site, str) and site else UNKNOWN
-    day = day if isinstance(day, str) and day else UNKNOWN
-    return f"site={quote(site, safe='')}/date={day}"
-
-
-@dataclass(frozen=True)
-class Flush:
-    """One commit's worth of work: detection rows (with site and date) and done rows."""
-
-    detections: pa.Table  # schemas.DETECTIONS plus string columns site, date
-    done: pa.Table  # schemas.DONE
-
-
-@dataclass(frozen=True)
-class Committed:
-    """What a commit made visible, and how many earlier analyses it made out of date."""
-
-    done: pa.Table  # the done rows committed (recordings another run had committed are left out)
-    superseded: int  # older done rows replaced: same recording under other settings, or the path's old content
-
-
-def _out_of_date(existing: pd.DataFrame, done: pa.Table) -> pd.DataFrame:
-    """Done rows of ``existing`` that ``done`` replaces: for the same model, the same recording
-    under other settings, or another recording (an earlier content) at the same path."""
-    model = done.column("model_id").to_pylist()
-    settings = dict(zip(zip(done.column("recording_id").to_pylist(), model), done.column("settings_hash").to_pylist()))
-    current = {(p, m): r for r, p, m in zip(done.column("recording_id").to_pylist(), done.column("path").to_pylist(),
-                                          model) if p}
-    stale = []
-    for r, m, k, p in zip(existing["recording_id"], existing["model_id"], existing["settings_hash"], existing["path"]):
-        other_settings = (r, m) in settings and settings[(r, m)] != k
-        other_content = (p, m) in current and current[(p, m)] != r
-        stale.append(other_settings or other_content)
-    return existing.loc[pd.Series(stale, index=existing.index, dtype=bool)]
+def _ever_named(results_dir: Path, snap) -> set[str]:
+    """Data files the table's log names, live or removed (kept for time travel until vacuumed)."""
+    named = {f.path for kind in (DETECTION, DONE) for f in ResultsTable.files(snap, kind)}
+    log = results_dir / "_delta_log"
+    for entry in os.scandir(log):
+        if entry.name.endswith(".json"):
+            with builtins.open(entry.path) as fh:
+                for line in fh:
+                    action = json.loads(line)
+                    for kind in ("add", "remove"):
+                        if kind in action:
+                            named.add(unquote(action[kind]["path"]))
+    return named
 
 
 class Store:
@@ -131,12 +113,9 @@ class Store:
         return self.root / "manifest" / "manifest.parquet"
 
     @property
-    def detections_dir(self) -> Path:
-        return self.root / "detections"
-
-    @property
-    def done_dir(self) -> Path:
-        return self.root / "done"
+    def results_dir(self) -> Path:
+        """The Delta table of detections and done rows (pam.store.results)."""
+        return self.root / "results"
 
     @property
     def runs_dir(self) -> Path:
@@ -155,8 +134,10 @@ class Store:
         return self.root / "reports"
 
     def ensure(self) -> "Store":
-        for d in (self.root, self.detections_dir, self.done_dir, self.runs_dir):
+        for d in (self.root, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if not (self.results_dir / "_delta_log").is_dir():
+            self.results.ensure()
         return self
 
     # -- locking ----------------------------------------------------------------------
@@ -267,26 +248,22 @@ class Store:
         table = pa.Table.from_pandas(frame, schema=schemas.with_version("manifest"), preserve_index=False)
         write_parquet_atomic(table, self.manifest_path)
 
-    # -- commit -----------------------------------------------------------------------
-    def _committed_flushes(self) -> set[tuple[str, int]]:
-        if not self.done_dir.exists():
-            return set()
-        out = set()
-        for entry in os.scandir(self.done_dir):
-            if m := DONE_NAME.match(entry.name):
-                out.add((m["run"], int(m["seq"])))
-        return out
+    # -- the results table: detections and done ------------------------------------------
+    @property
+    def results(self) -> ResultsTable:
+        return ResultsTable(str(self.results_dir))
 
-    def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None) -> pd.DataFrame:
-        files = sorted(p for p in self.done_dir.glob("done-*.parquet")) if self.done_dir.exists() else []
-        if not files:
-            empty = schemas.DONE.empty_table()
-            return (empty.select(columns) if columns else empty).to_pandas()
-        table = ds.dataset([str(f) for f in files], schema=schemas.DONE, format="parquet")
-        return table.to_table(filter=flt, columns=columns).to_pandas()
+    def snapshot(self, as_of: int | str | datetime | None = None):
+        """The results table at its latest version, or ``as_of`` a version number or time (None:
+        nothing committed yet). Pass it to the readers below to read one consistent state."""
+        return self.results.snapshot(as_of)
+
+    def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None, snap=None) -> pd.DataFrame:
+        return done_rows(self.results, self.snapshot() if snap is None else snap, flt, columns)
 
     def done_table(self, model_id: str | None = None, settings_hash: str | None = None,
-                   recording_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+                   recording_ids: Iterable[str] | None = None, columns: list[str] | None = None,
+                   snap=None) -> pd.DataFrame:
         """Committed work keys, filtered while reading (a season holds hundreds of thousands)."""
         conditions = []
         if model_id is not None:
@@ -298,7 +275,15 @@ class Store:
         flt = None
         for cond in conditions:
             flt = cond if flt is None else flt & cond
-        return self._done_rows(flt, columns)
+        return self._done_rows(flt, columns, snap)
+
+    def _committed_flushes(self, snap=None) -> set[tuple[str, int]]:
+        snap = self.snapshot() if snap is None else snap
+        out = set()
+        for f in ResultsTable.files(snap, DONE):
+            if m := DONE_NAME.match(f.path.rsplit("/", 1)[-1]):
+                out.add((m["run"], int(m["seq"])))
+        return out
 
     def next_seq(self, run_id: str, lo: int = 0, hi: int = 10**9) -> int:
         """First free commit number of ``run_id`` in [lo, hi): a retried shard never reuses one."""
@@ -311,206 +296,91 @@ class Store:
 
     def commit(self, run_id: str, seq: int, flush: Flush, replace: bool = False,
                lock_timeout_s: float = 600.0) -> Committed:
-        """Make a flush visible atomically; returns the done rows actually committed.
+        """Make a flush visible atomically, as one Delta transaction; returns the done rows committed.
 
-        Recordings that another run committed meanwhile are dropped (never doubled), unless
+        Recordings that another writer committed meanwhile are dropped (never doubled), unless
         ``replace`` is set, in which case their old rows are replaced (``--force``). Rows a
         commit makes out of date are replaced too: the same model's rows of the same
         recording under other settings, and of an earlier content of the same path (a file
         rewritten after it was analysed). So each recording path holds one set of rows per
-        model, and counts never add up two analyses of one piece of audio.
+        model, and counts never add up two analyses of one piece of audio. Concurrent writers
+        need no lock: a commit that loses the race rereads the table and tries again.
+        ``lock_timeout_s`` is kept for callers; it is not used.
         """
-        with self.lock(lock_timeout_s, what=f"commit {run_id}-{seq}"):
-            if not self.holds_run_lock():
-                # A run recovers once when it takes the run lock; a bare commit (a script, a
-                # Dask worker process) cleans up here instead.
-                self._recover_locked()
-            done = flush.done
-            detections = flush.detections
-            ids = set(done.column("recording_id").to_pylist())
-            paths = {p for p in done.column("path").to_pylist() if p}
-            existing = self._done_rows((ds.field("recording_id").isin(list(ids))
-                                        | ds.field("path").isin(list(paths))),
-                                       ["recording_id", "model_id", "settings_hash", "run_id", "path"])
-            keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
-            mine = [(m, k) in keys and r in ids for r, m, k in
-                    zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
-            already = existing.loc[pd.Series(mine, index=existing.index, dtype=bool)]
-            clash = set(already["recording_id"])
-            if clash and not replace:
-                keep_done = pa.array([r not in clash for r in done.column("recording_id").to_pylist()])
-                done = done.filter(keep_done)
-                keep_det = pa.array([r not in clash for r in detections.column("recording_id").to_pylist()])
-                detections = detections.filter(keep_det)
-                clash = set()
-            if done.num_rows == 0:
-                return Committed(done, 0)
-            stale = _out_of_date(existing, done)
-            old = pd.concat([already[already["recording_id"].isin(clash)], stale])
-            self._drop_uncommitted_parts(run_id, seq)
-            self._write_parts(run_id, seq, detections)
-            journal = self.root / f".replace-{run_id}-{seq:05d}.json"
-            if len(old):
-                _write_json_atomic(
-                    {"keys": old[["recording_id", "model_id", "settings_hash", "run_id"]].values.tolist()},
-                    journal,
-                )
-            write_parquet_atomic(done.cast(schemas.with_version("done")),
-                                 self.done_dir / f"done-{run_id}-{seq:05d}.parquet")
-            if len(old):
-                self._apply_journal(journal, own=(run_id, seq))
-            return Committed(done, len(stale))
-
-    def _drop_uncommitted_parts(self, run_id: str, seq: int) -> None:
-        """Parts a failed attempt of this commit number left (issue 12, defect 1): a retry may
-        group recordings differently, and its done file must not cover them."""
-        if (run_id, seq) in self._committed_flushes():
-            raise ValueError(f"commit {run_id}-{seq} was already made; take a new number (next_seq)")
-        name = f"part-{run_id}-{seq:05d}.parquet"
-        for dirpath, _dirs, files in os.walk(self.detections_dir):
-            if name in files:
-                os.unlink(os.path.join(dirpath, name))
-
-    def _write_parts(self, run_id: str, seq: int, detections: pa.Table) -> None:
-        if detections.num_rows == 0:
-            return
-        frame = detections.to_pandas()
-        for (site, day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
-            part = pa.Table.from_pandas(
-                group.drop(columns=["site", "date"]), schema=schemas.with_version("detections"),
-                preserve_index=False,
-            )
-            path = self.detections_dir / partition_dir(site, day) / f"part-{run_id}-{seq:05d}.parquet"
-            write_parquet_atomic(part, path)
-
-    def _apply_journal(self, journal: Path, own: tuple[str, int] | None = None) -> None:
-        """Remove the superseded rows a --force commit listed, then drop the journal. ``own``: the
-        commit that wrote the journal, whose new files are not superseded (issue 12, defect 2)."""
-        keys = {tuple(k) for k in json.loads(journal.read_text())["keys"]}
-        by_run: dict[str, set[tuple[str, str, str]]] = {}
-        for rec, model, settings, run in keys:
-            by_run.setdefault(run, set()).add((rec, model, settings))
-        for run, drop in by_run.items():
-            for path in list(self.detections_dir.rglob(f"part-{run}-*.parquet")) + list(
-                self.done_dir.glob(f"done-{run}-*.parquet")
-            ):
-                if own is not None and (m := PART_NAME.match(path.name) or DONE_NAME.match(path.name)) \
-                        and (m["run"], int(m["seq"])) == own:
-                    continue
-                table = pq.read_table(path)
-                mask = [
-                    (r, m, s) not in drop
-                    for r, m, s in zip(table.column("recording_id").to_pylist(),
-                                       table.column("model_id").to_pylist(),
-                                       table.column("settings_hash").to_pylist())
-                ]
-                if all(mask):
-                    continue
-                kept = table.filter(pa.array(mask))
-                if kept.num_rows == 0:
-                    path.unlink()
-                else:
-                    write_parquet_atomic(kept, path)
-        journal.unlink()
-        _fsync_dir(self.root)
+        self.ensure()
+        return commit_flush(self.results, run_id, seq, flush, replace)
 
     def retire(self, recording_ids: Iterable[str], lock_timeout_s: float = 600.0) -> int:
         """Remove every model's done and detection rows of these recordings, so that the next
         detection run analyses them again (their start times changed). Returns the done rows
-        removed. Journalled: a crash half-way is finished by the next commit or ``recover()``."""
+        removed. One transaction."""
         ids = list(dict.fromkeys(recording_ids))
         if not ids:
             return 0
-        with self.lock(lock_timeout_s, what="retire"):
-            old = self.done_table(recording_ids=ids, columns=["recording_id", "model_id", "settings_hash", "run_id"])
-            if old.empty:
-                return 0
-            journal = self.root / f".retire-{uuid.uuid4().hex[:12]}.json"
-            _write_json_atomic({"keys": old.values.tolist()}, journal)
-            self._apply_journal(journal)
-            return len(old)
+        self.ensure()
+        return retire_recordings(self.results, ids)
 
-    def _recover_locked(self) -> None:
-        """Finish or discard what a crashed run left: journals, orphan parts, temp files."""
-        committed = self._committed_flushes()
-        for entry in list(os.scandir(self.root)):
-            if m := JOURNAL_NAME.match(entry.name):
-                if (m["run"], int(m["seq"])) in committed:
-                    self._apply_journal(Path(entry.path), own=(m["run"], int(m["seq"])))
-                else:
-                    os.unlink(entry.path)
-            elif RETIRE_NAME.match(entry.name):
-                self._apply_journal(Path(entry.path))
-        if self.detections_dir.exists():
-            for dirpath, _dirs, files in os.walk(self.detections_dir):
+    def recover(self, lock_timeout_s: float = 600.0, orphan_age_s: float = ORPHAN_AGE_S) -> int:
+        """Delete what crashed writers left: files under ``results/`` that no version of the table
+        names and that are older than ``orphan_age_s`` (younger ones may belong to a commit in
+        flight on another machine), and temporary files. Returns the files deleted."""
+        removed = 0
+        snap = self.snapshot()
+        if snap is not None:
+            live = _ever_named(self.results_dir, snap)
+            cutoff = time.time() - orphan_age_s
+            for dirpath, _dirs, files in os.walk(self.results_dir):
+                if "_delta_log" in dirpath:
+                    continue
                 for name in files:
-                    m = PART_NAME.match(name)
-                    stale_tmp = name.startswith(".") and name.endswith(".tmp")
-                    if stale_tmp or (m and (m["run"], int(m["seq"])) not in committed):
-                        os.unlink(os.path.join(dirpath, name))
-        for d in (self.done_dir, self.runs_dir, self.root / "manifest"):
-            if d.exists():
-                for entry in os.scandir(d):
-                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                        os.unlink(entry.path)
+                    full = os.path.join(dirpath, name)
+                    rel = os.path.relpath(full, self.results_dir)
+                    if rel not in live and os.stat(full).st_mtime < cutoff:
+                        os.unlink(full)
+                        removed += 1
+        for d in (self.runs_dir, self.root / "manifest", self.models_dir, self.root / "labels"):
+            removed += _remove_temporary(d)
         if self.holds_run_lock():
             # Only runs write reports and summaries, so with the run lock held no other
             # writer can own a temporary file there.
-            for d in (self.reports_dir, self.summaries_dir):
-                for dirpath, _dirs, files in os.walk(d):
-                    for name in files:
-                        if TMP_NAME.match(name):
-                            os.unlink(os.path.join(dirpath, name))
-
-    def recover(self, lock_timeout_s: float = 600.0) -> None:
-        """Finish or discard what a crashed run left (journals, orphan parts, temp files)."""
-        with self.lock(lock_timeout_s, what="recover"):
-            self._recover_locked()
+            removed += _remove_temporary(self.reports_dir) + _remove_temporary(self.summaries_dir)
+        return removed
 
     # -- reading detections -----------------------------------------------------------
-    def detection_files(
-        self,
-        sites: Iterable[str] | None = None,
-        start: date | None = None,
-        end: date | None = None,
-    ) -> list[Path]:
-        """Committed part files, pruned by site and UTC date from folder names alone."""
-        if not self.detections_dir.exists():
-            return []
-        committed = self._committed_flushes()
-        wanted_sites = {quote(s, safe="") for s in sites} if sites is not None else None
-        out: list[Path] = []
-        for site_entry in sorted(os.scandir(self.detections_dir), key=lambda e: e.name):
-            if not site_entry.name.startswith("site="):
+    def detection_files(self, sites: Iterable[str] | None = None, start: date | None = None,
+                        end: date | None = None, snap=None) -> list[Path]:
+        """The live detection files of one snapshot, pruned by site and UTC date (from the
+        table's log alone: no file is opened)."""
+        snap = self.snapshot() if snap is None else snap
+        wanted = set(sites) if sites is not None else None
+        out = []
+        for f in ResultsTable.files(snap, DETECTION):
+            if wanted is not None and f.site not in wanted:
                 continue
-            if wanted_sites is not None and site_entry.name[5:] not in wanted_sites:
-                continue
-            for date_entry in sorted(os.scandir(site_entry.path), key=lambda e: e.name):
-                if not date_entry.name.startswith("date="):
+            if (start or end) and f.date != UNKNOWN:
+                d = date.fromisoformat(f.date)
+                if (start and d < start) or (end and d > end):
                     continue
-                day = date_entry.name[5:]
-                if (start or end) and day != UNKNOWN:
-                    d = date.fromisoformat(day)
-                    if (start and d < start) or (end and d > end):
-                        continue
-                for f in sorted(os.scandir(date_entry.path), key=lambda e: e.name):
-                    m = PART_NAME.match(f.name)
-                    if m and (m["run"], int(m["seq"])) in committed:
-                        out.append(Path(f.path))
+            out.append(self.results_dir / f.path)
         return out
+
+    def done_files(self, snap=None) -> list[Path]:
+        """The live done files of one snapshot."""
+        snap = self.snapshot() if snap is None else snap
+        return [self.results_dir / f.path for f in ResultsTable.files(snap, DONE)]
 
     def detections_dataset(self, files: list[Path] | None = None) -> ds.Dataset:
         files = self.detection_files() if files is None else files
-        partitioning = ds.partitioning(schemas.DETECTION_PARTITIONS, flavor="hive")
-        full = pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS))
-        return ds.dataset(
-            [str(f) for f in files], schema=full, format="parquet",
-            partitioning=partitioning, partition_base_dir=str(self.detections_dir),
-        )
+        entries = []
+        for p in files:
+            rel = Path(p).relative_to(self.results_dir).as_posix()
+            entries.append(ResultFile(rel, DETECTION, unquote(Path(p).parent.parent.name[len("site="):]),
+                                      Path(p).parent.name[len("date="):], 0))
+        return self.results.dataset(entries, DETECTION)
 
-    def read_detections(self, columns: list[str] | None = None) -> pd.DataFrame:
+    def read_detections(self, columns: list[str] | None = None, snap=None) -> pd.DataFrame:
         """All committed detections as a DataFrame (site and date included)."""
-        return self.detections_dataset().to_table(columns=columns).to_pandas()
+        return self.detections_dataset(self.detection_files(snap=snap)).to_table(columns=columns).to_pandas()
 
     # -- runs -------------------------------------------------------------------------
     def write_run(self, row: dict) -> None:

@@ -1,0 +1,209 @@
+"""The ``results`` Delta Lake table: detection rows and done rows in one table, one log.
+
+One table carries both the rows and their completion, so that a commit of a group of
+recordings (its detections, its done rows, and the removal of the rows it replaces) is one
+Delta transaction: readers see all of it or none of it (docs/store.md#the-commit).
+
+Rows are told apart by the partition column ``kind`` (``detection`` or ``done``); detection
+files are partitioned by ``site`` and UTC ``date`` too, done files by ``site`` (``date`` null).
+pam writes the Parquet files itself, each with only its own kind's columns and its schema
+version in the metadata (``pam.schema``), and commits them with delta-rs; other engines read
+the table as the union of both column sets (``kind`` says which columns apply).
+
+Concurrency is optimistic: a commit is built against the snapshot it read and offered as the
+next version with no automatic rebase (``max_commit_retries=0``); when another writer got
+there first, the commit removes its files, rereads the snapshot, re-checks which recordings
+are still to commit and tries again. Two writers can therefore never both commit one
+recording, and a replacement never removes a file another commit has already replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction
+
+import pam.store.schemas as schemas
+
+DETECTION, DONE = "detection", "done"
+PARTITIONS = ["kind", "site", "date"]
+UNKNOWN = "unknown"
+DETECTION_FILE = schemas.with_version("detections")
+DONE_FILE = schemas.with_version("done")  # done files keep their site column (also the partition value)
+
+
+def table_schema() -> pa.Schema:
+    """The Delta table's logical schema: both kinds' columns (nullable), then the partitions."""
+    fields: dict[str, pa.Field] = {}
+    for f in list(schemas.DETECTIONS) + [f for f in schemas.DONE if f.name != "site"]:
+        fields.setdefault(f.name, f.with_nullable(True))
+    return pa.schema(list(fields.values()) + [pa.field(p, pa.string()) for p in PARTITIONS])
+
+
+class CommitConflict(RuntimeError):
+    """Another writer committed first too many times in a row."""
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One live file of the table, as the snapshot lists it."""
+
+    path: str  # relative to the table root
+    kind: str
+    site: str | None
+    date: str | None
+    rows: int
+
+
+def file_dir(kind: str, site: str | None, day: str | None) -> str:
+    site_part = quote(site, safe="") if isinstance(site, str) and site else UNKNOWN
+    if kind == DONE:
+        return f"kind={DONE}/site={site_part}"
+    day_part = day if isinstance(day, str) and day else UNKNOWN
+    return f"kind={DETECTION}/site={site_part}/date={day_part}"
+
+
+class ResultsTable:
+    """The Delta table at ``uri`` (a local folder or an object-store URI)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None):
+        self.uri = uri.rstrip("/")
+        self.storage_options = storage_options or None
+        self.fs, self.base = pafs.FileSystem.from_uri(self.uri) if "://" in self.uri else (
+            pafs.LocalFileSystem(), self.uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot(self, version: int | str | datetime | None = None) -> DeltaTable | None:
+        """The table at its latest version (or an earlier one); None when it does not exist yet."""
+        try:
+            dt = DeltaTable(self.uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+        if version is not None:
+            dt.load_as_version(version)
+        return dt
+
+    def ensure(self) -> DeltaTable:
+        dt = self.snapshot()
+        if dt is None:
+            try:
+                DeltaTable.create(self.uri, schema=table_schema(), partition_by=PARTITIONS, name="results",
+                                  mode="ignore", storage_options=self.storage_options,
+                                  configuration={"delta.checkpointInterval": "50"})
+            except Exception:  # a writer beside us created it first
+                pass
+            dt = self.snapshot()
+        return dt
+
+    @staticmethod
+    def files(dt: DeltaTable | None, kind: str) -> list[ResultFile]:
+        if dt is None:
+            return []
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        out = []
+        for path, k, site, day, rows in zip(actions.column("path").to_pylist(),
+                                            actions.column("partition.kind").to_pylist(),
+                                            actions.column("partition.site").to_pylist(),
+                                            actions.column("partition.date").to_pylist(),
+                                            actions.column("num_records").to_pylist()):
+            if k == kind:
+                out.append(ResultFile(path, k, site, day, rows or 0))
+        out.sort(key=lambda f: f.path)
+        return out
+
+    def full_path(self, rel: str) -> str:
+        return f"{self.base}/{rel}"
+
+    def dataset(self, files: list[ResultFile], kind: str) -> ds.Dataset:
+        """The files as one pyarrow dataset with ``site`` (and ``date``) from the table's log."""
+        if kind == DETECTION:
+            schema = pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS))
+            parts = [(ds.field("site") == _scalar(f.site)) & (ds.field("date") == _scalar(f.date)) for f in files]
+        else:
+            schema = schemas.DONE
+            parts = [ds.scalar(True) for f in files]
+        return ds.FileSystemDataset.from_paths([self.full_path(f.path) for f in files], schema=schema,
+                                               format=ds.ParquetFileFormat(), filesystem=self.fs,
+                                               partitions=parts)
+
+    # -- writing -----------------------------------------------------------------------
+    def write_file(self, table: pa.Table, kind: str, site: str | None, day: str | None, stem: str) -> AddAction:
+        rel = f"{file_dir(kind, site, day)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.full_path(rel)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            size = os.path.getsize(path)
+        else:
+            with self.fs.open_output_stream(path) as out:
+                pq.write_table(table, out, compression="zstd")
+            size = self.fs.get_file_info(path).size
+        if kind == DETECTION:  # a missing site or date reads back as "unknown", as its folder says
+            values = {"kind": kind, "site": site if isinstance(site, str) and site else UNKNOWN,
+                      "date": day if isinstance(day, str) and day else UNKNOWN}
+        else:
+            values = {"kind": kind, "site": site if isinstance(site, str) and site else None, "date": None}
+        return AddAction(rel, size, values, int(time.time() * 1000), True, json.dumps({"numRecords": table.num_rows}))
+
+    def delete_files(self, adds: list[AddAction]) -> None:
+        """Files of a commit that lost the race (never in the log, so nobody reads them)."""
+        for a in adds:
+            try:
+                self.fs.delete_file(self.full_path(a.path))
+            except (FileNotFoundError, OSError):
+                pass
+
+    def commit(self, dt: DeltaTable, adds: list[AddAction], removes: list[ResultFile], operation: str,
+               data_change: bool = True) -> bool:
+        """Offer the actions as the version after ``dt``; False when another writer took it."""
+        now = int(time.time() * 1000)
+        actions: list = list(adds) + [RemoveAction(path=f.path, deletion_timestamp=now, data_change=data_change,
+                                                   partition_values={"kind": f.kind, "site": f.site,
+                                                                     "date": f.date})
+                                      for f in removes]
+        try:
+            dt.create_write_transaction(actions, "append", table_schema(), partition_by=PARTITIONS,
+                                        commit_properties=CommitProperties(
+                                            max_commit_retries=0, custom_metadata={"pam.operation": operation}))
+        except CommitFailedError:
+            self.delete_files(adds)
+            return False
+        except BaseException:
+            self.delete_files(adds)
+            raise
+        return True
+
+    def transact(self, attempt: Callable[[DeltaTable], object], tries: int = 50):
+        """Run ``attempt(snapshot)`` until it commits (returns non-None) or says there is nothing to do."""
+        for k in range(tries):
+            dt = self.ensure()
+            result = attempt(dt)
+            if result is not None:
+                return result
+            time.sleep(min(0.5, 0.01 * 2 ** k) * (0.5 + uuid.uuid4().int % 1000 / 1000))
+        raise CommitConflict(f"{self.uri}: gave up after {tries} commit conflicts with other writers")
+
+
+def _scalar(value: str | None) -> pa.Scalar:
+    return pa.scalar(value, type=pa.string())
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)

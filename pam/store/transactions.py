@@ -1,0 +1,164 @@
+"""The store's write transactions on the ``results`` table: commit a flush, retire recordings.
+
+Each is one Delta transaction built against one snapshot (``ResultsTable.transact``): it adds
+the new detection and done files and removes every file that holds a row it replaces,
+writing that file again without those rows. Nothing is visible until the log's next version
+names it, so a process killed at any point leaves either the old table or the new one, plus
+at most some files no version names (``Store.recover`` deletes them once they are old).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
+
+import pam.store.schemas as schemas
+from pam.store.results import DETECTION, DONE, DONE_FILE, DETECTION_FILE, ResultFile, ResultsTable
+
+KEY = ["recording_id", "model_id", "settings_hash", "run_id"]
+
+
+@dataclass(frozen=True)
+class Flush:
+    """One commit's worth of work: detection rows (with site and date) and done rows."""
+
+    detections: pa.Table  # schemas.DETECTIONS plus string columns site, date
+    done: pa.Table  # schemas.DONE
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit made visible, and how many earlier analyses it made out of date."""
+
+    done: pa.Table  # the done rows committed (recordings another run had committed are left out)
+    superseded: int  # older done rows replaced: same recording under other settings, or the path's old content
+
+
+def out_of_date(existing: pd.DataFrame, done: pa.Table) -> pd.DataFrame:
+    """Done rows of ``existing`` that ``done`` replaces: for the same model, the same recording
+    under other settings, or another recording (an earlier content) at the same path."""
+    model = done.column("model_id").to_pylist()
+    settings = dict(zip(zip(done.column("recording_id").to_pylist(), model), done.column("settings_hash").to_pylist()))
+    current = {(p, m): r for r, p, m in zip(done.column("recording_id").to_pylist(), done.column("path").to_pylist(),
+                                          model) if p}
+    stale = []
+    for r, m, k, p in zip(existing["recording_id"], existing["model_id"], existing["settings_hash"], existing["path"]):
+        other_settings = (r, m) in settings and settings[(r, m)] != k
+        other_content = (p, m) in current and current[(p, m)] != r
+        stale.append(other_settings or other_content)
+    return existing.loc[pd.Series(stale, index=existing.index, dtype=bool)]
+
+
+def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | None = None,
+              columns: list[str] | None = None) -> pd.DataFrame:
+    files = ResultsTable.files(dt, DONE)
+    if not files:
+        empty = schemas.DONE.empty_table()
+        return (empty.select(columns) if columns else empty).to_pandas()
+    return table.dataset(files, DONE).to_table(filter=flt, columns=columns).to_pandas()
+
+
+def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set) -> tuple[list, list[ResultFile]]:
+    """Files holding rows of ``keys`` (recording, model, settings, run): each written again
+    without them (adds) and removed (removes). Detection files are searched in ``sites`` only."""
+    adds, removes = [], []
+    if not keys:
+        return adds, removes
+    ids = sorted({k[0] for k in keys})
+    for kind in (DONE, DETECTION):
+        files = ResultsTable.files(dt, kind)
+        if kind == DETECTION:
+            files = [f for f in files if f.site in sites]
+        if not files:
+            continue
+        dataset = table.dataset(files, kind)
+        flt = ds.field("recording_id").isin(ids)
+        for f, fragment in zip(files, dataset.get_fragments()):
+            if not fragment.to_table(columns=["recording_id"], filter=flt).num_rows:
+                continue
+            data = fragment.to_table(schema=fragment.physical_schema)
+            mask = [tuple(k) not in keys for k in zip(*(data.column(c).to_pylist() for c in KEY))]
+            if all(mask):
+                continue
+            kept = data.filter(pa.array(mask))
+            removes.append(f)
+            if kept.num_rows:
+                schema = DONE_FILE if kind == DONE else DETECTION_FILE
+                adds.append(table.write_file(kept.select(schema.names).cast(schema), kind, f.site, f.date,
+                                             "rewrite"))
+    return adds, removes
+
+
+def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool) -> Committed:
+    """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces)."""
+
+    def attempt(dt: DeltaTable):
+        done, detections = flush.done, flush.detections
+        ids = set(done.column("recording_id").to_pylist())
+        paths = {p for p in done.column("path").to_pylist() if p}
+        existing = done_rows(table, dt, ds.field("recording_id").isin(list(ids)) | ds.field("path").isin(list(paths)),
+                             KEY + ["path", "site"])
+        keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
+        mine = [(m, k) in keys and r in ids for r, m, k in
+                zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
+        already = existing.loc[pd.Series(mine, index=existing.index, dtype=bool)]
+        clash = set(already["recording_id"])
+        if clash and not replace:
+            done = done.filter(pa.array([r not in clash for r in done.column("recording_id").to_pylist()]))
+            detections = detections.filter(
+                pa.array([r not in clash for r in detections.column("recording_id").to_pylist()]))
+            clash = set()
+        if done.num_rows == 0:
+            return Committed(done, 0)
+        stale = out_of_date(existing, done)
+        old = pd.concat([already[already["recording_id"].isin(clash)], stale])
+        old_keys = {tuple(k) for k in old[KEY].itertuples(index=False, name=None)}
+        adds, removes = _rewrites(table, dt, old_keys, set(old["site"].fillna("unknown")) | set(old["site"].dropna()))
+        try:
+            adds += _new_files(table, run_id, seq, detections, done)
+        except BaseException:
+            table.delete_files(adds)
+            raise
+        if table.commit(dt, adds, removes, "commit"):
+            return Committed(done, len(stale))
+        return None
+
+    return table.transact(attempt)
+
+
+def _new_files(table: ResultsTable, run_id: str, seq: int, detections: pa.Table, done: pa.Table) -> list:
+    adds = []
+    try:
+        if detections.num_rows:
+            frame = detections.to_pandas()
+            for (site, day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
+                part = pa.Table.from_pandas(group.drop(columns=["site", "date"]), schema=DETECTION_FILE,
+                                            preserve_index=False)
+                adds.append(table.write_file(part, DETECTION, site, day, f"part-{run_id}-{seq:05d}"))
+        frame = done.to_pandas()
+        for site, group in frame.groupby("site", sort=True, dropna=False):
+            part = pa.Table.from_pandas(group, schema=DONE_FILE, preserve_index=False)
+            adds.append(table.write_file(part, DONE, site, None, f"done-{run_id}-{seq:05d}"))
+    except BaseException:
+        table.delete_files(adds)
+        raise
+    return adds
+
+
+def retire_recordings(table: ResultsTable, ids: list[str]) -> int:
+    """Remove every model's rows of these recordings in one transaction; the done rows removed."""
+
+    def attempt(dt: DeltaTable):
+        old = done_rows(table, dt, ds.field("recording_id").isin(ids), KEY + ["site"])
+        if old.empty:
+            return 0
+        keys = {tuple(k) for k in old[KEY].itertuples(index=False, name=None)}
+        sites = set(old["site"].fillna("unknown")) | set(old["site"].dropna())
+        adds, removes = _rewrites(table, dt, keys, sites)
+        return len(old) if table.commit(dt, adds, removes, "retire") else None
+
+    return table.transact(attempt)
