@@ -1,9 +1,10 @@
 """Faults: kill -9 at seeded points of a run, then rerun; two runs on one store at once.
 
-Runs are forked from this process (torch is already imported, so a child starts in
-milliseconds) and killed with SIGKILL: by themselves at the k-th file-system step of the
-commit protocol (before or after a rename or delete: every state the protocol can be cut
-in), or by the test after a random delay. After each kill, readers must see only whole
+Runs are forked from a fork server that has imported torch and pam (so a child starts in
+milliseconds, and never inherits a delta-rs runtime) and killed with SIGKILL: by themselves
+at the k-th step that changes the store (before or after a data file is written, a version
+of the results table is committed, or a file renamed or deleted: every state a run can be
+cut in), or by the test after a random delay. After each kill, readers must see only whole
 recordings; after a rerun, the detections must equal those of an uninterrupted run, with
 no temporary file, orphan part or journal left in the store.
 """
@@ -31,7 +32,11 @@ from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.store import Store, StoreBusy
 from synth import noise, write_wav
 
-FORK = mp.get_context("fork")
+# delta-rs must not run in a forked child once the parent used it (its tokio runtime panics),
+# so runs start from a fork server that imported torch and pam but never touched a store
+# (docs/store.md#processes).
+CHILD = mp.get_context("forkserver")
+CHILD.set_forkserver_preload(["torch", "pam.ops.pipeline", "pam.cli.main", "models", "synth", "test_faults"])
 KEY = ["recording_id", "start_sample", "label"]
 N_FILES = 6
 
@@ -62,18 +67,36 @@ def same_tables(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def leftovers(store: Store) -> list[str]:
-    """Temporary files, journals and parts that no done file covers: none may survive a rerun."""
+    """Temporary files, journals and files under results/ that no version of the table names."""
     root = store.root
     out = [str(p.relative_to(root)) for p in root.rglob("*.tmp")]
     out += [str(p.relative_to(root)) for p in root.glob(".replace-*.json")]
-    committed = set(store.detection_files())
-    out += [str(p.relative_to(root)) for p in root.rglob("part-*.parquet") if p not in committed]
+    out += [str(p.relative_to(root)) for p in store.unnamed_files()]
     return out
 
 
+def _instrument(on_step) -> None:
+    """Call ``on_step(phase)`` before and after every step that changes the store on disk: each
+    data file written (``ResultsTable.write_file``), each commit of the table's next version
+    (``ResultsTable.commit``), and each rename or delete (manifest, run rows, recovery)."""
+    from pam.store.results import ResultsTable
+
+    def wrap(real):
+        def step(*args, **kwargs):
+            on_step("before")
+            out = real(*args, **kwargs)
+            on_step("after")
+            return out
+        return step
+
+    os.replace, os.unlink = wrap(os.replace), wrap(os.unlink)
+    ResultsTable.write_file = wrap(ResultsTable.write_file)
+    ResultsTable.commit = wrap(ResultsTable.commit)
+
+
 def _run_child(dump: Path, root: Path, conf: PamConfig, kill_at: tuple[int, str] | None) -> None:
-    """Body of a forked run. With ``kill_at`` = (k, phase) it SIGKILLs itself at the k-th
-    rename or delete, before or after it happens."""
+    """Body of a run in a child process. With ``kill_at`` = (k, phase) it SIGKILLs itself
+    before or after its k-th step (see ``_instrument``)."""
     try:
         import torch
 
@@ -82,18 +105,13 @@ def _run_child(dump: Path, root: Path, conf: PamConfig, kill_at: tuple[int, str]
             k, phase = kill_at
             count = [0]
 
-            def wrap(real):
-                def step(*args, **kwargs):
+            def on_step(now: str) -> None:
+                if now == "before":
                     count[0] += 1
-                    if count[0] == k and phase == "before":
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    out = real(*args, **kwargs)
-                    if count[0] == k and phase == "after":
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return out
-                return step
+                if count[0] == k and phase == now:
+                    os.kill(os.getpid(), signal.SIGKILL)
 
-            os.replace, os.unlink = wrap(os.replace), wrap(os.unlink)
+            _instrument(on_step)
         scan_and_detect(dump, Store(root), conf)
     except BaseException:  # pragma: no cover - shown in the test's failure
         traceback.print_exc()
@@ -104,16 +122,14 @@ def _run_child(dump: Path, root: Path, conf: PamConfig, kill_at: tuple[int, str]
 def _count_steps(dump: Path, root: Path, conf: PamConfig, conn) -> None:
     import torch
 
-    torch.set_num_threads(1)  # OpenMP thread pools do not survive fork: one thread in children
+    torch.set_num_threads(1)  # one thread in children, as in the runs that get killed
     count = [0]
 
-    def wrap(real):
-        def step(*args, **kwargs):
+    def on_step(now: str) -> None:
+        if now == "before":
             count[0] += 1
-            return real(*args, **kwargs)
-        return step
 
-    os.replace, os.unlink = wrap(os.replace), wrap(os.unlink)
+    _instrument(on_step)
     scan_and_detect(dump, Store(root), conf)
     conn.send(count[0])
     os._exit(0)
@@ -135,7 +151,7 @@ def check_visible_state(store: Store, reference: pd.DataFrame) -> None:
     """Between kill and rerun: every committed recording is whole, nothing else is visible."""
     done = store.done_table()
     assert not done.duplicated(["recording_id", "model_id", "settings_hash"]).any()
-    det = table(store) if store.detections_dir.exists() else reference.iloc[0:0]
+    det = table(store) if store.snapshot() is not None else reference.iloc[0:0]
     assert set(det["recording_id"]) <= set(done["recording_id"])
     expected = reference[reference["recording_id"].isin(set(done["recording_id"]))].reset_index(drop=True)
     same_tables(det, expected)
@@ -143,16 +159,19 @@ def check_visible_state(store: Store, reference: pd.DataFrame) -> None:
 
 def test_kill_minus_9_at_seeded_points_then_rerun_equals_uninterrupted_run(setup):
     tmp, dump, conf, reference, ref_done = setup
-    # How many renames/deletes an uninterrupted run makes: the places a kill can land.
-    recv, send = FORK.Pipe(duplex=False)
-    p = FORK.Process(target=_count_steps, args=(dump, tmp / "count", conf, send))
+    # How many steps an uninterrupted run makes: the places a kill can land.
+    warm = CHILD.Process(target=os.getpid)  # start the fork server first: timed runs below start as fast
+    warm.start()
+    warm.join(120)
+    recv, send = CHILD.Pipe(duplex=False)
+    p = CHILD.Process(target=_count_steps, args=(dump, tmp / "count", conf, send))
     t0 = time.monotonic()
     p.start()
     assert recv.poll(120), "the counting run did not finish"
     steps = recv.recv()
     p.join(60)
     full_s = time.monotonic() - t0
-    assert steps > 2 * N_FILES  # parts + done per commit, manifest, run rows
+    assert steps > 3 * N_FILES  # per commit: detection file, done file, the commit; manifest, run rows
 
     rng = random.Random(20240501)
     points = [("step", k, phase) for k, phase in rng.sample([(k, ph) for k in range(1, steps + 1)
@@ -161,7 +180,7 @@ def test_kill_minus_9_at_seeded_points_then_rerun_equals_uninterrupted_run(setup
     killed = 0
     for n, (how, at, phase) in enumerate(points):
         root = tmp / f"killed-{n}"
-        proc = FORK.Process(target=_run_child, args=(dump, root, conf, (at, phase) if how == "step" else None))
+        proc = CHILD.Process(target=_run_child, args=(dump, root, conf, (at, phase) if how == "step" else None))
         proc.start()
         if how == "timer":
             deadline = time.monotonic() + at
@@ -181,6 +200,9 @@ def test_kill_minus_9_at_seeded_points_then_rerun_equals_uninterrupted_run(setup
         scan_and_detect(dump, store, conf)  # the rerun
         same_tables(table(store), reference)
         assert set(store.done_table()["recording_id"]) == ref_done
+        # files the killed run wrote but never committed: invisible, and deleted by recovery once
+        # old enough to belong to no commit in flight (the nightly's recover waits an hour)
+        store.recover(orphan_age_s=0)
         assert leftovers(store) == [], f"point {n} ({how} {at} {phase})"
     assert killed >= 20, f"only {killed} of {len(points)} kills landed inside a run"
 
@@ -200,8 +222,8 @@ def _busy_child(dump: Path, root: Path, conf: PamConfig, conn) -> None:
 
 
 def _start(dump, root, conf):
-    recv, send = FORK.Pipe(duplex=False)
-    proc = FORK.Process(target=_busy_child, args=(dump, root, conf, send))
+    recv, send = CHILD.Pipe(duplex=False)
+    proc = CHILD.Process(target=_busy_child, args=(dump, root, conf, send))
     proc.start()
     return proc, recv
 
@@ -250,8 +272,8 @@ def _hold_lock(root: Path, ready, release) -> None:
 
 def test_cli_names_the_run_that_holds_the_store(setup, tmp_path):
     _, dump, conf, _, _ = setup
-    ready, release = FORK.Event(), FORK.Event()
-    holder = FORK.Process(target=_hold_lock, args=(tmp_path / "store", ready, release))
+    ready, release = CHILD.Event(), CHILD.Event()
+    holder = CHILD.Process(target=_hold_lock, args=(tmp_path / "store", ready, release))
     holder.start()
     try:
         assert ready.wait(30)

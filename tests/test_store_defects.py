@@ -22,7 +22,9 @@ import pam.store.schemas as schemas
 from pam.store.store import Flush, Store, new_run_id
 
 NOW = datetime(2024, 5, 1, 6, tzinfo=timezone.utc)
-FORK = mp.get_context("fork")
+# delta-rs must not run in a forked child once the parent used it (its tokio runtime panics),
+# so children start from a fresh fork server and import pam themselves (docs/store.md).
+CHILD = mp.get_context("forkserver")
 
 
 def flush_of(recs: dict[str, str], run: str, per_rec: int = 3, settings: str = "s1", score: float = 0.9) -> Flush:
@@ -143,8 +145,8 @@ def _hold_lock_then_die(root: str, ready, go) -> None:
 
 def test_defect4_run_lock_held_by_another_process_is_alive(tmp_path):
     store = Store(tmp_path).ensure()
-    ready, go = FORK.Event(), FORK.Event()
-    child = FORK.Process(target=_hold_lock_then_die, args=(str(tmp_path), ready, go))
+    ready, go = CHILD.Event(), CHILD.Event()
+    child = CHILD.Process(target=_hold_lock_then_die, args=(str(tmp_path), ready, go))
     child.start()
     try:
         assert ready.wait(10)
@@ -197,7 +199,7 @@ def test_defect6_recovery_removes_every_temporary_file(tmp_path, what):
     from pamstore import Rec, build
 
     store = build(tmp_path, [Rec("r1", "X", "2024-05-01T05:00", 60.0, detections=[(1.0, "a", 0.9, "m1")])])
-    child = FORK.Process(target=_summarize_and_die_at_rename, args=(str(tmp_path), what))
+    child = CHILD.Process(target=_summarize_and_die_at_rename, args=(str(tmp_path), what))
     child.start()
     child.join(60)
     assert child.exitcode == 9, f"the child did not reach a rename into {what}"

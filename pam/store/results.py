@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -120,8 +120,8 @@ class ResultsTable:
                                             actions.column("partition.site").to_pylist(),
                                             actions.column("partition.date").to_pylist(),
                                             actions.column("num_records").to_pylist()):
-            if k == kind:
-                out.append(ResultFile(path, k, site, day, rows or 0))
+            if k == kind:  # the log holds paths URI-encoded (Delta protocol); files carry them decoded
+                out.append(ResultFile(unquote(path), k, site, day, rows or 0))
         out.sort(key=lambda f: f.path)
         return out
 

@@ -320,24 +320,39 @@ class Store:
         self.ensure()
         return retire_recordings(self.results, ids)
 
+    def unnamed_files(self) -> list[Path]:
+        """Files under ``results/`` that no version of the table names (a writer died between
+        writing them and committing), and delta-rs's temporary log files (``_delta_log/*.tmp``,
+        a writer died inside its commit). Nobody reads them."""
+        snap = self.snapshot()
+        if snap is None:
+            return []
+        live = _ever_named(self.results_dir, snap)
+        out = []
+        for dirpath, _dirs, files in os.walk(self.results_dir):
+            in_log = "_delta_log" in Path(dirpath).relative_to(self.results_dir).parts
+            for name in files:
+                full = Path(dirpath) / name
+                if in_log:
+                    if name.endswith(".tmp"):
+                        out.append(full)
+                elif full.relative_to(self.results_dir).as_posix() not in live:
+                    out.append(full)
+        return sorted(out)
+
     def recover(self, lock_timeout_s: float = 600.0, orphan_age_s: float = ORPHAN_AGE_S) -> int:
         """Delete what crashed writers left: files under ``results/`` that no version of the table
         names and that are older than ``orphan_age_s`` (younger ones may belong to a commit in
         flight on another machine), and temporary files. Returns the files deleted."""
         removed = 0
-        snap = self.snapshot()
-        if snap is not None:
-            live = _ever_named(self.results_dir, snap)
-            cutoff = time.time() - orphan_age_s
-            for dirpath, _dirs, files in os.walk(self.results_dir):
-                if "_delta_log" in dirpath:
-                    continue
-                for name in files:
-                    full = os.path.join(dirpath, name)
-                    rel = os.path.relpath(full, self.results_dir)
-                    if rel not in live and os.stat(full).st_mtime < cutoff:
-                        os.unlink(full)
-                        removed += 1
+        cutoff = time.time() - orphan_age_s
+        for path in self.unnamed_files():
+            try:
+                if orphan_age_s <= 0 or path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another recovery got there first
+                pass
         for d in (self.runs_dir, self.root / "manifest", self.models_dir, self.root / "labels"):
             removed += _remove_temporary(d)
         if self.holds_run_lock():
