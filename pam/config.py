@@ -199,6 +199,14 @@ class SummariesConfig(_Strict):
     period_days: int = Field(1, ge=1, le=366, description="survey period of the occupancy detection histories")
 
 
+class StoreConfig(_Strict):
+    """Upkeep of the store's results table, done by the nightly run after its summaries."""
+
+    compact: bool = Field(True, description="rewrite the detection partitions the run wrote as one file each")
+    retention_days: float = Field(7.0, ge=0, le=3650, description="keep files that newer versions removed this many "
+                                  "days (time travel reaches back that far), then delete them")
+
+
 class PamConfig(_Strict):
     model: str | None = Field(None, description="checkpoint path; default: the bundled model")
     scan: ScanConfig = Field(default_factory=ScanConfig)
@@ -208,6 +216,7 @@ class PamConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     @model_validator(mode="after")
     def _store_outside_dumps(self) -> "PamConfig":

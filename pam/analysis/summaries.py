@@ -149,6 +149,18 @@ def _files_near(files: list[Path], touched: dict[str, set[int]]) -> list[Path]:
     return out
 
 
+def _compacted_before_counted(store: Store, new_flushes: set[tuple[str, int]], files: list[Path]) -> bool:
+    """Whether a new flush that wrote detections has no detection file of its own left (the
+    store's compaction merged it before these summaries counted it)."""
+    with_files = {_flush_key(f) for f in files}
+    missing = new_flushes - with_files
+    if not missing:
+        return False
+    done = store.done_table(columns=["run_id", "detections"])
+    runs = {run for run, _seq in missing}
+    return bool(done[done["run_id"].isin(runs)]["detections"].sum() > 0)
+
+
 # -- state ---------------------------------------------------------------------------------
 def _done_files(store: Store) -> dict[str, list[int]]:
     out = {}
@@ -330,6 +342,8 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
             or not store.summary_path("hourly_counts").exists())
     new_flushes = {(m["run"], int(m["seq"])) for n in done_now if n not in old_files and (m := DONE_NAME.match(n))}
     files = store.detection_files()
+    if not full and _compacted_before_counted(store, new_flushes, files):
+        full = True  # a new flush's detection files were compacted away: its days cannot be found by file name
     if full:
         hourly = count_hours(store, [f for f in files if _partition(f)[1] != UNKNOWN], config, min_score, model_id)
         recounted = int(hourly[["site", "local_date"]].drop_duplicates().shape[0])

@@ -30,6 +30,21 @@ def _store(path: Path) -> Store:
     return Store(path)
 
 
+AsOfOpt = typer.Option(None, "--as-of", help="read the results table as it was: a version number (see `pam store "
+                                            "history`) or a UTC date-time such as 2024-05-02T06:00")
+
+
+def _store_at(path: Path, as_of: Optional[str]) -> Store:
+    """The store, pinned to one version of its results table when ``--as-of`` is given."""
+    st = _store(path)
+    if as_of is None:
+        return st
+    try:
+        return st.at(as_of)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def _errors():
     from pam.store.query import QueryError
     from pam.analysis.review import ReviewError
@@ -159,12 +174,13 @@ def query(
     events: bool = typer.Option(False, "--events", help="one row per event (a call: overlapping windows of one "
                                                         "species joined) instead of one per window; --min-score "
                                                         "then applies to each event's peak"),
+    as_of: Optional[str] = AsOfOpt,
 ) -> None:
     """Detections by species, site, time, score and model; reads only the files that can match."""
     from pam.analysis.events import query_events
     from pam.store.query import query_detections
 
-    st = _store(store)
+    st = _store_at(store, as_of)
     try:
         read = query_events if events else query_detections
         res = read(st, species=species, sites=site, start=start, end=end, min_score=min_score, model_id=model,
@@ -205,11 +221,12 @@ def sql(
                                               "and every summary (daily_counts, site_days, diel, occupancy, ...)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the result to .csv or .parquet"),
     show: int = typer.Option(50, "--show", help="rows to print (to a terminal; piped output is every row as CSV)"),
+    as_of: Optional[str] = AsOfOpt,
 ) -> None:
-    """Run SQL (DuckDB) over the store."""
+    """Run SQL (DuckDB) over the store: detections and done from one version of the results table."""
     from pam.store.query import run_sql
 
-    st = _store(store)
+    st = _store_at(store, as_of)
     try:
         frame = run_sql(st, statement)
     except _errors() as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pam.cli import analysis, detection, operations, training  # noqa: F401 - importing registers the commands
+from pam.cli import analysis, detection, operations, store, training  # noqa: F401 - importing registers the commands
 from pam.cli.app import app, err
 
 

@@ -93,7 +93,26 @@ def summarize_stage(store: Store, config: PamConfig,
     """Summaries (incremental), ``STORE/reports/report.html``, and Prefect artifacts inside a flow."""
     from pam.analysis.report import nightly_summary
 
-    return nightly_summary(store, config, logger=logger or log)
+    report = nightly_summary(store, config, logger=logger or log)
+    maintain_store(store, config, logger=logger or log)
+    return report
+
+
+def maintain_store(store: Store, config: PamConfig,
+                   logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+    """After the summaries (which follow the run's own files): compact the detection partitions
+    holding more than one file (those written since their last compaction, so the ones this
+    run touched), then delete files removed more than ``store.retention_days`` ago."""
+    logger = logger or log
+    if config.store.compact:
+        done = store.compact()
+        if done.partitions:
+            logger.info("compacted %d partitions (%d files, %d rows) of %s", done.partitions, done.files_before,
+                        done.rows, store.root)
+    deleted = store.vacuum(config.store.retention_days)
+    if deleted:
+        logger.info("deleted %d files removed more than %g days ago from %s", len(deleted),
+                    config.store.retention_days, store.root)
 
 
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,

@@ -97,6 +97,46 @@ class ResultsTable:
             dt.load_as_version(version)
         return dt
 
+    def snapshot_as_of(self, as_of: int | str | datetime) -> DeltaTable:
+        """The table at a version number, or as it was at a time (an aware datetime, or ISO text; a
+        time without an offset is UTC). ValueError with the versions there are when none fits."""
+        dt = self.snapshot()
+        if dt is None:
+            raise ValueError(f"{self.uri} has no results table yet, so no version {as_of}")
+        latest = dt.version()
+        if isinstance(as_of, str) and as_of.strip().isdigit():
+            as_of = int(as_of)
+        if isinstance(as_of, str):
+            try:
+                as_of = datetime.fromisoformat(as_of.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"--as-of {as_of!r} is neither a version number nor a date-time "
+                                 "(YYYY-MM-DDTHH:MM[:SS], UTC unless an offset is given)") from None
+        if isinstance(as_of, datetime) and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=timezone.utc)
+        created = self.created_at()
+        try:
+            if isinstance(as_of, datetime) and created is not None and as_of < created:
+                raise ValueError("before the table was created")
+            dt.load_as_version(as_of)
+        except Exception:  # delta-rs: no such version (or its log was cleaned up)
+            when = created.isoformat(timespec="seconds") if created else "unknown"
+            raise ValueError(f"{self.uri} has no version {'at ' if isinstance(as_of, datetime) else ''}{as_of}: "
+                             f"versions are 0 (created {when}) to {latest}") from None
+        return dt
+
+    def created_at(self) -> datetime | None:
+        """When version 0 was written (its commitInfo), or None when its log file is gone."""
+        try:
+            with self.fs.open_input_stream(f"{self.base}/_delta_log/{0:020d}.json") as fh:
+                for line in fh.read().decode().splitlines():
+                    info = json.loads(line).get("commitInfo")
+                    if info and "timestamp" in info:
+                        return datetime.fromtimestamp(info["timestamp"] / 1000, timezone.utc)
+        except (FileNotFoundError, OSError):
+            pass
+        return None
+
     def ensure(self) -> DeltaTable:
         dt = self.snapshot()
         if dt is None:
@@ -141,7 +181,8 @@ class ResultsTable:
                                                partitions=parts)
 
     # -- writing -----------------------------------------------------------------------
-    def write_file(self, table: pa.Table, kind: str, site: str | None, day: str | None, stem: str) -> AddAction:
+    def write_file(self, table: pa.Table, kind: str, site: str | None, day: str | None, stem: str,
+                   data_change: bool = True) -> AddAction:
         rel = f"{file_dir(kind, site, day)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.full_path(rel)
         if self.local:
@@ -160,7 +201,7 @@ class ResultsTable:
                       "date": day if isinstance(day, str) and day else UNKNOWN}
         else:
             values = {"kind": kind, "site": site if isinstance(site, str) and site else None, "date": None}
-        return AddAction(rel, size, values, int(time.time() * 1000), True, json.dumps({"numRecords": table.num_rows}))
+        return AddAction(rel, size, values, int(time.time() * 1000), data_change, json.dumps({"numRecords": table.num_rows}))
 
     def delete_files(self, adds: list[AddAction]) -> None:
         """Files of a commit that lost the race (never in the log, so nobody reads them)."""

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
 from pam.store.atomic import TMP_NAME, write_parquet_atomic
+from pam.store.compaction import Compacted, compact, vacuum
 from pam.store.results import DETECTION, DONE, UNKNOWN, ResultFile, ResultsTable
 from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
 
@@ -53,6 +54,10 @@ DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}
 # files and committing them) are deleted by recover() once they are this old: a younger one may
 # belong to a commit still in flight on another machine.
 ORPHAN_AGE_S = 3600.0
+
+
+class OldLayoutError(RuntimeError):
+    """A store of the folder layout (before the results table): it needs ``pam store migrate``."""
 
 
 class StoreBusy(RuntimeError):
@@ -106,6 +111,15 @@ class Store:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
+        self._pinned = None  # set by at(): every read sees this version of the results table
+
+    def at(self, as_of: int | str | datetime) -> "Store":
+        """This store as it was at a version number or a time (``pam query --as-of``): every
+        read of the returned store sees that one version of the results table; it cannot commit.
+        Raises ValueError naming the versions there are when there is no such version."""
+        pinned = Store(self.root)
+        pinned._pinned = self.results.snapshot_as_of(as_of)
+        return pinned
 
     # -- layout -----------------------------------------------------------------------
     @property
@@ -133,7 +147,13 @@ class Store:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
+    def _check_layout(self) -> None:
+        if (self.root / "done").is_dir() and not (self.results_dir / "_delta_log").is_dir():
+            raise OldLayoutError(f"store {self.root} has the folder layout of pam before its results table; convert "
+                                 f"it with `pam store migrate {self.root} NEW_FOLDER` (the old store is only read)")
+
     def ensure(self) -> "Store":
+        self._check_layout()
         for d in (self.root, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
         if not (self.results_dir / "_delta_log").is_dir():
@@ -255,8 +275,19 @@ class Store:
 
     def snapshot(self, as_of: int | str | datetime | None = None):
         """The results table at its latest version, or ``as_of`` a version number or time (None:
-        nothing committed yet). Pass it to the readers below to read one consistent state."""
-        return self.results.snapshot(as_of)
+        nothing committed yet). Pass it to the readers below to read one consistent state.
+        On a store from ``at()`` the default is the pinned version."""
+        if as_of is None and self._pinned is not None:
+            return self._pinned
+        snap = self.results.snapshot(as_of)
+        if snap is None:
+            self._check_layout()
+        return snap
+
+    def _writable(self) -> None:
+        if self._pinned is not None:
+            raise ValueError(f"store {self.root} is opened at version {self._pinned.version()} (Store.at); "
+                             "open it with Store(path) to write")
 
     def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None, snap=None) -> pd.DataFrame:
         return done_rows(self.results, self.snapshot() if snap is None else snap, flt, columns)
@@ -307,6 +338,7 @@ class Store:
         need no lock: a commit that loses the race rereads the table and tries again.
         ``lock_timeout_s`` is kept for callers; it is not used.
         """
+        self._writable()
         self.ensure()
         return commit_flush(self.results, run_id, seq, flush, replace)
 
@@ -317,6 +349,7 @@ class Store:
         ids = list(dict.fromkeys(recording_ids))
         if not ids:
             return 0
+        self._writable()
         self.ensure()
         return retire_recordings(self.results, ids)
 
@@ -360,6 +393,32 @@ class Store:
             # writer can own a temporary file there.
             removed += _remove_temporary(self.reports_dir) + _remove_temporary(self.summaries_dir)
         return removed
+
+    # -- compaction and retention (pam.store.compaction) ------------------------------------
+    def compact(self, min_files: int = 2) -> Compacted:
+        """Rewrite each detection partition (site, UTC day) holding at least ``min_files`` live
+        files as one file; no row changes. The nightly run calls it after its summaries."""
+        self._writable()
+        return compact(self.results, min_files)
+
+    def vacuum(self, retention_days: float = 7.0) -> list[str]:
+        """Delete files that versions older than ``retention_days`` removed (time travel reaches
+        back that far), and checkpoint the log. Returns the files deleted."""
+        self._writable()
+        return vacuum(self.results, retention_days)
+
+    def history(self, limit: int | None = None) -> list[dict]:
+        """The results table's versions, newest first: version, timestamp (ms), operation."""
+        snap = self.snapshot()
+        if snap is None:
+            return []
+        out = []
+        for entry in snap.history(limit):
+            if entry.get("version") is None or entry["version"] < 0:
+                continue
+            out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
+                        "operation": entry.get("pam.operation") or entry.get("operation")})
+        return out
 
     # -- reading detections -----------------------------------------------------------
     def detection_files(self, sites: Iterable[str] | None = None, start: date | None = None,

@@ -1,0 +1,153 @@
+"""``pam store migrate OLD NEW``: a store of the folder layout (pam before issue 12) as a new store.
+
+The folder layout kept detections in ``detections/site=S/date=D/part-<run>-<seq>.parquet`` and
+their completion in ``done/done-<run>-<seq>.parquet``; a part counted only when the done file of
+its run and commit number existed, and rows a ``--force`` commit or a retire replaced were
+listed in journals (``.replace-<run>-<seq>.json``, ``.retire-<id>.json``) until removed.
+Migration reads exactly what that store's readers saw (committed parts, journals applied),
+writes it into ``NEW/results`` as one Delta transaction (each old file becomes one new file,
+named with its run and commit number so ``Store.next_seq`` still counts them), copies every
+other table and file as it is, and compares the row counts before it returns. OLD is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pam.store.results import DETECTION, DETECTION_FILE, DONE, DONE_FILE
+from pam.store.store import Store
+
+OLD_PART = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
+OLD_DONE = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
+OLD_REPLACE = re.compile(r"^\.replace-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.json$")
+OLD_RETIRE = re.compile(r"^\.retire-[0-9a-f]+\.json$")
+# Copied as they are; the folder layout's detections/ and done/ become results/.
+SKIP = {"detections", "done", "results", ".lock", ".run.lock"}
+
+
+class MigrationError(RuntimeError):
+    """The old store cannot be migrated as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Migrated:
+    detection_rows: int
+    done_rows: int
+    files: int  # data files written into results/
+    copied: int  # other files copied
+
+
+def is_folder_layout(root: Path) -> bool:
+    return (root / "done").is_dir() or (root / "detections").is_dir()
+
+
+def _journal_keys(old: Path, committed: set[tuple[str, int]]) -> list[tuple[set[tuple], tuple[str, int] | None]]:
+    """Pending journals: the (recording, model, settings, run) keys each removes, and the commit
+    whose own files it spares. A replace journal of a commit that never wrote its done file is void."""
+    out = []
+    for entry in sorted(os.scandir(old), key=lambda e: e.name):
+        own = None
+        if m := OLD_REPLACE.match(entry.name):
+            own = (m["run"], int(m["seq"]))
+            if own not in committed:
+                continue
+        elif not OLD_RETIRE.match(entry.name):
+            continue
+        keys = {tuple(k) for k in json.loads(Path(entry.path).read_text())["keys"]}
+        out.append((keys, own))
+    return out
+
+
+def _without_journalled(table: pa.Table, flush: tuple[str, int], journals) -> pa.Table:
+    for keys, own in journals:
+        if own == flush:
+            continue
+        mask = [(r, m, s, run) not in keys for r, m, s, run in zip(
+            *(table.column(c).to_pylist() for c in ("recording_id", "model_id", "settings_hash", "run_id")))]
+        if not all(mask):
+            table = table.filter(pa.array(mask))
+    return table
+
+
+def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
+    """Write the folder-layout store at ``old_root`` as a new store at ``new_root`` (which must not
+    exist or be empty). Raises MigrationError before writing anything when it cannot."""
+    old, new = Path(old_root).expanduser().resolve(), Path(new_root).expanduser().resolve()
+    if not old.is_dir():
+        raise MigrationError(f"store {old} does not exist")
+    if not is_folder_layout(old):
+        raise MigrationError(f"{old} has no detections/ or done/ folder: it is not a store of the folder layout "
+                             "(a store with results/ needs no migration)")
+    if new.exists() and any(new.iterdir()):
+        raise MigrationError(f"{new} exists and is not empty; give a new folder")
+    if new == old or old in new.parents:
+        raise MigrationError(f"{new} lies inside the old store {old}; give a folder outside it")
+    done_files = {}
+    for entry in os.scandir(old / "done") if (old / "done").is_dir() else []:
+        if m := OLD_DONE.match(entry.name):
+            done_files[(m["run"], int(m["seq"]))] = Path(entry.path)
+    journals = _journal_keys(old, set(done_files))
+    store = Store(new).ensure()
+    table = store.results
+    adds, det_rows, done_rows = [], 0, 0
+    try:
+        for dirpath, _dirs, names in sorted(os.walk(old / "detections")):
+            folder = Path(dirpath)
+            if not folder.name.startswith("date=") or not folder.parent.name.startswith("site="):
+                continue
+            site, day = unquote(folder.parent.name[5:]), folder.name[5:]
+            for name in sorted(names):
+                m = OLD_PART.match(name)
+                if not m or (m["run"], int(m["seq"])) not in done_files:
+                    continue  # a part no done file covers was never visible
+                rows = pq.read_table(folder / name).select(DETECTION_FILE.names).cast(DETECTION_FILE)
+                rows = _without_journalled(rows, (m["run"], int(m["seq"])), journals)
+                if rows.num_rows:
+                    det_rows += rows.num_rows
+                    adds.append(table.write_file(rows, DETECTION, site, day, f"part-{m['run']}-{int(m['seq']):05d}"))
+        for (run, seq), path in sorted(done_files.items()):
+            rows = _without_journalled(pq.read_table(path).select(DONE_FILE.names).cast(DONE_FILE), (run, seq),
+                                       journals)
+            for site in sorted(set(rows.column("site").to_pylist()), key=lambda s: (s is None, s or "")):
+                mask = pa.array([s == site for s in rows.column("site").to_pylist()])
+                part = rows.filter(mask)
+                done_rows += part.num_rows
+                adds.append(table.write_file(part, DONE, site, None, f"done-{run}-{seq:05d}"))
+        if not table.commit(table.ensure(), adds, [], "migrate"):
+            raise MigrationError(f"another writer committed to {new} during the migration; start again in an empty folder")
+    except BaseException:
+        table.delete_files(adds)
+        raise
+    copied = _copy_rest(old, new)
+    got_det, got_done = len(store.read_detections(columns=["recording_id"])), len(store.done_table(columns=["run_id"]))
+    if (got_det, got_done) != (det_rows, done_rows):
+        raise MigrationError(f"{new}: read back {got_det} detection and {got_done} done rows, wrote {det_rows} and "
+                             f"{done_rows}; the new store is incomplete, delete it and report this")
+    return Migrated(det_rows, done_rows, len(adds), copied)
+
+
+def _copy_rest(old: Path, new: Path) -> int:
+    copied = 0
+    for entry in sorted(os.scandir(old), key=lambda e: e.name):
+        if entry.name in SKIP or OLD_REPLACE.match(entry.name) or OLD_RETIRE.match(entry.name):
+            continue
+        target = new / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry.path, target, dirs_exist_ok=True)
+            copied += sum(len(files) for _d, _s, files in os.walk(target))
+        else:
+            shutil.copy2(entry.path, target)
+            copied += 1
+    return copied
+
+
+__all__ = ["MigrationError", "Migrated", "is_folder_layout", "migrate"]

@@ -1,0 +1,111 @@
+"""Versions of the results table: --as-of reads, compaction that keeps every row, retention."""
+
+from __future__ import annotations
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from pam.analysis.summaries import summarize
+from pam.cli.main import app
+from pam.config import PamConfig
+from pam.ops.pipeline import maintain_store
+from pam.store.query import query_detections, run_sql
+from pam.store.store import Store
+from pamstore import Rec, commit, manifest_frame
+
+KEY = ["recording_id", "start_sample", "label", "model_id"]
+
+
+def night(n: int) -> list[Rec]:
+    """Recordings of night ``n`` at two sites; each site-day partition gets files from several nights."""
+    recs = []
+    for site in ("S1", "S2"):
+        for h in range(3):
+            dets = [(30.0 * k + n, "owl" if k % 2 else "wren", 0.55 + 0.05 * k, "m1") for k in range(4)]
+            recs.append(Rec(f"{site}-n{n}-{h}", site, f"2024-05-01T{2 * h + n:02d}:10", 300, detections=dets))
+    return recs
+
+
+def store_of_nights(root, nights: int) -> Store:
+    store = Store(root).ensure()
+    everything = [r for n in range(nights) for r in night(n)]
+    store.write_manifest(manifest_frame(everything))
+    for n in range(nights):
+        commit(store, night(n))
+    return store
+
+
+def rows(store: Store) -> pd.DataFrame:
+    return store.read_detections().sort_values(KEY).reset_index(drop=True)
+
+
+def test_compaction_keeps_every_row_and_the_done_keys(tmp_path):
+    store = store_of_nights(tmp_path, 3)
+    before, files_before = rows(store), store.detection_files()
+    done_before = store.done_table().sort_values("recording_id").reset_index(drop=True)
+    version = store.snapshot().version()
+    result = store.compact()
+    assert result.partitions == 2 and result.files_before == len(files_before) == 6 and result.rows == len(before)
+    assert len(store.detection_files()) == 2
+    pd.testing.assert_frame_equal(rows(store), before)
+    pd.testing.assert_frame_equal(store.done_table().sort_values("recording_id").reset_index(drop=True), done_before)
+    assert store.done_keys("m1", "s1") == {r.rid for n in range(3) for r in night(n)}
+    q = dict(species="owl", sites="S2", start="2024-05-01", end="2024-05-01")
+    assert len(query_detections(store, **q).rows) == len(query_detections(store.at(version), **q).rows) > 0
+    assert store.compact().partitions == 0  # nothing left to do
+    # the files compaction replaced stay for time travel until the retention has passed
+    assert store.vacuum(retention_days=7) == []
+    pd.testing.assert_frame_equal(rows(store.at(version)), before)
+    assert sorted(store.vacuum(retention_days=0)) == sorted(p.relative_to(store.results_dir).as_posix()
+                                                            for p in files_before)
+    pd.testing.assert_frame_equal(rows(store), before)
+
+
+def test_summaries_stay_right_when_compaction_comes_before_them(tmp_path):
+    store = store_of_nights(tmp_path, 1)
+    conf = PamConfig()
+    summarize(store, conf)
+    commit(store, night(1))
+    store.compact()  # night 1's files merged before the summaries counted them
+    summarize(store, conf)
+    incremental = store.read_summary("hourly_counts")
+    summarize(store, conf, full=True)
+    pd.testing.assert_frame_equal(incremental, store.read_summary("hourly_counts"))
+    assert incremental["detections"].sum() == 2 * len(night(0)) * 4
+
+
+def test_the_nightly_upkeep_compacts_and_keeps_the_retention(tmp_path):
+    store = store_of_nights(tmp_path, 2)
+    before = rows(store)
+    maintain_store(store, PamConfig.model_validate({"store": {"retention_days": 7}}))
+    assert len(store.detection_files()) == 2
+    assert [h["operation"] for h in store.history() if not h["operation"].startswith("VACUUM")][0] == "compact"
+    old_files = [p for p in (store.results_dir / "kind=detection").rglob("part-*.parquet")]
+    assert len(old_files) == 4  # removed from the table, kept for 7 days
+    maintain_store(store, PamConfig.model_validate({"store": {"compact": False, "retention_days": 0}}))
+    assert not any(p.exists() for p in old_files)
+    pd.testing.assert_frame_equal(rows(store), before)
+
+
+def test_query_and_sql_as_of_an_earlier_version(tmp_path):
+    store = store_of_nights(tmp_path, 1)
+    first = store.snapshot().version()
+    commit(store, night(1))
+    runner = CliRunner()
+    res = runner.invoke(app, ["query", str(tmp_path), "--as-of", str(first), "--limit", "0"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(night(0)) * 4} detections match" in res.output
+    res = runner.invoke(app, ["query", str(tmp_path), "--limit", "0"])
+    assert f"{2 * len(night(0)) * 4} detections match" in res.output
+    sql = "SELECT (SELECT count(*) FROM detections) AS d, (SELECT count(*) FROM done) AS n"
+    assert run_sql(store.at(first), sql).iloc[0].tolist() == [len(night(0)) * 4, len(night(0))]
+    assert run_sql(store, sql).iloc[0].tolist() == [2 * len(night(0)) * 4, 2 * len(night(0))]
+    res = runner.invoke(app, ["sql", str(tmp_path), sql, "--as-of", str(first), "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "o.csv").iloc[0].tolist() == [len(night(0)) * 4, len(night(0))]
+    res = runner.invoke(app, ["query", str(tmp_path), "--as-of", "99"])
+    assert res.exit_code == 2 and "has no version 99" in res.output
+    res = runner.invoke(app, ["query", str(tmp_path), "--as-of", "1999-01-01T00:00"])
+    assert res.exit_code == 2 and "has no version at 1999-01-01" in res.output
+    res = runner.invoke(app, ["store", "history", str(tmp_path)])
+    assert res.exit_code == 0 and "commit" in res.output
