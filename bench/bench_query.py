@@ -55,12 +55,13 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=120)
     ap.add_argument("--per-day", type=int, default=1000)
     ap.add_argument("--cli", action="store_true", help="also time the `pam query` command end to end")
+    ap.add_argument("--compact", action="store_true", help="then compact the store and time both reads again")
     args = ap.parse_args()
 
     root = args.store or Path(tempfile.mkdtemp(prefix="pam-bench-query-")) / "store"
     store = Store(root)
     t0 = time.perf_counter()
-    if not store.done_dir.exists():
+    if not (store.results_dir / "_delta_log").is_dir():
         season_store.build(root, args.sites, args.days, args.per_day, gaps=False)
         print(f"built {root} in {time.perf_counter() - t0:.1f} s")
     files = store.detection_files()
@@ -70,6 +71,16 @@ def main() -> None:
         cols = ["recording_id", "start_sample", "label", "model_id"]
         same = pruned.rows[cols].reset_index(drop=True).equals(full[cols].reset_index(drop=True))
         total_rows = store.detections_dataset().count_rows()
+        compacted_scan = None
+        if args.compact:
+            t1 = time.perf_counter()
+            store.compact()
+            result_compact_s = time.perf_counter() - t1
+            compacted_times, _ = timed(lambda: full_scan(store, **QUESTION), max(1, min(2, args.repeat)))
+            after_times, _ = timed(lambda: query_detections(store, **QUESTION), args.repeat)
+            compacted_scan = {"compact_s": round(result_compact_s, 2), "files_after": len(store.detection_files()),
+                              "full_scan_after_compaction_s": round(min(compacted_times), 3),
+                              "pruned_median_after_compaction_s": round(statistics.median(after_times), 4)}
         result = {
             "store_rows": total_rows, "store_files": len(files), "matching_rows": len(pruned.rows),
             "pruned_files_read": len(pruned.files), "same_rows": bool(same),
@@ -77,6 +88,8 @@ def main() -> None:
             "full_scan_s": round(min(full_times), 3),
             "ratio_full_over_pruned": round(min(full_times) / statistics.median(pruned_times), 1),
         }
+        if compacted_scan:
+            result.update(compacted_scan)
         if args.cli:
             cmd = [str(Path(sys.executable).with_name("pam")), "query", str(root), "--species", QUESTION["species"],
                    "--site", QUESTION["sites"], "--start", QUESTION["start"], "--end", QUESTION["end"],

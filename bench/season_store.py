@@ -2,10 +2,11 @@
 
 Sites record one-hour files around the clock, with a battery gap or two; eight species have
 their own diel rhythm (dawn chorus, dusk, night owls) and are present at a random subset of
-sites. Every site-day holds exactly ``--per-day`` detections. Files are written as the store
-expects them: ``detections/site=S/date=D/part-<run>-<seq>.parquet`` with one
-``done/done-<run>-<seq>.parquet`` per day (one run per night), so the committed-file rules see
-them. ``--manifest`` also writes the recordings (needed for effort and the report).
+sites. Every site-day holds exactly ``--per-day`` detections. Files are written fast in the
+folder layout of pam before the results table (``OUT.folder/detections/site=S/date=D/part-<run>-<seq>.parquet``
+with one ``done/done-<run>-<seq>.parquet`` per day, one run per night: today's store on main),
+then converted with ``pam.store.migrate`` into OUT, the results-table store (one file per
+site-day, as the folder had). ``--manifest`` also writes the recordings (effort, the report).
 
     python bench/season_store.py OUT [--sites 100] [--days 120] [--per-day 1000] [--manifest]
                                      [--pending-days N] [--config OUT.yaml] [--review]
@@ -30,8 +31,16 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pam import schemas  # noqa: E402
-from pam.store.store import Store, partition_dir  # noqa: E402
+from urllib.parse import quote  # noqa: E402
+
+import pam.store.schemas as schemas  # noqa: E402
+from pam.store.migrate import migrate  # noqa: E402
+from pam.store.store import Store  # noqa: E402
+
+
+def partition_dir(site: str, day: str) -> str:
+    """The folder layout's partition folder (pam before the results table)."""
+    return f"site={quote(site, safe='')}/date={day}"
 
 START = datetime(2024, 4, 1, tzinfo=timezone.utc)
 RATE = 48000
@@ -110,7 +119,7 @@ def day_rows(site_index: int, site: str, day: int, per_day: int, plan: dict, run
 
 def write_day(args: tuple) -> int:
     root, day, sites, per_day, plan, seed = args
-    store = Store(root)
+    root = Path(root)
     day0 = START + timedelta(days=day)
     run = f"{day0 + timedelta(days=1):%Y%m%d}T020000Z-{day:06x}"
     done = []
@@ -118,7 +127,7 @@ def write_day(args: tuple) -> int:
         if not plan["recording"][i, day]:
             continue
         table = day_rows(i, site, day, per_day, plan, run, seed)
-        folder = store.detections_dir / partition_dir(site, f"{day0:%Y-%m-%d}")
+        folder = root / "detections" / partition_dir(site, f"{day0:%Y-%m-%d}")
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / f"part-{run}-00000.parquet", compression="zstd")
         counts = pd.Series(table.column("recording_id").to_numpy(zero_copy_only=False)).value_counts()
@@ -129,8 +138,9 @@ def write_day(args: tuple) -> int:
                          "windows": 2399, "audio_s": 3600.0, "detections": int(counts.get(rid, 0)),
                          "committed_at": day0 + timedelta(days=1, hours=2)})
     if done:
+        (root / "done").mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(done, schema=schemas.with_version("done")),
-                       store.done_dir / f"done-{run}-00000.parquet")
+                       root / "done" / f"done-{run}-00000.parquet")
     return len(done)
 
 
@@ -180,15 +190,32 @@ def simulate_review(store: Store, out: Path, seed: int) -> None:
 
 def build(root: Path, n_sites: int, n_days: int, per_day: int, seed: int = 0, manifest: bool = False,
           pending_days: int = 0, gaps: bool = True, workers: int | None = None) -> Store:
-    store = Store(root).ensure()
+    """The season as a results-table store at ``root``; the folder-layout store it was converted
+    from stays beside it as ``root.folder`` (today's store on main, for comparisons)."""
+    root = Path(root)
+    folder = root.with_name(root.name + ".folder")
+    folder.mkdir(parents=True, exist_ok=True)
     sites = site_names(n_sites)
     plan = site_plan(n_sites, n_days, seed, gaps)
-    jobs = [(str(store.root), day, sites, per_day, plan, seed) for day in range(n_days)]
+    jobs = [(str(folder), day, sites, per_day, plan, seed) for day in range(n_days)]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         list(pool.map(write_day, jobs, chunksize=4))
     if manifest:
-        write_manifest(store, sites, n_days, plan, pending_days)
-    return store
+        (folder / "manifest").mkdir(exist_ok=True)
+        write_manifest(_FolderManifest(folder), sites, n_days, plan, pending_days)
+    migrate(folder, root)
+    return Store(root)
+
+
+class _FolderManifest:
+    """Writes the manifest into a folder-layout store (same file as in the new layout)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write_manifest(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=schemas.with_version("manifest"), preserve_index=False)
+        pq.write_table(table, self.root / "manifest" / "manifest.parquet")
 
 
 def main() -> None:
