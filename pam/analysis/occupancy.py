@@ -18,7 +18,6 @@ and finds its columns by that suffix, so no covariate name ends another one.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 import pam.store.schemas as schemas
+from pam.store.runs import run_model_settings
 from pam.store.atomic import write_text_atomic
 
 # CSV column prefix -> occupancy table column, in the order they are written
@@ -150,15 +150,10 @@ def history_file_name(label: str, model_id: str) -> str:
 def run_thresholds(runs: pd.DataFrame) -> dict[tuple[str, str], list[float]]:
     """(model_id, species) -> the detection thresholds its runs used (from each run's settings)."""
     out: dict[tuple[str, str], set[float]] = {}
-    for model_id, config_json in zip(runs["model_id"], runs["config_json"]):
-        if not isinstance(model_id, str) or not isinstance(config_json, str):
-            continue
-        try:
-            thresholds = (json.loads(config_json).get("settings") or {}).get("thresholds") or {}
-        except (ValueError, AttributeError):
-            continue
-        for label, value in thresholds.items():
-            out.setdefault((model_id, str(label)), set()).add(float(value))
+    for run_models, config_json in zip(runs["model_id"], runs["config_json"]):
+        for model_id, settings in run_model_settings(run_models, config_json).items():
+            for label, value in (settings.get("thresholds") or {}).items():
+                out.setdefault((model_id, str(label)), set()).add(float(value))
     return {key: sorted(values) for key, values in out.items()}
 
 

@@ -203,7 +203,10 @@ def label_models(hourly: pd.DataFrame, runs: pd.DataFrame, done: pd.DataFrame) -
     recent run wins; models without a run (committed by a script) are ranked by the number of
     recordings they scored.
     """
-    latest = runs.dropna(subset=["model_id", "started_at"]).groupby("model_id")["started_at"].max()
+    # a run of several models names them all, joined with ';' (pam.store.runs)
+    dated = runs.dropna(subset=["model_id", "started_at"])
+    dated = dated.assign(model_id=dated["model_id"].str.split(";")).explode("model_id")
+    latest = dated.groupby("model_id")["started_at"].max()
     scored = done.groupby("model_id")["recording_id"].nunique()
     out: dict[str, str] = {}
     for label, models in hourly.groupby("label")["model_id"]:
