@@ -129,22 +129,30 @@ def wide_history(occupancy: pd.DataFrame, label: str, model_id: str | None, site
 
 
 def _wide(matrices: pd.DataFrame, positions: pd.DataFrame) -> pd.DataFrame:
-    """The wide layout from one history's site x (value, period) matrices (``HISTORY_VALUES``)."""
+    """The wide layout from one history's site x (value, period) matrices (``HISTORY_VALUES``).
+
+    Built from numpy arrays column by column (pandas ``astype`` per block costs more than the
+    numbers when hundreds of species each have their file)."""
     y = matrices["detected"].sort_index(axis=1)
-    y.columns = [f"y.{p}" for p in y.columns]
-    observed = y.notna().to_numpy()
-    parts = [y.astype("Int64")]
-    parts.append(positions.reindex(y.index)[list(SITE_COVARIATES)].astype(np.float64))
+    periods = list(y.columns)
+    detected = y.to_numpy(dtype=np.float64)
+    observed = ~np.isnan(detected)
+    columns: dict[str, object] = {"site": y.index.to_numpy()}
+    for j, p in enumerate(periods):
+        columns[f"y.{p}"] = pd.arrays.IntegerArray(np.nan_to_num(detected[:, j]).astype(np.int64), ~observed[:, j])
+    place = positions.reindex(y.index)
+    for name in SITE_COVARIATES:
+        columns[name] = place[name].to_numpy(dtype=np.float64)
     for prefix, column in OBS_COVARIATES.items():
-        cov = matrices[column].sort_index(axis=1).astype(np.float64)
-        cov = cov.where(observed)
-        if column == "doy":
-            cov = cov.round().astype("Int64")  # a whole day, written without ".0"
-        cov.columns = [f"{prefix}.{p}" for p in cov.columns]
-        parts.append(cov)
-    wide = pd.concat(parts, axis=1)
-    wide.index.name = "site"
-    return wide.reset_index()
+        values = matrices[column].reindex(columns=periods).to_numpy(dtype=np.float64)
+        values = np.where(observed, values, np.nan)
+        for j, p in enumerate(periods):
+            if column == "doy":  # a whole day, written without ".0"
+                day = np.round(values[:, j])
+                columns[f"{prefix}.{p}"] = pd.arrays.IntegerArray(np.nan_to_num(day).astype(np.int64), np.isnan(day))
+            else:
+                columns[f"{prefix}.{p}"] = values[:, j]
+    return pd.DataFrame(columns)
 
 
 def wide_histories(occupancy: pd.DataFrame, models: dict[str, str], sites: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
