@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pam.detect.tflite_graph import TFLiteError, read_tflite
-from pam.detect.tflite_ops import KERNELS, frame_step, same_padding
+from pam.detect.tflite_ops import KERNELS, frame_step, same_padding, used_columns
 
 
 @pytest.mark.parametrize("size, kernel, stride, expected", [
@@ -47,3 +47,27 @@ def test_bytes_that_are_not_a_model_are_refused(raw):
     pytest.importorskip("tflite")
     with pytest.raises(TFLiteError):
         read_tflite(raw)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_real_spectrum_equals_float64_fft_rounded_once(threads):
+    """RFFT2D + SQUEEZE + CAST as one blocked step: the float64 FFT's real part, rounded to
+    float32 once, whatever the blocks and threads."""
+    x = torch.randn(3, 300, 1, 64)  # 900 rows: several blocks
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (out,) = KERNELS["RFFT2D_REAL"]([x, np.array([1, 64], np.int32)], {"SqueezeDims": np.array([-2])})
+    finally:
+        torch.set_num_threads(before)
+    expected = np.fft.rfft(x.numpy().astype(np.float64), n=64).real.astype(np.float32)[:, :, 0, :]
+    assert out.shape == (3, 300, 33) and out.dtype == torch.float32
+    assert np.array_equal(out.numpy(), expected)
+
+
+def test_a_banded_weight_keeps_only_its_columns():
+    w = np.zeros((4, 100), np.float32)
+    w[:, 10:30] = 1.0
+    assert used_columns(w) == (10, 30)
+    w[0, 90] = 1.0  # the band now spans most columns: nothing to cut
+    assert used_columns(w) is None

@@ -247,9 +247,10 @@ class TFLiteGraph(nn.Module):
 
     @staticmethod
     def _fuse(steps: list[_Step], consts: dict, kept: set[int]) -> list[_Step]:
-        """Two rewrites that save a pass over memory each and change no value:
-        x * sigmoid(x) (LOGISTIC then MUL, i.e. swish) becomes one SiLU, and a zero PAD of
-        the two spatial axes that only feeds a VALID convolution becomes its padding."""
+        """Rewrites that save passes over memory and change no value: x * sigmoid(x)
+        (LOGISTIC then MUL, i.e. swish) becomes one SiLU; RFFT2D, SQUEEZE and a CAST that
+        keeps the real part become one blocked step (RFFT2D_REAL); and a zero PAD of the two
+        spatial axes that only feeds a VALID convolution becomes its padding."""
         readers: dict[int, list[_Step]] = {}
         for st in steps:
             for i in st.inputs:
@@ -265,6 +266,14 @@ class TFLiteGraph(nn.Module):
                     and not user.options.get("FusedActivationFunction")):
                 user.kind, user.fn, user.inputs, user.options = "SILU", KERNELS["SILU"], (st.inputs[0],), {}
                 drop.add(id(st))
+            elif st.kind == "RFFT2D" and user.kind == "SQUEEZE" and user.outputs[0] not in kept:
+                casts = readers.get(user.outputs[0], [])
+                if len(casts) == 1 and casts[0].kind == "CAST" and casts[0].options["_out_dtype"] == np.float32 \
+                        and not casts[0].options["_keep_float64"]:
+                    cast = casts[0]
+                    cast.kind, cast.fn, cast.inputs = "RFFT2D_REAL", KERNELS["RFFT2D_REAL"], st.inputs
+                    cast.options = {"SqueezeDims": user.options.get("SqueezeDims", [])}
+                    drop |= {id(st), id(user)}
             elif st.kind in ("PAD", "PADV2") and user.kind in ("CONV_2D", "DEPTHWISE_CONV_2D") \
                     and user.options.get("Padding") == VALID and isinstance(consts.get(st.inputs[1]), np.ndarray):
                 pads = consts[st.inputs[1]].reshape(-1, 2)

@@ -17,6 +17,7 @@ torch (see ``WEIGHT_LAYOUTS``), so the per-call work is one view of the activati
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -287,6 +288,37 @@ def _rfft2d(args: list, o: dict) -> list:
     return [torch.fft.rfft2(x.double(), s=(fh, fw))]
 
 
+FFT_BLOCK_ROWS = 128
+_fft_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _rfft2d_real(args: list, o: dict) -> list:
+    """RFFT2D, SQUEEZE and CAST to float32 in one step (the graph builder fuses them): the
+    real part of the spectrum, which is all the cast keeps, still computed in float64. On the
+    CPU it runs over blocks of rows on torch's thread count, so that the float64 and complex
+    temporaries stay in cache instead of costing 24 fresh bytes per bin."""
+    x, (fh, fw) = args[0], ints(args[1])
+    if x.device.type != "cpu" or fh != 1 or x.shape[-2] != 1:
+        spectrum = _rfft2d(args, o)[0].real.float()
+    else:
+        rows = np.ascontiguousarray(x.detach().reshape(-1, x.shape[-1]).numpy())
+        out = np.empty((rows.shape[0], fw // 2 + 1), np.float32)
+
+        def block(lo: int) -> None:
+            out[lo:lo + FFT_BLOCK_ROWS] = np.fft.rfft(rows[lo:lo + FFT_BLOCK_ROWS].astype(np.float64), n=fw).real
+
+        starts = range(0, rows.shape[0], FFT_BLOCK_ROWS)
+        threads = torch.get_num_threads()
+        if threads > 1 and len(starts) > 1:  # numpy's FFT releases the GIL
+            pool = _fft_pools.get(threads) or _fft_pools.setdefault(threads, ThreadPoolExecutor(threads, "pam-fft"))
+            list(pool.map(block, starts))
+        else:
+            for lo in starts:
+                block(lo)
+        spectrum = torch.from_numpy(out).reshape(*x.shape[:-1], fw // 2 + 1)
+    return _squeeze([spectrum], o)
+
+
 def _cast(args: list, o: dict) -> list:
     x, target = args[0], o["_out_dtype"]
     if on_host(x):
@@ -380,6 +412,7 @@ KERNELS: dict[str, Kernel] = {
     "PAD": _pad,
     "PADV2": _pad,
     "RFFT2D": _rfft2d,
+    "RFFT2D_REAL": _rfft2d_real,  # not a TFLite op: RFFT2D + SQUEEZE + CAST fused by the graph builder
     "CAST": _cast,
     "SHAPE": _shape,
     "RANGE": _range,
