@@ -9,7 +9,11 @@ then converted with ``pam.store.migrate`` into OUT, the results-table store (one
 site-day, as the folder had). ``--manifest`` also writes the recordings (effort, the report).
 
     python bench/season_store.py OUT [--sites 100] [--days 120] [--per-day 1000] [--manifest]
-                                     [--pending-days N] [--config OUT.yaml] [--review]
+                                     [--pending-days N] [--config OUT.yaml] [--review] [--species N]
+
+``--species N`` (more than 8) adds made-up species labelled as BirdNET labels them
+(``Avis exemplaris012_Example Bird 012``), each rarer than the one before, as a broad model
+would find them.
 
 The default is the benchmark store of docs/benchmarks.md (12 million rows).
 """
@@ -60,10 +64,24 @@ def site_names(n: int) -> list[str]:
     return [f"S{i:03d}" for i in range(1, n + 1)]
 
 
-def site_plan(n_sites: int, n_days: int, seed: int, gaps: bool = True) -> dict:
-    """Which species each site has and which days each site recorded (gaps included)."""
+def broad_species(n: int, seed: int = 0) -> list[tuple[str, float, float, float]]:
+    """The eight species above and ``n - 8`` made-up ones in BirdNET's ``Scientific_Common`` form,
+    with random peak hours and shares falling off as 1 / rank."""
     rng = np.random.default_rng(seed)
-    present = rng.random((n_sites, len(SPECIES))) < np.linspace(0.9, 0.35, len(SPECIES))
+    extra = [(f"Avis exemplaris{i:03d}_Example Bird {i:03d}", float(rng.uniform(0, 24)), float(rng.uniform(1, 3)),
+              3.0 / (1 + i)) for i in range(max(0, n - len(SPECIES)))]
+    return (SPECIES + extra)[:n]
+
+
+def site_names(n: int) -> list[str]:
+    return [f"S{i:03d}" for i in range(1, n + 1)]
+
+
+def site_plan(n_sites: int, n_days: int, seed: int, gaps: bool = True, species: list | None = None) -> dict:
+    """Which species each site has and which days each site recorded (gaps included)."""
+    species = species or SPECIES
+    rng = np.random.default_rng(seed)
+    present = rng.random((n_sites, len(species))) < np.linspace(0.9, 0.35, len(species))
     present[:, 0] |= ~present.any(axis=1)
     daily_p = rng.uniform(0.25, 1.0, present.shape)  # chance that a present species calls on a given day
     recording = np.ones((n_sites, n_days), dtype=bool)
@@ -73,11 +91,11 @@ def site_plan(n_sites: int, n_days: int, seed: int, gaps: bool = True) -> dict:
             recording[s, g:g + rng.integers(2, 10)] = False
         if rng.random() < 0.15:  # deployed late
             recording[s, : rng.integers(1, max(2, n_days // 6))] = False
-    return {"present": present, "daily_p": daily_p, "recording": recording}
+    return {"present": present, "daily_p": daily_p, "recording": recording, "species": species}
 
 
-def diel_weights(species: int) -> np.ndarray:
-    _n, peak, spread, _share = SPECIES[species]
+def diel_weights(species: int, table: list | None = None) -> np.ndarray:
+    _n, peak, spread, _share = (table or SPECIES)[species]
     local = (np.arange(24) + OFFSET_H) % 24  # local hour of each UTC hour
     dist = np.minimum(np.abs(local - peak), 24 - np.abs(local - peak))
     return np.exp(-0.5 * (dist / spread) ** 2) + 0.01
@@ -88,12 +106,13 @@ def day_rows(site_index: int, site: str, day: int, per_day: int, plan: dict, run
     present = np.flatnonzero(plan["present"][site_index])
     calling = present[rng.random(len(present)) < plan["daily_p"][site_index, present]]
     present = calling if len(calling) else present[:1]
-    shares = np.array([SPECIES[k][3] for k in present]) * rng.uniform(0.5, 1.5, len(present))
+    table = plan.get("species", SPECIES)
+    shares = np.array([table[k][3] for k in present]) * rng.uniform(0.5, 1.5, len(present))
     species = rng.choice(present, size=per_day, p=shares / shares.sum())
     hours = np.empty(per_day, dtype=np.int64)
     for k in np.unique(species):
         idx = np.flatnonzero(species == k)
-        w = diel_weights(k)
+        w = diel_weights(k, table)
         hours[idx] = rng.choice(24, size=len(idx), p=w / w.sum())
     windows = rng.integers(0, 2399, size=per_day)  # 1.5 s hop within the hour
     order = np.lexsort((windows, hours))
@@ -104,7 +123,7 @@ def day_rows(site_index: int, site: str, day: int, per_day: int, plan: dict, run
     start_us = base_us + hours * 3_600_000_000 + (start_s * 1e6).astype(np.int64)
     rec = np.array([f"{site}-{day0:%Y%m%d}-{h:02d}" for h in range(24)], dtype=object)
     path = np.array([f"/data/season/{site}/{day0:%Y%m%d}_{h:02d}0000.WAV" for h in range(24)], dtype=object)
-    names = np.array([s[0] for s in SPECIES], dtype=object)
+    names = np.array([s[0] for s in table], dtype=object)
     scores = (0.5 + 0.5 * rng.beta(2.0, 3.0, size=per_day)).astype(np.float32)
     return pa.table({
         "recording_id": pa.array(rec[hours], pa.string()), "path": pa.array(path[hours], pa.string()),
@@ -189,14 +208,14 @@ def simulate_review(store: Store, out: Path, seed: int) -> None:
 
 
 def build(root: Path, n_sites: int, n_days: int, per_day: int, seed: int = 0, manifest: bool = False,
-          pending_days: int = 0, gaps: bool = True, workers: int | None = None) -> Store:
+          pending_days: int = 0, gaps: bool = True, workers: int | None = None, n_species: int = 8) -> Store:
     """The season as a results-table store at ``root``; the folder-layout store it was converted
     from stays beside it as ``root.folder`` (today's store on main, for comparisons)."""
     root = Path(root)
     folder = root.with_name(root.name + ".folder")
     folder.mkdir(parents=True, exist_ok=True)
     sites = site_names(n_sites)
-    plan = site_plan(n_sites, n_days, seed, gaps)
+    plan = site_plan(n_sites, n_days, seed, gaps, broad_species(n_species, seed))
     jobs = [(str(folder), day, sites, per_day, plan, seed) for day in range(n_days)]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         list(pool.map(write_day, jobs, chunksize=4))
@@ -230,10 +249,11 @@ def main() -> None:
     ap.add_argument("--no-gaps", action="store_true", help="every site records every day (the benchmark store)")
     ap.add_argument("--config", type=Path, help="write a config with the sites' time zone here")
     ap.add_argument("--review", action="store_true", help="also import simulated review verdicts")
+    ap.add_argument("--species", type=int, default=8, help="species (more than 8: made-up BirdNET-style labels)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     store = build(args.out, args.sites, args.days, args.per_day, args.seed, args.manifest, args.pending_days,
-                  gaps=not args.no_gaps)
+                  gaps=not args.no_gaps, n_species=args.species)
     if args.config:
         write_config(args.config, site_names(args.sites))
     if args.review:

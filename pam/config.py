@@ -208,7 +208,10 @@ class StoreConfig(_Strict):
 
 
 class PamConfig(_Strict):
-    model: str | None = Field(None, description="checkpoint path; default: the bundled model")
+    model: str | None = Field(None, description="a checkpoint, an ONNX file with its card, or a model's short name "
+                                                "(docs/models.md); default: the bundled model")
+    models: list[str] = Field(default_factory=list, description="several models for one night (each as `model`); "
+                                                                "recordings are decoded once per sample rate")
     scan: ScanConfig = Field(default_factory=ScanConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     sites: dict[str, SiteConfig] = Field(default_factory=dict)
@@ -217,6 +220,19 @@ class PamConfig(_Strict):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @model_validator(mode="after")
+    def _one_model_key(self) -> "PamConfig":
+        if self.model and self.models:
+            raise ValueError("set either model (one) or models (a list), not both")
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:
+            raise ValueError(f"models lists {twice[0]!r} twice")
+        return self
+
+    def model_specs(self) -> list[str | None]:
+        """The models of a run, as given (None: the bundled model)."""
+        return list(self.models) if self.models else [self.model]
 
     @model_validator(mode="after")
     def _store_outside_dumps(self) -> "PamConfig":

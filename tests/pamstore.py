@@ -100,3 +100,47 @@ def build(root: Path, recs: list[Rec], manifest_recs: list[Rec] | None = None) -
     store.write_manifest(manifest_frame(manifest_recs if manifest_recs is not None else recs))
     commit(store, recs)
     return store
+
+
+# -- a broad model's season: hundreds of species ------------------------------------------------
+# Labels as BirdNET writes them (Scientific name_Common Name), a few real ones first, and two
+# plain labels of pam's own kind.
+REAL_BIRDNET_LABELS = [
+    "Colinus virginianus_Northern Bobwhite", "Strix varia_Barred Owl", "Bubo virginianus_Great Horned Owl",
+    "Thryothorus ludovicianus_Carolina Wren", "Sturnella magna_Eastern Meadowlark",
+    "Antrostomus vociferus_Eastern Whip-poor-will", "Antrostomus carolinensis_Chuck-will's-widow",
+    "Cardinalis cardinalis_Northern Cardinal", "Poecile carolinensis_Carolina Chickadee",
+    "Lithobates catesbeianus_American Bullfrog",
+]
+PLAIN_LABELS = ["bobwhite_covey", "barred_owl"]
+
+
+def broad_labels(n: int = 200) -> list[str]:
+    """``n`` labels: the real BirdNET ones, the plain ones, then made-up ``Avis nnn_Example Bird nnn``."""
+    made_up = [f"Avis exemplaris{i:03d}_Example Bird {i:03d}" for i in range(n)]
+    return (REAL_BIRDNET_LABELS + PLAIN_LABELS + made_up)[:n]
+
+
+def broad_season(n_species: int = 200, sites: tuple[str, ...] = ("A", "B", "C", "D"), days: int = 5,
+                 seed: int = 0) -> list[Rec]:
+    """One 1-hour recording per site and UTC day from 2024-05-01T05:00, scored by model ``bn``.
+
+    Species k (in ``broad_labels`` order) calls on a site-day with chance 0.9 / (1 + k / 40) and
+    then ``1 + 40 // (k + 1)`` times, a few seconds apart: a few common species and a long tail.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = broad_labels(n_species)
+    recs = []
+    for site in sites:
+        for day in range(days):
+            dets = []
+            for k, label in enumerate(labels):
+                if rng.random() < 0.9 / (1 + k / 40):
+                    n = 1 + 40 // (k + 1)
+                    dets += [(float(k * 15 + 0.5 * j), label, float(np.round(rng.uniform(0.3, 1.0), 3)), "bn")
+                             for j in range(n)]
+            recs.append(Rec(f"{site}-{day}", site, f"2024-05-{day + 1:02d}T05:00", 3600, scored_by=("bn",),
+                            detections=dets))
+    return recs

@@ -55,8 +55,10 @@ def test_query_to_terminal_and_files(store, tmp_path):
     out = tmp_path / "q.parquet"
     res = invoke("query", store.root, "--min-score", "0.75", "--out", out)
     assert res.exit_code == 0 and sorted(pd.read_parquet(out)["score"].astype(float).round(2)) == [0.8, 0.9]
-    res = invoke("query", store.root, "--species", "dodo")
-    assert res.exit_code == 0 and "no detections of dodo" in res.output
+    res = invoke("query", store.root, "--species", "dodo")  # an unknown species: one line, the known ones
+    assert res.exit_code != 0 and "unknown species 'dodo'" in res.output and "Traceback" not in res.output
+    res = invoke("query", store.root, "--species", "OWL", "--species", "wren", "--site", "A")  # any case, several
+    assert res.exit_code == 0 and "detections match" in res.output
 
 
 def test_query_events(store, tmp_path):

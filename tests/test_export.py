@@ -30,7 +30,7 @@ def read_tsv(path):
 
 
 HEADER = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
-          "Species", "Score"]
+          "Common Name", "Species", "Score"]
 
 
 def test_raven_tables_have_one_box_per_event_with_exact_times(store, tmp_path):
@@ -40,11 +40,11 @@ def test_raven_tables_have_one_box_per_event_with_exact_times(store, tmp_path):
     assert sorted(res.files) == sorted([north, south]) and res.events and res.detections == 3
     assert read_tsv(north) == [
         HEADER,
-        ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "0.6100"],
+        ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "wren", "0.6100"],
         # the owl windows 12-15 and 13.5-16.5 overlap: one call, one box, its peak score
-        ["2", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "0.9300"],
+        ["2", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "owl", "0.9300"],
     ]
-    assert read_tsv(south)[1] == ["1", "Spectrogram 1", "1", "58.500000", "60.000000", "0.0", "11025.0", "owl", "0.7000"]
+    assert read_tsv(south)[1] == ["1", "Spectrogram 1", "1", "58.500000", "60.000000", "0.0", "11025.0", "owl", "owl", "0.7000"]
     assert read_tsv(south)[0][:7] == RAVEN_COLUMNS[:7]
     index = pd.read_csv(tmp_path / "raven" / "index.csv")
     assert dict(zip(index["recording"], index["selections"])) == {RECS[0].file: 2, RECS[1].file: 1}
@@ -55,9 +55,9 @@ def test_raven_one_box_per_window_when_asked(store, tmp_path):
     north = tmp_path / "raven" / "North" / "20240501_050000.Table.1.selections.txt"
     assert not res.events and res.detections == 4
     assert read_tsv(north)[1:] == [
-        ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "0.6100"],
-        ["2", "Spectrogram 1", "1", "12.000000", "15.000000", "0.0", "24000.0", "owl", "0.9300"],
-        ["3", "Spectrogram 1", "1", "13.500000", "16.500000", "0.0", "24000.0", "owl", "0.8750"],
+        ["1", "Spectrogram 1", "1", "1.500000", "4.500000", "0.0", "24000.0", "wren", "wren", "0.6100"],
+        ["2", "Spectrogram 1", "1", "12.000000", "15.000000", "0.0", "24000.0", "owl", "owl", "0.9300"],
+        ["3", "Spectrogram 1", "1", "13.500000", "16.500000", "0.0", "24000.0", "owl", "owl", "0.8750"],
     ]
 
 
@@ -65,13 +65,13 @@ def test_raven_with_filters_and_frequency_box(store, tmp_path):
     res = export_detections(store, tmp_path / "r", "raven", species=["owl"], sites=["North"], low_hz=500, high_hz=4000)
     rows = read_tsv(res.files[0])
     assert len(res.files) == 1 and rows[1:] == [
-        ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "500.0", "4000.0", "owl", "0.9300"]]
+        ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "500.0", "4000.0", "owl", "owl", "0.9300"]]
 
 
 def test_min_score_keeps_whole_events_by_their_peak(store, tmp_path):
     res = export_detections(store, tmp_path / "r", "raven", sites=["North"], min_score=0.9)
     assert read_tsv(res.files[0])[1:] == [  # the 0.875 window stays part of the call; the 0.61 wren is out
-        ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "0.9300"]]
+        ["1", "Spectrogram 1", "1", "12.000000", "16.500000", "0.0", "24000.0", "owl", "owl", "0.9300"]]
     windows = export_detections(store, tmp_path / "w", "raven", sites=["North"], min_score=0.9, events=False)
     assert [r[3:5] for r in read_tsv(windows.files[0])[1:]] == [["12.000000", "15.000000"]]
 

@@ -111,9 +111,21 @@ def test_limit_keeps_the_earliest(store):
     assert list(rows["start_time"]) == list(all_s1["start_time"].head(5))
 
 
-def test_unknown_species_is_empty_with_a_note(store):
-    res = query_detections(store, species="dodo")
-    assert res.rows.empty and "dodo" in res.notes[0] and "owl" in res.notes[0]
+def test_unknown_species_is_one_line_naming_the_known_ones(store):
+    from pam.store.species import UnknownSpecies
+
+    with pytest.raises(UnknownSpecies) as err:
+        query_detections(store, species="dodo")
+    assert "\n" not in str(err.value) and "'dodo'" in str(err.value) and "known: owl, wren" in str(err.value)
+    with pytest.raises(UnknownSpecies, match=r"'owls' \(closest: owl\)"):
+        query_detections(store, species=["wren", "owls"])
+
+
+def test_species_known_elsewhere_is_empty_with_a_note(store):
+    res = query_detections(store, species="OWL", sites="S1", start="2024-05-20")  # after the season: no files
+    assert res.rows.empty and res.notes == ["no detection files for these sites and dates (sites asked: S1)"]
+    res = query_detections(store, species="OWL", sites="S1", min_score=0.99)
+    assert res.rows.empty and res.notes == ["no detections of OWL match these filters"]
 
 
 def test_unknown_site_or_model_is_empty_with_a_note_naming_what_exists(store):

@@ -150,7 +150,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path, conf):
     run_detection(Store(tmp_path / "ref"), rows, model, detect, progress=False)
 
     sizes: list[int] = []
-    real_forward = model.net.forward
+    real_forward = model.forward  # the model contract's forward (pam.detect.contract)
 
     def forward(x):  # a device that holds at most 5 windows
         sizes.append(x.shape[0])
@@ -158,7 +158,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path, conf):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real_forward(x)
 
-    model.net.forward = forward
+    model.forward = forward
     store = Store(tmp_path / "store")
     report = run_detection(store, rows, model, detect, progress=False)
     assert report.recordings_done == 5 and report.failures == []

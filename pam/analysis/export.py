@@ -2,11 +2,16 @@
 
 * ``raven``: one Raven Pro selection table per recording (``<stem>.Table.1.selections.txt``,
   tab-separated, the standard columns Selection, View, Channel, Begin Time (s), End Time (s),
-  Low Freq (Hz), High Freq (Hz), plus Species and Score), under a folder per site. Open the
-  recording in Raven, then File > Open Selection Table.
-* ``audacity``: one label track per recording (``<stem>.labels.txt``: start, end, label, tab-
-  separated), for File > Import > Labels.
-* ``csv``: every detection in one ``detections.csv``, with the site's local time beside UTC.
+  Low Freq (Hz), High Freq (Hz), plus Common Name, Species (the label as stored, which
+  ``pam train`` reads back) and Score), under a folder per site. Open the recording in Raven,
+  then File > Open Selection Table.
+* ``audacity``: one label track per recording (``<stem>.labels.txt``: start, end, common name
+  and score, tab-separated), for File > Import > Labels.
+* ``csv``: every detection in one ``detections.csv``, with the site's local time beside UTC
+  and the label's common and scientific names beside the label.
+
+Common names come from ``Scientific_Common`` labels (``pam.store.species``); a label without
+one (``bobwhite_covey``) is its own common name in Raven and Audacity.
 
 Raven and Audacity get one box per event (``pam.analysis.events``: the overlapping windows of one call
 joined, scored by their peak), CSV one row per detection window; ``events`` chooses either
@@ -28,11 +33,12 @@ import soundfile as sf
 
 from pam.config import PamConfig
 from pam.store.query import query_detections
+from pam.store.species import species_name
 from pam.store.store import Store
 
 FORMATS = ("raven", "audacity", "csv")
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                 "High Freq (Hz)", "Species", "Score"]
+                 "High Freq (Hz)", "Common Name", "Species", "Score"]
 
 
 @dataclass
@@ -92,7 +98,8 @@ def write_raven(det: pd.DataFrame, out: Path, nyquist: dict[str, float], low_hz:
         lines = ["\t".join(RAVEN_COLUMNS)]
         for i, r in enumerate(rows.itertuples(index=False), start=1):
             lines.append("\t".join([str(i), "Spectrogram 1", "1", _seconds(r.start_s), _seconds(r.end_s),
-                                    f"{low:.1f}", f"{high:.1f}", str(r.label), f"{float(r.score):.4f}"]))
+                                    f"{low:.1f}", f"{high:.1f}", species_name(r.label).display, str(r.label),
+                                    f"{float(r.score):.4f}"]))
         index.append(_write_table(out, f"{stem}.Table.1.selections.txt", lines, path, rows))
     return index
 
@@ -102,7 +109,7 @@ def write_audacity(det: pd.DataFrame, out: Path) -> list[dict]:
     index = []
     for path, stem in _table_names(det).items():
         rows = det[det["path"] == path].sort_values(["start_s", "label"], kind="stable")
-        lines = [f"{_seconds(r.start_s)}\t{_seconds(r.end_s)}\t{r.label} {float(r.score):.3f}"
+        lines = [f"{_seconds(r.start_s)}\t{_seconds(r.end_s)}\t{species_name(r.label).display} {float(r.score):.3f}"
                  for r in rows.itertuples(index=False)]
         index.append(_write_table(out, f"{stem}.labels.txt", lines, path, rows))
     return index
@@ -115,6 +122,16 @@ def _write_table(out: Path, name: str, lines: list[str], path: str, rows: pd.Dat
     file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"table": str(file.relative_to(out)), "recording": path, "site": rows["site"].iloc[0],
             "selections": len(rows)}
+
+
+def with_names(det: pd.DataFrame) -> pd.DataFrame:
+    """Add ``common_name`` and ``scientific_name`` right after ``label`` (empty for labels without them)."""
+    names = [species_name(label) for label in det["label"]]
+    at = list(det.columns).index("label") + 1
+    out = det.copy()
+    out.insert(at, "common_name", [n.common for n in names])
+    out.insert(at + 1, "scientific_name", [n.scientific for n in names])
+    return out
 
 
 def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
@@ -178,15 +195,21 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
             counting = label_models(det, store.read_runs(), store.done_table(columns=["recording_id", "model_id"]))
             det = one_model_per_label(det, counting).reset_index(drop=True)
             what = "events" if events else "detections"
-            notes += [f"{label}: {what} of {shared[label]} models; exported those of model {counting[label]} "
-                      "(the latest run's; --model chooses)" for label in shared[shared > 1].index]
+            several = shared[shared > 1].index
+            if len(several) > 3:  # a broad model's hundreds of species: one line, not one per species
+                chosen = sorted({counting[label] for label in several})
+                notes.append(f"{len(several)} species have {what} of several models; exported those of each "
+                             f"species' latest run's model ({', '.join(chosen)}; --model chooses)")
+            else:
+                notes += [f"{label}: {what} of {shared[label]} models; exported those of model {counting[label]} "
+                          "(the latest run's; --model chooses)" for label in several]
     out = Path(out)
     if fmt == "csv":
         # --out names the CSV file itself when it ends in .csv, else the folder to hold detections.csv
         # (events.csv with events)
         path = out if out.suffix.lower() == ".csv" else out / ("events.csv" if events else "detections.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame = with_local_time(det, config or PamConfig())
+        frame = with_local_time(with_names(det), config or PamConfig())
         for col in ("start_time", "end_time") if events else ("start_time",):
             frame[col] = frame[col].map(lambda t: t.isoformat() if pd.notna(t) else "")
         frame.to_csv(path, index=False)

@@ -18,14 +18,15 @@ and finds its columns by that suffix, so no covariate name ends another one.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 import pam.store.schemas as schemas
+from pam.store.runs import run_model_settings
 from pam.store.atomic import write_text_atomic
 
 # CSV column prefix -> occupancy table column, in the order they are written
@@ -115,6 +116,9 @@ def history_matrix(occupancy: pd.DataFrame, label: str, model_id: str | None = N
     return matrix
 
 
+HISTORY_VALUES = ["detected", *OBS_COVARIATES.values()]
+
+
 def wide_history(occupancy: pd.DataFrame, label: str, model_id: str | None, sites: pd.DataFrame) -> pd.DataFrame:
     """The unmarked wide layout of one species and model (see the module docstring).
 
@@ -122,21 +126,54 @@ def wide_history(occupancy: pd.DataFrame, label: str, model_id: str | None, site
     full precision and NA wherever ``y`` is NA (nothing surveyed).
     """
     rows = _one_history(occupancy, label, model_id)
-    y = history_matrix(rows, label)
-    observed = y.notna().to_numpy()
-    parts = [y.astype("Int64")]
-    positions = sites.set_index("site").reindex(y.index)
-    parts.append(positions[list(SITE_COVARIATES)].astype(np.float64))
+    return _wide(rows.set_index(["site", "period"])[HISTORY_VALUES].unstack("period"), sites.set_index("site"))
+
+
+def _wide(matrices: pd.DataFrame, positions: pd.DataFrame) -> pd.DataFrame:
+    """The wide layout from one history's site x (value, period) matrices (``HISTORY_VALUES``).
+
+    Built from numpy arrays column by column (pandas ``astype`` per block costs more than the
+    numbers when hundreds of species each have their file)."""
+    y = matrices["detected"].sort_index(axis=1)
+    periods = list(y.columns)
+    detected = y.to_numpy(dtype=np.float64)
+    observed = ~np.isnan(detected)
+    columns: dict[str, object] = {"site": y.index.to_numpy()}
+    for j, p in enumerate(periods):
+        columns[f"y.{p}"] = pd.arrays.IntegerArray(np.nan_to_num(detected[:, j]).astype(np.int64), ~observed[:, j])
+    place = positions.reindex(y.index)
+    for name in SITE_COVARIATES:
+        columns[name] = place[name].to_numpy(dtype=np.float64)
     for prefix, column in OBS_COVARIATES.items():
-        cov = rows.pivot(index="site", columns="period", values=column).sort_index(axis=1).astype(np.float64)
-        cov = cov.where(observed)
-        if column == "doy":
-            cov = cov.round().astype("Int64")  # a whole day, written without ".0"
-        cov.columns = [f"{prefix}.{p}" for p in cov.columns]
-        parts.append(cov)
-    wide = pd.concat(parts, axis=1)
-    wide.index.name = "site"
-    return wide.reset_index()
+        values = matrices[column].reindex(columns=periods).to_numpy(dtype=np.float64)
+        values = np.where(observed, values, np.nan)
+        for j, p in enumerate(periods):
+            if column == "doy":  # a whole day, written without ".0"
+                day = np.round(values[:, j])
+                columns[f"{prefix}.{p}"] = pd.arrays.IntegerArray(np.nan_to_num(day).astype(np.int64), np.isnan(day))
+            else:
+                columns[f"{prefix}.{p}"] = values[:, j]
+    return pd.DataFrame(columns)
+
+
+def wide_histories(occupancy: pd.DataFrame, models: dict[str, str], sites: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """``(label, model_id, wide_history(...))`` for every label of ``models`` that has a history of its
+    model, in label order; the same frames as ``wide_history``, from one reshape of the whole table
+    (a broad model writes hundreds of histories)."""
+    pairs = pd.DataFrame(list(models.items()), columns=["label", "model_id"])
+    chosen = occupancy.merge(pairs, on=["label", "model_id"], how="inner")
+    if chosen.empty:
+        return
+    periods = chosen.groupby(["label", "model_id"])["period"].unique()
+    everywhere = sorted(chosen["period"].unique())
+    matrices = chosen.set_index(["label", "model_id", "site", "period"])[HISTORY_VALUES].unstack("period")
+    positions = sites.set_index("site")
+    for (label, model_id), block in matrices.groupby(level=["label", "model_id"], sort=True):
+        block = block.droplevel(["label", "model_id"])
+        own = sorted(periods[label, model_id])
+        if own != everywhere:  # only the periods this history has rows for, as wide_history gives
+            block = block.loc[:, block.columns.get_level_values("period").isin(own)]
+        yield label, model_id, _wide(block, positions)
 
 
 def history_file_name(label: str, model_id: str) -> str:
@@ -150,15 +187,10 @@ def history_file_name(label: str, model_id: str) -> str:
 def run_thresholds(runs: pd.DataFrame) -> dict[tuple[str, str], list[float]]:
     """(model_id, species) -> the detection thresholds its runs used (from each run's settings)."""
     out: dict[tuple[str, str], set[float]] = {}
-    for model_id, config_json in zip(runs["model_id"], runs["config_json"]):
-        if not isinstance(model_id, str) or not isinstance(config_json, str):
-            continue
-        try:
-            thresholds = (json.loads(config_json).get("settings") or {}).get("thresholds") or {}
-        except (ValueError, AttributeError):
-            continue
-        for label, value in thresholds.items():
-            out.setdefault((model_id, str(label)), set()).add(float(value))
+    for run_models, config_json in zip(runs["model_id"], runs["config_json"]):
+        for model_id, settings in run_model_settings(run_models, config_json).items():
+            for label, value in (settings.get("thresholds") or {}).items():
+                out.setdefault((model_id, str(label)), set()).add(float(value))
     return {key: sorted(values) for key, values in out.items()}
 
 
@@ -181,12 +213,9 @@ def write_history_csvs(occupancy: pd.DataFrame, folder: Path, models: dict[str, 
         old.unlink()
     thresholds = thresholds or {}
     written, index = [], []
-    for label in sorted(occupancy["label"].unique()):
-        model_id = models.get(label)
-        if model_id is None or not ((occupancy["label"] == label) & (occupancy["model_id"] == model_id)).any():
-            continue
+    for label, model_id, wide in wide_histories(occupancy, models, sites):
         path = folder / history_file_name(label, model_id)
-        _write_csv(wide_history(occupancy, label, model_id, sites), path)
+        _write_csv(wide, path)
         written.append(path)
         used = thresholds.get((model_id, label))
         index.append({"file": path.name, "label": label, "model_id": model_id, "min_score": min_score,

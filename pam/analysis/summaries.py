@@ -212,7 +212,10 @@ def label_models(hourly: pd.DataFrame, runs: pd.DataFrame, done: pd.DataFrame) -
     recent run wins; models without a run (committed by a script) are ranked by the number of
     recordings they scored.
     """
-    latest = runs.dropna(subset=["model_id", "started_at"]).groupby("model_id")["started_at"].max()
+    # a run of several models names them all, joined with ';' (pam.store.runs)
+    dated = runs.dropna(subset=["model_id", "started_at"])
+    dated = dated.assign(model_id=dated["model_id"].str.split(";")).explode("model_id")
+    latest = dated.groupby("model_id")["started_at"].max()
     scored = done.groupby("model_id")["recording_id"].nunique()
     out: dict[str, str] = {}
     for label, models in hourly.groupby("label")["model_id"]:
@@ -370,7 +373,12 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     runs = store.read_runs()
     counting = label_models(hourly, runs, done)
     shared = hourly.groupby("label")["model_id"].nunique()
-    for label in shared[shared > 1].index:
+    several = shared[shared > 1].index
+    if len(several) > 3:  # a broad model's hundreds of species: one line, not one per species
+        notes.append(f"{len(several)} species have detections of several models; site totals and the report count "
+                     f"each species' latest run's model ({', '.join(sorted({counting[s] for s in several}))}), the "
+                     "per-model tables keep each; --model chooses one")
+    for label in several if len(several) <= 3 else []:
         notes.append(f"{label} has detections of {shared[label]} models; site totals and the report count "
                      f"model {counting[label]} (the latest run's), the per-model tables keep each; "
                      "--model chooses one")

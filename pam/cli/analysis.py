@@ -16,7 +16,8 @@ from pam.config import ConfigError
 from pam.store.store import Store
 
 StoreArg = typer.Argument(..., help="store folder")
-SpeciesOpt = typer.Option(None, "--species", help="species (label); repeat for several")
+SpeciesOpt = typer.Option(None, "--species", help="species: its label, scientific or common name (any letter case); "
+                                                   "repeat for several")
 SiteOpt = typer.Option(None, "--site", help="site; repeat for several")
 StartOpt = typer.Option(None, "--start", help="from this UTC date or date-time (YYYY-MM-DD[THH:MM])")
 EndOpt = typer.Option(None, "--end", help="to this UTC date (whole day included) or date-time (excluded)")
@@ -143,7 +144,8 @@ def report(
     min_score: Optional[float] = MinScoreOpt,
     model: Optional[str] = ModelOpt,
     period_days: Optional[int] = typer.Option(None, "--period-days", min=1),
-    top: int = typer.Option(6, "--top", min=1, help="species with a diel plot"),
+    top: int = typer.Option(12, "--top", min=1, help="species drawn in the figures (most detections first); the "
+                                                     "tables list every species"),
 ) -> None:
     """Write a self-contained HTML report (figures inline, no network needed) of the summaries."""
     from pam.analysis.report import build_report

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import operator
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,7 @@ from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
 from pam.ops.prefect_server import PrefectServerError, quiet_prefect_defaults
+from pam.store.runs import run_model_keys, run_model_settings
 from pam.store.store import Store, StoreBusy
 
 
@@ -56,12 +58,14 @@ def scan(
 def detect(
     dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
     store: Path = StoreOpt,
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint; default: the bundled model"),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m",
+                                              help="a checkpoint, an ONNX file with its card, or a model's short "
+                                                   "name; repeat for several models; default: the bundled model"),
     config: Optional[Path] = ConfigOpt,
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="windows per batch"),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers"),
-    force: bool = typer.Option(False, "--force", help="redo recordings already done with this model and settings"),
+    force: bool = typer.Option(False, "--force", help="redo recordings already done with these models and settings"),
     prefect: bool = typer.Option(True, "--prefect/--no-prefect",
                                  help="run as the Prefect nightly flow (default) or directly in this process"),
     show: int = typer.Option(20, "--show", help="events (calls: overlapping windows joined) to print (0: none)"),
@@ -69,7 +73,10 @@ def detect(
                                  help="also show the run's INFO log (Prefect's, or pam's with --no-prefect)"),
 ) -> None:
     """Scan, detect and summarise: the nightly job on the given dumps."""
-    conf = cli_config(config, **{"model": str(model) if model else None, "detect.device": device,
+    # one --model is the config's model; several are its models (either replaces the config's)
+    chosen = {"model": model[0], "models": []} if model and len(model) == 1 else \
+        {"model": "", "models": list(model)} if model else {}
+    conf = cli_config(config, **chosen, **{"detect.device": device,
                               "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)
     # Arguments are checked before Prefect starts or anything is created: a mistyped path or a
@@ -197,8 +204,10 @@ def _print_detections(st: Store, dumps: list[Path], run_id: str, model_id: str, 
         return
     sites = {s for s in recordings["site"] if isinstance(s, str)}
     dataset = st.detections_dataset(st.detection_files(sites=sites))
-    wanted = (pads.field("model_id") == model_id) & (pads.field("settings_hash") == key) & pads.field(
-        "recording_id").isin(pa.array(list(recordings["recording_id"]), pa.string()))
+    keys = run_model_keys(model_id, key)
+    by_model = functools.reduce(operator.or_, [(pads.field("model_id") == m) & (pads.field("settings_hash") == k)
+                                               for m, k in keys])
+    wanted = by_model & pads.field("recording_id").isin(pa.array(list(recordings["recording_id"]), pa.string()))
     det = dataset.to_table(filter=wanted).to_pandas()
     if det.empty:
         console.print("no detections in these dumps")
@@ -228,13 +237,18 @@ def _windows_text(st: Store, run_id: str) -> str:
     """How the run's windows lie, e.g. 'windows overlap: 3 s every 1.5 s'; '' when the run row is missing."""
     runs = st.read_runs()
     row = runs[runs["run_id"] == run_id]
-    try:
-        settings = json.loads(row["config_json"].iloc[0])["settings"]
-        window_s, hop_s = float(settings["window_s"]), float(settings["hop_s"])
-    except (IndexError, KeyError, TypeError, ValueError):
+    if row.empty:
         return ""
-    how = "overlap" if hop_s < window_s else "touch" if hop_s == window_s else "do not touch"
-    return f"windows {how}: {window_s:g} s every {hop_s:g} s"
+    texts = []
+    for settings in run_model_settings(row["model_id"].iloc[0], row["config_json"].iloc[0]).values():
+        try:
+            window_s, hop_s = float(settings["window_s"]), float(settings["hop_s"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        how = "overlap" if hop_s < window_s else "touch" if hop_s == window_s else "do not touch"
+        text = f"windows {how}: {window_s:g} s every {hop_s:g} s"
+        texts += [text] if text not in texts else []
+    return "; ".join(texts)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pam import __version__
+from pam.detect.contract import DetectionModel, ModelError, ModelOutput
 from pam.detect.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 
 FORMAT = "pam-checkpoint"
@@ -25,17 +26,60 @@ VERSION = 1
 BUNDLED = "bobwhite-v2.pt"
 
 
-class ModelError(ValueError):
-    """A checkpoint that cannot be used, with the reason in one line."""
+BUNDLED_LICENCE = "MIT (pam; trained on GAMELab-UGA/NorthernBobwhiteCNN clips, MIT)"
 
 
-@dataclass
-class LoadedModel:
+@dataclass(eq=False)
+class LoadedModel(DetectionModel):
+    """A pam checkpoint as a model of the contract: PamNet (log-mel front end, ResNet, sigmoid head)."""
+
     net: PamNet
     card: ModelCard
     model_id: str
     path: Path
     created_at: datetime | None = None  # when the checkpoint was written (UTC); None if it does not say
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.sample_rate
+
+    @property
+    def window_s(self) -> float:
+        return self.card.window_s
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card.classes
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.card.thresholds
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.net.head.in_features)
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    @property
+    def licence(self) -> str:
+        if Path(self.path).resolve() == bundled_model_path().resolve():
+            return BUNDLED_LICENCE
+        return str(self.card.training.get("licence") or "unknown (a pam checkpoint: its author's terms)")
+
+    def forward(self, audio: torch.Tensor) -> ModelOutput:
+        emb = self.net.embed(audio)
+        return ModelOutput(torch.sigmoid(self.net.head(self.net.dropout(emb)).float()), emb)
+
+    def to(self, device: torch.device | str) -> "LoadedModel":
+        self.net.to(device).eval()
+        return self
 
 
 def _created_at(value: object) -> datetime | None:

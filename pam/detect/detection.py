@@ -20,18 +20,20 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
 from pam import __version__
 from pam.config import ConfigError, DetectConfig, RetriesConfig
-from pam.detect.checkpoint import LoadedModel
+from pam.detect.contract import DetectionModel
 from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
-from pam.detect.detection_rows import PendingDetections, build_flush, optional_text
-from pam.detect.settings import DetectSettings
+from pam.detect.detection_rows import build_flush, optional_text
+from pam.detect.scoring import ModelPlan, ScoringLane, window_groups
+from pam.detect.settings import settings_of
 from pam.io.manifest import check_store_outside
-from pam.store.store import Store, new_run_id
+from pam.store.store import Flush, Store, new_run_id
 
 log = logging.getLogger("pam.detect.detection")
 
@@ -85,86 +87,74 @@ class DetectionReport:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-class _Forward:
-    """Sigmoid scores, in slices of at most ``limit`` windows.
-
-    A CUDA out-of-memory error halves the limit, for this batch and the rest of the run (a
-    card that ran out once will run out again), and the batch goes on in smaller slices.
-    """
-
-    def __init__(self, net: torch.nn.Module, device: torch.device,
-                 logger: logging.Logger | logging.LoggerAdapter | None = None):
-        self.net = net
-        self.device = device
-        self.limit: int | None = None
-        self.log = logger or log
-
-    def _once(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return torch.sigmoid(self.net(x).float())
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        out: list[torch.Tensor] = []
-        i = 0
-        while i < n:
-            size = min(self.limit or n, n - i)
-            try:
-                out.append(self._once(x[i:i + size]))
-                i += size
-            except torch.cuda.OutOfMemoryError:
-                if size <= 1:
-                    raise
-                torch.cuda.empty_cache()
-                self.limit = size // 2
-                self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
-                                 size, self.limit)
-        return out[0] if len(out) == 1 else torch.cat(out)
-
-
 SEQ_SPAN = 100_000  # commit numbers per shard: shard k commits as k * SEQ_SPAN, k * SEQ_SPAN + 1, ...
 
 
 @dataclass
 class DetectPlan:
-    """What a run has to do: the work key and the usable recordings not yet done under it."""
+    """What a run has to do: each model's work key and the usable recordings not yet done
+    under it; ``todo`` holds the recordings at least one model still needs."""
 
     run_id: str
-    model_id: str
-    settings: DetectSettings
-    key: str
+    models: list[ModelPlan]
     total: int
     skipped: int
     todo: pd.DataFrame
+
+    @property
+    def model_id(self) -> str:
+        """The runs row's model_id: the models' ids joined with ';' (one id for a one-model run)."""
+        return ";".join(m.model_id for m in self.models)
+
+    @property
+    def key(self) -> str:
+        """The runs row's settings_hash: each model's, in the order of ``model_id``."""
+        return ";".join(m.key for m in self.models)
 
 
 def usable_statuses(conf: DetectConfig) -> tuple[str, ...]:
     return ("ok", "truncated") if conf.process_truncated else ("ok",)
 
 
-def plan_detection(store: Store, recordings: pd.DataFrame, model: LoadedModel, conf: DetectConfig, *,
-                   force: bool = False, run_id: str | None = None) -> DetectPlan:
-    """The recordings of ``recordings`` (manifest rows) that this model and settings still need.
+def as_models(model: DetectionModel | list[DetectionModel]) -> list[DetectionModel]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
 
-    One set lookup against the ``done`` table, so planning 10,000 done files takes
+
+def plan_detection(store: Store, recordings: pd.DataFrame, model: DetectionModel | list[DetectionModel],
+                   conf: DetectConfig, *, force: bool = False, run_id: str | None = None) -> DetectPlan:
+    """The recordings of ``recordings`` (manifest rows) that each model, under its settings, still needs.
+
+    One set lookup per model against the ``done`` table, so planning 10,000 done files takes
     milliseconds and opens no audio.
     """
-    settings = DetectSettings.from_config(conf, model)
-    key = settings.key()
+    models = as_models(model)
     rows = recordings[recordings["status"].isin(usable_statuses(conf))].drop_duplicates("recording_id")
-    done = set() if force else store.done_keys(model.model_id, key)
-    todo = rows[~rows["recording_id"].isin(done)].reset_index(drop=True)
-    return DetectPlan(run_id or new_run_id(), model.model_id, settings, key, len(rows), len(rows) - len(todo), todo)
+    ids = set(rows["recording_id"])
+    plans = []
+    for m, settings in zip(models, settings_of(conf, models)):
+        key = settings.key()
+        done = set() if force else store.done_keys(m.model_id, key)
+        plans.append(ModelPlan(m, settings, key, ids - done))
+    needed = set().union(*(p.todo_ids for p in plans))
+    todo = rows[rows["recording_id"].isin(needed)].reset_index(drop=True)
+    return DetectPlan(run_id or new_run_id(), plans, len(rows), len(rows) - len(todo), todo)
 
 
 def run_row(plan: DetectPlan, conf: DetectConfig, device: str, dump: str | None,
             started: datetime | None = None) -> dict:
-    """The ``runs`` row of a run that has started."""
+    """The ``runs`` row of a run that has started. ``config_json`` names each model; a
+    one-model run keeps its settings under ``settings``, several models each under theirs."""
+    one = len(plan.models) == 1
+    models = [{"model_id": m.model_id, "name": m.model.name, "source": m.model.source, "licence": m.model.licence,
+               **({} if one else {"settings": m.settings.__dict__})} for m in plan.models]
+    config = {"detect": conf.model_dump(), "models": models}
+    if one:
+        config["settings"] = plan.models[0].settings.__dict__
     return {
         "run_id": plan.run_id, "flow": "detect", "status": "running",
         "started_at": started or datetime.now(timezone.utc),
         "model_id": plan.model_id, "settings_hash": plan.key, "dump": dump, "device": device,
-        "config_json": json.dumps({"detect": conf.model_dump(), "settings": plan.settings.__dict__}),
+        "config_json": json.dumps(config),
         "pam_version": __version__, "host": socket.gethostname(),
         "recordings_total": plan.total, "recordings_skipped": plan.skipped,
     }
@@ -190,7 +180,7 @@ def finish_run(store: Store, row: dict, report: DetectionReport, dumps: list[str
 def run_detection(
     store: Store,
     recordings: pd.DataFrame,
-    model: LoadedModel,
+    model: DetectionModel | list[DetectionModel],
     conf: DetectConfig | None = None,
     *,
     force: bool = False,
@@ -202,7 +192,8 @@ def run_detection(
     retries: RetriesConfig | None = None,
     wait_s: float = 0.0,
 ) -> DetectionReport:
-    """Score every usable recording in ``recordings`` (manifest rows) not already done.
+    """Score every usable recording in ``recordings`` (manifest rows) not already done by
+    ``model`` (or by each of several models: each recording is decoded once per window group).
 
     Holds the store's run lock (waiting ``wait_s`` for another run), first cleans up what a
     crashed run left, then writes a ``running`` row, commits in groups, and writes the final
@@ -223,9 +214,9 @@ def run_detection(
         store.write_run(row)
         logger.info(
             "run %s: %d recordings, %d already done with model %s settings %s, %d to do on %s",
-            plan.run_id, plan.total, plan.skipped, model.model_id, plan.key, len(plan.todo), device,
+            plan.run_id, plan.total, plan.skipped, plan.model_id, plan.key, len(plan.todo), device,
         )
-        report = detect_recordings(store, plan.todo, model, plan.settings, conf, run_id=plan.run_id, force=force,
+        report = detect_recordings(store, plan.todo, plan.models, conf, run_id=plan.run_id, force=force,
                                    retries=retries, device=device, progress=progress, logger=logger)
         report.recordings_total = plan.total
         report.recordings_skipped = plan.skipped
@@ -243,8 +234,7 @@ def run_detection(
 def detect_recordings(
     store: Store,
     todo: pd.DataFrame,
-    model: LoadedModel,
-    settings: DetectSettings,
+    models: list[ModelPlan],
     conf: DetectConfig,
     *,
     run_id: str,
@@ -256,24 +246,28 @@ def detect_recordings(
     progress: bool = True,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> DetectionReport:
-    """Score ``todo`` (manifest rows) and commit them under ``run_id``; writes no run row.
+    """Score ``todo`` (manifest rows) with each model that needs them and commit them under
+    ``run_id``; writes no run row. The models that read the same windows (``window_groups``)
+    score the same decoded batches; each group is one pass over its recordings.
 
     Commits are numbered from the first free number in [seq_start, seq_end), so shards of
     one run, and a retried shard, never write the same part or done file. A recording that
     fails with a transient error (I/O) is tried again ``retries.count`` times, ``retries.delay_s``
     apart, after the others; then it is reported failed with its reason.
     """
-    run = _DetectionRun(store, todo, model, settings, conf, run_id=run_id, force=force,
+    run = _DetectionRun(store, todo, models, conf, run_id=run_id, force=force,
                         retries=retries or RetriesConfig(), seq_range=(seq_start, seq_end),
                         device=device or resolve_device(conf.device), progress=progress, logger=logger or log)
-    queue = run.recordings_to_read()
+    readable = run.recordings_to_read()
     with torch.inference_mode():
-        while queue:
-            again = run.detect_pass(queue)
-            run.flush()
-            if again and run.retries.delay_s:
-                time.sleep(run.retries.delay_s)
-            queue = again
+        for group in window_groups(models):
+            queue = run.start_group(group, readable)
+            while queue:
+                again = run.detect_pass(queue)
+                run.flush()
+                if again and run.retries.delay_s:
+                    time.sleep(run.retries.delay_s)
+                queue = again
     run.bar.close()
     return run.report
 
@@ -311,31 +305,31 @@ class _AudioBar:
 
 
 class _DetectionRun:
-    """One ``detect_recordings`` call: the model on its device, each recording's attempts, the
-    detections of recordings still being scored (``pending``), the finished ones not yet
-    committed (``ready``), the next commit number, the progress bar and the report."""
+    """One ``detect_recordings`` call: the models of the window group being read (``lanes``),
+    each recording's attempts, the finished recordings not yet committed (``ready``), the
+    recordings given up on, the next commit number, the progress bar and the report."""
 
-    def __init__(self, store: Store, todo: pd.DataFrame, model: LoadedModel, settings: DetectSettings,
-                 conf: DetectConfig, *, run_id: str, force: bool, retries: RetriesConfig, seq_range: tuple[int, int],
+    def __init__(self, store: Store, todo: pd.DataFrame, models: list[ModelPlan], conf: DetectConfig, *,
+                 run_id: str, force: bool, retries: RetriesConfig, seq_range: tuple[int, int],
                  device: torch.device, progress: bool, logger: logging.Logger | logging.LoggerAdapter):
-        self.store, self.model, self.settings, self.conf = store, model, settings, conf
+        self.store, self.models, self.conf = store, models, conf
         self.run_id, self.force, self.retries, self.device, self.logger = run_id, force, retries, device, logger
-        self.key = settings.key()
-        self.report = DetectionReport(run_id, model.model_id, self.key)
+        self.report = DetectionReport(run_id, ";".join(m.model_id for m in models), ";".join(m.key for m in models))
         self.todo = todo.reset_index(drop=True)
-        self.forward = _Forward(model.net.to(device).eval(), device, logger)
-        self.thresholds = torch.tensor([settings.thresholds[c] for c in model.card.classes], device=device)
+        self.lanes: list[ScoringLane] = []
         workers = conf.num_workers if conf.num_workers is not None else default_workers(device)
         if workers and multiprocessing.current_process().daemon:
             workers = 0  # a daemonic process (a Dask worker) may not start DataLoader workers
         self.workers = workers
-        self.pending: dict[int, PendingDetections] = {}
         self.ready: list[int] = []
+        self.gave_up: set[int] = set()
+        self.committed_audio: dict[str, float] = {}  # recording id -> seconds, over all models
         self.seq_start, self.seq_end = seq_range
         self.seq = store.next_seq(run_id, self.seq_start, self.seq_end)
         self.last_flush = time.monotonic()
         self.bar = _AudioBar(self.todo["duration_s"], progress)
         self.attempts = [0] * len(self.todo)
+        self.windows = [0] * len(self.todo)
 
     def recordings_to_read(self) -> list[int]:
         """The recordings that can be read; those the manifest gives no rate or length are reported failed."""
@@ -350,6 +344,15 @@ class _DetectionRun:
                 queue.append(i)
         return queue
 
+    def start_group(self, group: list[ModelPlan], readable: list[int]) -> list[int]:
+        """Make ``group`` the models being scored; the readable recordings any of them needs."""
+        ids = self.todo["recording_id"].to_numpy()
+        self.lanes = [ScoringLane(p, np.fromiter((r in p.todo_ids for r in ids), dtype=bool, count=len(ids)),
+                                  self.device, self.logger) for p in group]
+        self.attempts = [0] * len(self.todo)
+        self.windows = [0] * len(self.todo)
+        return [i for i in readable if i not in self.gave_up and any(lane.needs[i] for lane in self.lanes)]
+
     def detect_pass(self, queue: list[int]) -> list[int]:
         """Read and score the recordings of ``queue`` once, committing as they finish; the ones to try again."""
         again: list[int] = []
@@ -357,15 +360,16 @@ class _DetectionRun:
             self.attempts[i] += 1
         tasks = [RecordingTask(i, str(self.todo.at[i, "path"]), int(self.todo.at[i, "sample_rate"]),
                                int(self.todo.at[i, "frames"])) for i in queue]
-        settings = self.settings
-        dataset = WindowBatches(tasks, self.model.card.sample_rate, settings.window_s, settings.hop_s,
+        settings = self.lanes[0].plan.settings  # the group's window, hop and channel
+        dataset = WindowBatches(tasks, self.lanes[0].model.sample_rate, settings.window_s, settings.hop_s,
                                 self.conf.batch_size, settings.channel)
         loader = make_loader(dataset, num_workers=min(self.workers, len(tasks)), pin_memory=self.device.type == "cuda")
         for batch in loader:
             if batch["audio"].shape[0]:
                 self.score_batch(batch)
             for i in batch["finished"]:
-                self.pending.setdefault(int(i), PendingDetections())
+                for lane in self.lanes:
+                    lane.finished(int(i))
                 self.ready.append(int(i))
                 self.bar.finished(int(i))
             for i, reason, transient in batch["errors"]:
@@ -377,26 +381,22 @@ class _DetectionRun:
         return again
 
     def score_batch(self, batch: dict) -> None:
-        """Score a batch of windows and add the hits to their recordings' pending detections."""
-        scores = self.forward(batch["audio"].to(self.device, non_blocking=True))
-        hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds, as_tuple=True)
-        hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
-        hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+        """Score a batch of windows with each model of the group and add the hits to their recordings."""
+        audio = batch["audio"].to(self.device, non_blocking=True)
         rec = batch["rec"].numpy()
         start = batch["start"].numpy()
-        for i in np.unique(rec):
-            p = self.pending.setdefault(int(i), PendingDetections())
-            p.windows += int((rec == i).sum())
-            sel = rec[hit_rows] == i
-            if sel.any():
-                p.starts.append(start[hit_rows[sel]])
-                p.classes.append(hit_cls[sel])
-                p.scores.append(hit_scores[sel])
-            self.bar.scored(int(i), p.windows, self.settings.hop_s)
+        for lane in self.lanes:
+            lane.score(audio, rec, start)
+        hop_s = self.lanes[0].plan.settings.hop_s
+        for i, n in zip(*np.unique(rec, return_counts=True)):
+            self.windows[int(i)] += int(n)
+            self.bar.scored(int(i), self.windows[int(i)], hop_s)
 
     def failed(self, i: int, reason: str, transient: bool) -> bool:
         """Drop a recording that failed to read; True when it is to be tried again, else it is reported."""
-        self.pending.pop(i, None)
+        for lane in self.lanes:
+            lane.pending.pop(i, None)
+        self.windows[i] = 0
         path = str(self.todo.at[i, "path"])
         attempts = self.attempts[i]
         if transient and attempts <= self.retries.count:
@@ -406,28 +406,42 @@ class _DetectionRun:
         self.report.failures.append({"path": path, "stage": "detect", "status": "failed", "reason": reason + tries,
                                      "site": optional_text(self.todo.at[i, "site"]), "attempts": attempts})
         self.logger.warning("%s: %s%s", path, reason, tries)
+        self.gave_up.add(i)
         return False
 
     def flush(self) -> None:
-        """Commit the finished recordings (detections and done rows) and count them into the report."""
+        """Commit the finished recordings (every model's detections and done rows, in one commit)
+        and count them into the report."""
         if not self.ready:
             return
         if self.seq >= self.seq_end:
             raise RuntimeError(f"run {self.run_id} used up its commit numbers {self.seq_start}-{self.seq_end - 1}; "
                                "raise detect.flush_every")
-        rows = build_flush(self.todo, self.ready, self.pending, self.model.card.classes, self.settings,
-                            self.model.model_id, self.key, self.run_id)
+        flushes = []
+        for lane in self.lanes:
+            mine = [i for i in self.ready if lane.needs[i]]
+            if mine:
+                plan = lane.plan
+                flushes.append(build_flush(self.todo, mine, lane.pending, lane.model.classes, plan.settings,
+                                           plan.model_id, plan.key, self.run_id))
+        if not flushes:
+            self.ready = []
+            return
+        rows = Flush(pa.concat_tables([f.detections for f in flushes]), pa.concat_tables([f.done for f in flushes]))
         result = self.store.commit(self.run_id, self.seq, rows, replace=self.force,
                                    lock_timeout_s=self.conf.lock_timeout_s)
         if result.superseded:
             self.logger.warning("%d earlier result(s) of this model replaced: the same recording under other "
                                 "detection settings, or a file rewritten since it was analysed", result.superseded)
         committed = result.done
-        self.report.recordings_done += committed.num_rows
+        self.committed_audio.update(zip(committed.column("recording_id").to_pylist(),
+                                        committed.column("audio_s").to_pylist()))
+        self.report.recordings_done = len(self.committed_audio)
+        self.report.audio_s = float(sum(self.committed_audio.values()))
         self.report.detections += int(pc.sum(committed.column("detections")).as_py() or 0)
-        self.report.audio_s += float(pc.sum(committed.column("audio_s")).as_py() or 0.0)
-        for i in self.ready:
-            self.pending.pop(i, None)
+        for lane in self.lanes:
+            for i in self.ready:
+                lane.pending.pop(i, None)
         self.ready = []
         self.seq += 1
         self.last_flush = time.monotonic()

@@ -5,7 +5,7 @@ and ``done`` tables (``build_flush``; columns in docs/store.md).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -35,13 +35,26 @@ def optional_text(value: object) -> str | None:
     return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
+def _utc_micros(t0: object) -> int | None:
+    """A manifest start time as microseconds since the epoch (None when the file has no time)."""
+    if t0 is None or pd.isna(t0):
+        return None
+    ts = pd.Timestamp(t0)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.value // 1000
+
+
 def build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, PendingDetections], classes: list[str],
                 settings: DetectSettings, model_id: str, key: str, run_id: str) -> Flush:
-    """The detections and done rows of the ``ready`` recordings (positions in ``todo``), one commit."""
+    """The detections and done rows of the ``ready`` recordings (positions in ``todo``), one commit.
+
+    Column arrays per recording, no Python loop per detection: a model of thousands of
+    classes with low thresholds gives many rows per window.
+    """
     now = datetime.now(timezone.utc)
-    det_cols: dict[str, list] = {name: [] for name in schemas.DETECTIONS.names + ["site", "date"]}
-    done_rows = []
     labels = np.array(classes, dtype=object)
+    parts: list[dict[str, np.ndarray]] = []
+    done_rows = []
     for i in ready:
         r = todo.iloc[i]
         p = pending.get(i) or PendingDetections()
@@ -50,35 +63,25 @@ def build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, Pending
         win = round(settings.window_s * sr)
         n = sum(len(s) for s in p.starts)
         if n:
-            starts = np.concatenate(p.starts)
+            starts = np.concatenate(p.starts).astype(np.int64)
             cls = np.concatenate(p.classes)
-            scores = np.concatenate(p.scores)
+            scores = np.concatenate(p.scores).astype(np.float32)
             order = np.lexsort((cls, starts))
             starts, cls, scores = starts[order], cls[order], scores[order]
             start_s = starts / sr
-            end_s = np.minimum(starts + win, frames) / sr
-            t0 = r["start_time"]
-            if t0 is not None and not pd.isna(t0):
-                base = pd.Timestamp(t0).to_pydatetime()
-                times = [base + timedelta(seconds=float(s)) for s in start_s]
-                dates = [t.strftime("%Y-%m-%d") for t in times]
+            base = _utc_micros(r["start_time"])
+            if base is not None:
+                micros = base + np.round(start_s * 1e6).astype(np.int64)
+                times = micros.astype("datetime64[us]")
+                dates = np.datetime_as_string(times.astype("datetime64[D]")).astype(object)
             else:
-                times = [None] * n
-                dates = [None] * n
-            det_cols["recording_id"] += [r["recording_id"]] * n
-            det_cols["path"] += [str(r["path"])] * n
-            det_cols["device"] += [optional_text(r["device"])] * n
-            det_cols["start_sample"] += starts.tolist()
-            det_cols["start_s"] += start_s.tolist()
-            det_cols["end_s"] += end_s.tolist()
-            det_cols["start_time"] += times
-            det_cols["label"] += labels[cls].tolist()
-            det_cols["score"] += scores.astype(np.float32).tolist()
-            det_cols["model_id"] += [model_id] * n
-            det_cols["settings_hash"] += [key] * n
-            det_cols["run_id"] += [run_id] * n
-            det_cols["site"] += [optional_text(r["site"])] * n
-            det_cols["date"] += dates
+                micros, dates = None, np.full(n, None, dtype=object)
+            text = {"recording_id": r["recording_id"], "path": str(r["path"]), "device": optional_text(r["device"]),
+                    "model_id": model_id, "settings_hash": key, "run_id": run_id, "site": optional_text(r["site"])}
+            part = {name: np.full(n, value, dtype=object) for name, value in text.items()}
+            part.update(start_sample=starts, start_s=start_s, end_s=np.minimum(starts + win, frames) / sr,
+                        start_time=micros, label=labels[cls], score=scores, date=dates)
+            parts.append(part)
         done_rows.append({
             "recording_id": r["recording_id"], "model_id": model_id, "settings_hash": key,
             "run_id": run_id, "site": optional_text(r["site"]), "path": str(r["path"]),
@@ -86,4 +89,15 @@ def build_flush(todo: pd.DataFrame, ready: list[int], pending: dict[int, Pending
             "audio_s": scored_seconds(frames, sr, settings.window_s, settings.hop_s), "detections": n, "committed_at": now,
         })
     schema = pa.schema(list(schemas.DETECTIONS) + [pa.field("site", pa.string()), pa.field("date", pa.string())])
-    return Flush(pa.table(det_cols, schema=schema), pa.Table.from_pylist(done_rows, schema=schemas.DONE))
+    columns = []
+    for f in schema:
+        if f.name == "start_time":
+            values = [pa.array(p["start_time"] if p["start_time"] is not None else [None] * len(p["score"]),
+                               type=pa.int64()) for p in parts]
+            columns.append(pa.chunked_array(values, type=pa.int64()).cast(f.type) if values
+                           else pa.chunked_array([], type=f.type))
+        else:
+            values = [pa.array(p[f.name], type=f.type, from_pandas=True) for p in parts]
+            columns.append(pa.chunked_array(values, type=f.type))
+    detections = pa.Table.from_arrays(columns, schema=schema).combine_chunks()
+    return Flush(detections, pa.Table.from_pylist(done_rows, schema=schemas.DONE))

@@ -71,7 +71,7 @@ def card_row(model: LoadedModel) -> dict:
 def used_model_ids(store: str | os.PathLike) -> set[str]:
     """The models the store's detection runs used (registered or not)."""
     runs = Store(store).read_runs()
-    return {m for m in runs["model_id"].dropna() if isinstance(m, str)}
+    return {one for m in runs["model_id"].dropna() if isinstance(m, str) for one in m.split(";")}  # ';': several
 
 
 def bundled_if(model_id: str) -> LoadedModel | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pam.store.schemas as schemas
 from pam.config import ConfigError, DetectConfig, settings_hash
-from pam.detect.checkpoint import LoadedModel
+from pam.detect.contract import DetectionModel
 
 
 @dataclass(frozen=True)
@@ -20,23 +20,26 @@ class DetectSettings:
     thresholds: dict[str, float]
 
     @classmethod
-    def from_config(cls, conf: DetectConfig, model: LoadedModel) -> "DetectSettings":
-        card = model.card
-        window_s = conf.window_s if conf.window_s is not None else card.window_s
-        if abs(window_s - card.window_s) > 1e-9:
+    def from_config(cls, conf: DetectConfig, model: DetectionModel, *,
+                    other_classes: set[str] | frozenset[str] = frozenset()) -> "DetectSettings":
+        """``other_classes``: the classes of the run's other models, which ``detect.thresholds`` may name too."""
+        window_s = conf.window_s if conf.window_s is not None else model.window_s
+        if abs(window_s - model.window_s) > 1e-9:
             raise ConfigError(
-                f"detect.window_s is {window_s} s but model {card.name} ({model.model_id}) "
-                f"was trained on {card.window_s} s windows; leave window_s unset to use the model's"
+                f"detect.window_s is {window_s} s but model {model.describe()} "
+                f"was trained on {model.window_s} s windows; leave window_s unset to use the model's"
             )
-        unknown = set(conf.thresholds) - set(card.classes)
+        unknown = set(conf.thresholds) - set(model.classes) - set(other_classes)
         if unknown:
-            raise ConfigError(f"detect.thresholds: {sorted(unknown)} not among the model's classes {card.classes}")
-        vec = card.threshold_vector(conf.thresholds, conf.min_score)
+            shown = sorted(unknown)[:5]
+            classes = model.classes if len(model.classes) <= 10 else model.classes[:10] + ["..."]
+            raise ConfigError(f"detect.thresholds: {shown} not among the model's classes {classes}")
+        vec = model.threshold_vector(conf.thresholds, conf.min_score)
         return cls(
             window_s=window_s,
             hop_s=conf.hop_s,
             channel=None if conf.channel == "mix" else int(conf.channel),
-            thresholds={c: float(t) for c, t in zip(card.classes, vec.tolist())},
+            thresholds=dict(zip(model.classes, vec.tolist())),
         )
 
     def key(self) -> str:
@@ -44,3 +47,12 @@ class DetectSettings:
             "window_s": self.window_s, "hop_s": self.hop_s, "channel": self.channel,
             "thresholds": self.thresholds, "schema": schemas.DETECTIONS_VERSION,
         })
+
+
+def settings_of(conf: DetectConfig, models: list[DetectionModel]) -> list[DetectSettings]:
+    """Each model's settings; a ``detect.thresholds`` label must belong to at least one of them."""
+    out = []
+    for k, model in enumerate(models):
+        others = {c for j, m in enumerate(models) if j != k for c in m.classes}
+        out.append(DetectSettings.from_config(conf, model, other_classes=others))
+    return out

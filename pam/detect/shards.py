@@ -1,6 +1,6 @@
 """Scale-out: one run's recordings split into shards that are scored concurrently, anywhere.
 
-A run is planned once (model, settings, what is left to do) and gets one ``runs`` row. Its
+A run is planned once (its models, their settings, what is left to do) and gets one ``runs`` row. Its
 to-do list is split into shards of about equal audio duration, and each shard is scored by
 ``run_shard``: in a thread, in a Dask worker on another machine, or again after a crash. A
 shard loads the model itself (nothing but ids and paths travels), skips what is already
@@ -25,10 +25,13 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pam.detect.checkpoint import LoadedModel, load_checkpoint
 from pam.config import ConfigError, PamConfig
-from pam.detect.detection import (SEQ_SPAN, DetectionReport, DetectSettings, detect_recordings, finish_run,
-                        plan_detection, resolve_device, run_row, usable_statuses)
+from pam.detect.catalog import load_models
+from pam.detect.contract import DetectionModel
+from pam.detect.detection import (SEQ_SPAN, DetectionReport, detect_recordings, finish_run, plan_detection,
+                                  resolve_device, run_row, usable_statuses)
+from pam.detect.scoring import ModelPlan
+from pam.detect.settings import settings_of
 from pam.io.manifest import check_store_outside, recordings_in
 from pam.store.store import Store
 
@@ -56,7 +59,7 @@ def split(todo: pd.DataFrame, n: int) -> list[list[str]]:
 
 
 def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
-              run_id: str | None = None, model: LoadedModel | None = None) -> dict:
+              run_id: str | None = None, models: list[DetectionModel] | None = None) -> dict:
     """Plan a run, write its ``running`` row, and split its to-do list into shards.
 
     Returns a plain dict (run id, counts, shards as lists of recording ids) so that it can
@@ -67,8 +70,8 @@ def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool 
     store.ensure()
     store.recover(config.detect.lock_timeout_s)
     device = resolve_device(config.detect.device)
-    model = model or load_checkpoint(config.model, device=device)
-    plan = plan_detection(store, recordings_in(store, dumps), model, config.detect, force=force, run_id=run_id)
+    models = models or load_models(config.model_specs(), device=device)
+    plan = plan_detection(store, recordings_in(store, dumps), models, config.detect, force=force, run_id=run_id)
     row = run_row(plan, config.detect, str(device), ";".join(dumps))
     store.write_run(row)
     shards = split(plan.todo, config.runner.shards)
@@ -81,7 +84,7 @@ def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool 
 
 def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], config: PamConfig | dict,
               run_id: str, index: int, *, force: bool = False, progress: bool = False,
-              logger: Logger | None = None, model: LoadedModel | None = None) -> dict:
+              logger: Logger | None = None, models: list[DetectionModel] | None = None) -> dict:
     """Score one shard's recordings and commit them under ``run_id``; safe to call again.
 
     Recordings already committed (by anyone, or with ``force`` by this run) are skipped, so
@@ -90,18 +93,20 @@ def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], confi
     conf = config if isinstance(config, PamConfig) else PamConfig.model_validate(config)
     store = Store(store_root)
     device = resolve_device(conf.detect.device)
-    model = model or load_checkpoint(conf.model, device=device)
-    settings = DetectSettings.from_config(conf.detect, model)
-    key = settings.key()
+    models = models or load_models(conf.model_specs(), device=device)
     wanted = set(recording_ids)
     rows = recordings_in(store, dumps)
     rows = rows[rows["recording_id"].isin(wanted) & rows["status"].isin(usable_statuses(conf.detect))]
     rows = rows.drop_duplicates("recording_id").sort_values("path")
-    done = store.done_table(model.model_id, key)
-    if force:
-        done = done[done["run_id"] == run_id]
-    todo = rows[~rows["recording_id"].isin(set(done["recording_id"]))]
-    report = detect_recordings(store, todo, model, settings, conf.detect, run_id=run_id, force=force,
+    plans = []
+    for model, settings in zip(models, settings_of(conf.detect, models)):
+        key = settings.key()
+        done = store.done_table(model.model_id, key)
+        if force:
+            done = done[done["run_id"] == run_id]
+        plans.append(ModelPlan(model, settings, key, set(rows["recording_id"]) - set(done["recording_id"])))
+    todo = rows[rows["recording_id"].isin(set().union(*(p.todo_ids for p in plans)))]
+    report = detect_recordings(store, todo, plans, conf.detect, run_id=run_id, force=force,
                                retries=conf.retries, seq_start=index * SEQ_SPAN, seq_end=(index + 1) * SEQ_SPAN,
                                device=device, progress=progress, logger=logger)
     return {"shard": index, "host": socket.gethostname(), "device": str(device), "recordings": len(wanted),
@@ -126,9 +131,11 @@ def end_run(store: Store, run_id: str, results: list[dict], *, scan_failures: li
     row = store.read_run(run_id)
     if row is None:
         raise RuntimeError(f"run {run_id} has no row in {store.runs_dir}; was it started with begin_run?")
-    done = store.done_table(row["model_id"], row["settings_hash"])
+    keys = list(zip(str(row["model_id"]).split(";"), str(row["settings_hash"]).split(";")))
+    done = pd.concat([store.done_table(m, k) for m, k in keys], ignore_index=True)
     mine = done[done["run_id"] == run_id]
-    committed = set(done["recording_id"])
+    # a recording counts once however many models scored it (each model's work key is its own row)
+    committed = {r for r, n in done.groupby("recording_id")["model_id"].nunique().items() if n == len(keys)}
     errors = []
     for e in shard_errors or []:
         e = dict(e)
@@ -137,10 +144,10 @@ def end_run(store: Store, run_id: str, results: list[dict], *, scan_failures: li
     failures = list(scan_failures or []) + [f for r in results for f in r["failures"]] + errors
     report = DetectionReport(
         run_id, row["model_id"], row["settings_hash"],
-        recordings_total=int(row["recordings_total"] or 0), recordings_done=len(mine),
+        recordings_total=int(row["recordings_total"] or 0), recordings_done=int(mine["recording_id"].nunique()),
         recordings_skipped=int(row["recordings_skipped"] or 0), failures=failures,
         detections=int(mine["detections"].sum()) if len(mine) else 0,
-        audio_s=float(mine["audio_s"].sum()) if len(mine) else 0.0,
+        audio_s=float(mine.drop_duplicates("recording_id")["audio_s"].sum()) if len(mine) else 0.0,
     )
     started = pd.Timestamp(row["started_at"]).to_pydatetime()
     report.wall_s = (datetime.now(timezone.utc) - started).total_seconds()
@@ -171,8 +178,8 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"detect {';'.join(dumps)}"):
-        model = load_checkpoint(config.model, device=resolve_device(config.detect.device))
-        start = begin_run(store, dumps, config, force=force, model=model)
+        models = load_models(config.model_specs(), device=resolve_device(config.detect.device))
+        start = begin_run(store, dumps, config, force=force, models=models)
         shards = start["shards"]
         logger.info("run %s: %d recordings, %d already done, %d to do in %d shard(s)", start["run_id"],
                     start["recordings_total"], start["recordings_skipped"], start["todo"], len(shards))
@@ -182,7 +189,7 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
                 try:
                     return run_shard(str(store.root), dumps, shards[index], config, start["run_id"], index,
                                      force=force, progress=progress and len(shards) == 1, logger=logger,
-                                     model=model if len(shards) == 1 else None)
+                                     models=models if len(shards) == 1 else None)
                 except Exception as exc:  # noqa: BLE001 - reported, the other shards go on
                     if attempt == config.retries.count:
                         logger.error("shard %d failed: %s", index, exc)

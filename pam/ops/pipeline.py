@@ -135,14 +135,15 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
 
 
 def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:
-    """The model and detection settings are usable: the checkpoint loads (ModelError), the
-    device exists, the window fits the model, and without Prefect the runner runs in this
-    process (ConfigError). Imports torch: check the paths first, they answer at once."""
-    from pam.detect.checkpoint import load_checkpoint
+    """The models and detection settings are usable: every model loads (ModelError: a missing
+    or corrupt file, a bad card), the device exists, the window fits each model, and without
+    Prefect the runner runs in this process (ConfigError). Imports torch: check the paths
+    first, they answer at once."""
+    from pam.detect.catalog import load_models
     from pam.detect.detection import resolve_device
-    from pam.detect.settings import DetectSettings
+    from pam.detect.settings import settings_of
 
     if not prefect:
         require_in_process_runner(config)
     resolve_device(config.detect.device)
-    DetectSettings.from_config(config.detect, load_checkpoint(config.model, device="cpu"))
+    settings_of(config.detect, load_models(config.model_specs(), device="cpu"))

@@ -22,9 +22,11 @@ from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
+from pam.store.species import UnknownSpecies, resolve_species, unknown_species_message
 from pam.store.store import SUMMARY_TABLES, Store
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -83,10 +85,13 @@ def score_threshold(min_score: float) -> pa.Scalar:
 
 def detection_filter(species: Sequence[str] | None = None, start: datetime | None = None, end: datetime | None = None,
                      min_score: float | None = None, model_id: str | None = None) -> ds.Expression | None:
-    """The row filter of a query, as a pyarrow dataset expression (None: every row)."""
+    """The row filter of a query, as a pyarrow dataset expression (None: every row).
+
+    ``species`` are labels as stored; an empty list matches no row (None: every species).
+    """
     parts = []
-    if species:
-        parts.append(ds.field("label").isin(list(species)))
+    if species is not None:
+        parts.append(ds.field("label").isin(pa.array(list(species), type=pa.string())))
     if start is not None:
         parts.append(ds.field("start_time") >= pa.scalar(start, type=schemas.UTC_TS))
     if end is not None:
@@ -115,11 +120,12 @@ def query_detections(store: Store, species: str | Sequence[str] | None = None, s
     species_list, site_list = _as_list(species), _as_list(sites)
     last_day = (t1 - timedelta(microseconds=1)).date() if t1 is not None else None
     files = store.detection_files(sites=site_list, start=t0.date() if t0 else None, end=last_day)
-    flt = detection_filter(species_list, t0, t1, min_score, model_id)
     cols = columns or DETECTION_COLUMNS
     unknown = [c for c in cols if c not in DETECTION_COLUMNS]
     if unknown:
         raise QueryError(f"unknown column(s) {unknown}; detections have {DETECTION_COLUMNS}")
+    labels = species_labels(store, species_list, files) if species_list else None
+    flt = detection_filter(labels, t0, t1, min_score, model_id)
     need = list(dict.fromkeys(cols + [c for c in ("start_time", "site", "path", "start_s", "label") if c not in cols]))
     table = store.detections_dataset(files).to_table(columns=need, filter=flt)
     if table.num_rows:
@@ -132,6 +138,32 @@ def query_detections(store: Store, species: str | Sequence[str] | None = None, s
     if total == 0:
         notes.append(_empty_note(store, species_list, site_list, len(files), model_id))
     return QueryResult(table.select(cols).to_pandas(), files, notes, total)
+
+
+def stored_labels(store: Store, files: list[Path] | None = None) -> set[str]:
+    """The distinct labels in ``files`` (default: every committed detection file)."""
+    files = store.detection_files() if files is None else files
+    if not files:
+        return set()
+    column = store.detections_dataset(files).to_table(columns=["label"]).column("label")
+    return set(pc.unique(column).to_pylist())
+
+
+def species_labels(store: Store, asked: Sequence[str], files: list[Path]) -> list[str]:
+    """The stored labels that ``asked`` names, each by its label, scientific or common name, in any
+    letter case (``pam.store.species``); several labels may share a name, and all are kept.
+
+    Names are looked up among the labels of ``files`` (the files the query reads, so a site-week
+    opens only its own files); a name found there is all the query needs. A name found nowhere
+    in the store raises ``UnknownSpecies``, one line naming the closest known species.
+    """
+    found, missing = resolve_species(asked, stored_labels(store, files))
+    if missing:
+        everywhere = stored_labels(store)
+        _elsewhere, unknown = resolve_species(missing, everywhere)
+        if unknown and everywhere:
+            raise UnknownSpecies(unknown_species_message(unknown, everywhere))
+    return found
 
 
 def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None, n_files: int,
@@ -152,10 +184,7 @@ def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None
     if n_files == 0:
         return "no detection files for these sites and dates" + (f" (sites asked: {', '.join(sites)})" if sites else "")
     if species:
-        known = set(store.detections_dataset().to_table(columns=["label"]).column("label").unique().to_pylist())
-        missing = [s for s in species if s not in known]
-        if missing:
-            return f"no detections of {', '.join(missing)} anywhere in the store (labels: {', '.join(sorted(known))})"
+        return f"no detections of {', '.join(species)} match these filters"
     return "no detections match these filters"
 
 

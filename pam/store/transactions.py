@@ -38,6 +38,12 @@ class Committed:
     superseded: int  # older done rows replaced: same recording under other settings, or the path's old content
 
 
+def keys_not_in(table: pa.Table, keys: set[tuple[str, str, str]]) -> list[bool]:
+    """Per row of ``table``: its (recording_id, model_id, settings_hash) is not among ``keys``."""
+    return [k not in keys for k in zip(table.column("recording_id").to_pylist(), table.column("model_id").to_pylist(),
+                                       table.column("settings_hash").to_pylist())]
+
+
 def out_of_date(existing: pd.DataFrame, done: pa.Table) -> pd.DataFrame:
     """Done rows of ``existing`` that ``done`` replaces: for the same model, the same recording
     under other settings, or another recording (an earlier content) at the same path."""
@@ -106,16 +112,17 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         mine = [(m, k) in keys and r in ids for r, m, k in
                 zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
         already = existing.loc[pd.Series(mine, index=existing.index, dtype=bool)]
-        clash = set(already["recording_id"])
-        if clash and not replace:
-            done = done.filter(pa.array([r not in clash for r in done.column("recording_id").to_pylist()]))
-            detections = detections.filter(
-                pa.array([r not in clash for r in detections.column("recording_id").to_pylist()]))
-            clash = set()
+        if len(already) and not replace:
+            # drop only the work keys (recording, model, settings) committed meanwhile: one
+            # flush may hold several models' rows of a recording
+            clash = set(zip(already["recording_id"], already["model_id"], already["settings_hash"]))
+            done = done.filter(pa.array(keys_not_in(done, clash), type=pa.bool_()))
+            detections = detections.filter(pa.array(keys_not_in(detections, clash), type=pa.bool_()))
+            already = already.iloc[0:0]
         if done.num_rows == 0:
             return Committed(done, 0)
         stale = out_of_date(existing, done)
-        old = pd.concat([already[already["recording_id"].isin(clash)], stale])
+        old = pd.concat([already, stale])
         old_keys = {tuple(k) for k in old[KEY].itertuples(index=False, name=None)}
         adds, removes = _rewrites(table, dt, old_keys, set(old["site"].fillna("unknown")) | set(old["site"].dropna()))
         try:

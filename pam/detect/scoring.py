@@ -1,0 +1,130 @@
+"""One model's part of a detection run: what it still has to score (``ModelPlan``), its forward
+in slices that survive CUDA running out of memory (``ModelForward``), and the thresholded
+hits of the recordings it is scoring (``ScoringLane``).
+
+Several models in one run share the decoded windows: the models with the same sample rate,
+window and hop form one group (``window_groups``), each batch of that group's windows is
+scored by every model of the group that still needs its recordings, and each model keeps its
+own hits, thresholds and work key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pam.detect.contract import DetectionModel
+from pam.detect.detection_rows import PendingDetections
+from pam.detect.settings import DetectSettings
+
+log = logging.getLogger("pam.detect.scoring")
+
+
+@dataclass
+class ModelPlan:
+    """A model of a run, its settings and work key, and the recordings it still needs."""
+
+    model: DetectionModel
+    settings: DetectSettings
+    key: str
+    todo_ids: set[str]
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def group(self) -> tuple[int, float, float, int | None]:
+        """Models with equal groups read the same windows: (rate, window, hop, channel)."""
+        s = self.settings
+        return (self.model.sample_rate, s.window_s, s.hop_s, s.channel)
+
+
+def window_groups(plans: list[ModelPlan]) -> list[list[ModelPlan]]:
+    """The plans grouped by the windows they read, in first-seen order."""
+    groups: dict[tuple, list[ModelPlan]] = {}
+    for p in plans:
+        groups.setdefault(p.group(), []).append(p)
+    return list(groups.values())
+
+
+class ModelForward:
+    """Scores [B, C] in [0, 1], in slices of at most ``limit`` windows.
+
+    A CUDA out-of-memory error halves the limit, for this batch and the rest of the run (a
+    card that ran out once will run out again), and the batch goes on in smaller slices.
+    """
+
+    def __init__(self, model: DetectionModel, device: torch.device,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+        self.model = model
+        self.device = device
+        self.limit: int | None = None
+        self.log = logger or log
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
+        enabled = self.device.type == "cuda" and self.model.autocast
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled):
+            return self.model.forward(x).scores.float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out: list[torch.Tensor] = []
+        i = 0
+        while i < n:
+            size = min(self.limit or n, n - i)
+            try:
+                out.append(self._once(x[i:i + size]))
+                i += size
+            except torch.cuda.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.limit = size // 2
+                self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
+                                 size, self.limit)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+class ScoringLane:
+    """One model scoring its recordings of a run: ``needs[i]`` says whether recording i (a
+    position in the run's to-do list) is this model's work; ``pending`` holds hits so far."""
+
+    def __init__(self, plan: ModelPlan, needs: np.ndarray, device: torch.device,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+        self.plan = plan
+        self.model = plan.model.to(device)
+        self.forward = ModelForward(self.model, device, logger)
+        vector = np.array([plan.settings.thresholds[c] for c in self.model.classes], dtype=np.float32)
+        self.thresholds = torch.from_numpy(vector).to(device)
+        self.needs = needs
+        self.device = device
+        self.pending: dict[int, PendingDetections] = {}
+
+    def score(self, audio: torch.Tensor, rec: np.ndarray, start: np.ndarray) -> None:
+        """Score the windows of ``audio`` (on the device) whose recordings this model needs."""
+        mask = self.needs[rec]
+        if not mask.any():
+            return
+        if not mask.all():
+            audio = audio[torch.from_numpy(mask).to(audio.device)]
+            rec, start = rec[mask], start[mask]
+        scores = self.forward(audio)
+        hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds, as_tuple=True)
+        hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
+        hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
+        hit_rec = rec[hit_rows]
+        for i in np.unique(rec):
+            p = self.pending.setdefault(int(i), PendingDetections())
+            p.windows += int((rec == i).sum())
+            sel = hit_rec == i
+            if sel.any():
+                p.starts.append(start[hit_rows[sel]])
+                p.classes.append(hit_cls[sel])
+                p.scores.append(hit_scores[sel])
+
+    def finished(self, i: int) -> None:
+        if self.needs[i]:
+            self.pending.setdefault(i, PendingDetections())
