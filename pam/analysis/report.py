@@ -408,6 +408,7 @@ def publish_artifacts(report: Report) -> bool:
 def nightly_summary(store: Store, config: PamConfig, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
     """The nightly run's last step: summaries, ``STORE/reports/report.html``, Prefect artifacts."""
     logger = logger or log
+    store.location.require_local("the HTML report (pam report, the nightly run's report step)")
     result = summarize(store, config)
     for note in result.notes:
         logger.warning("%s", note)

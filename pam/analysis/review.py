@@ -199,6 +199,7 @@ def _text(value: object) -> str | None:
 
 def import_review(store: Store, csv: Path) -> tuple[pd.DataFrame, Path | None]:
     """Store a filled-in review CSV as verified labels; returns (rows, file written or None if no verdicts)."""
+    store.location.require_local("pam review-import")
     rows = read_review_csv(csv)
     if rows.empty:
         return rows, None

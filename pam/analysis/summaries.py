@@ -22,6 +22,7 @@ a site's clock, a ``done`` file rewritten by ``--force``) recomputes everything.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -36,9 +37,8 @@ import pam.store.schemas as schemas
 from pam.config import PamConfig
 from pam.analysis.effort import analysed_by_model, day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
 from pam.analysis.occupancy import detection_histories, run_thresholds, write_history_csvs
-from pam.store.atomic import write_text_atomic
 from pam.store.query import score_threshold
-from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store, write_parquet_atomic
+from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store
 from pam.analysis.survey_covariates import site_positions, survey_days
 
 STATE_VERSION = 1
@@ -63,7 +63,7 @@ def _write(store: Store, name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Write one table with its schema; returns it as readers will see it (typed columns)."""
     table = pa.Table.from_pandas(frame[schemas.TABLES[name][0].names], schema=schemas.with_version(name),
                                  preserve_index=False)
-    write_parquet_atomic(table, store.summary_path(name))
+    store.write_summary(name, table)
     return table.to_pandas()
 
 
@@ -164,10 +164,14 @@ def _compacted_before_counted(store: Store, new_flushes: set[tuple[str, int]], f
 # -- state ---------------------------------------------------------------------------------
 def _done_files(store: Store) -> dict[str, list[int]]:
     out = {}
-    for path in store.done_files():
-        if DONE_NAME.match(path.name):
-            st = path.stat()
-            out[path.name] = [st.st_size, st.st_mtime_ns]
+    paths = [p for p in store.done_files() if DONE_NAME.match(p.name)]
+    if store.remote:  # one listing call per file is slow there; the names are unique, sizes say the rest
+        for info in store.location.fs.get_file_info([str(p) for p in paths]):
+            out[info.base_name] = [info.size, int(info.mtime.timestamp() * 1e9) if info.mtime else 0]
+        return out
+    for path in paths:
+        st = path.stat()
+        out[path.name] = [st.st_size, st.st_mtime_ns]
     return out
 
 
@@ -178,20 +182,31 @@ def _inputs(config: PamConfig, min_score: float | None, model_id: str | None) ->
             "hourly_counts": schemas.HOURLY_COUNTS_VERSION}
 
 
-def _state_path(store: Store) -> Path:
-    return store.summaries_dir / "state.json"
+STATE_REL = "summaries/state.json"  # relative to the store's root
 
 
 def _read_state(store: Store) -> dict | None:
     try:
-        state = json.loads(_state_path(store).read_text())
+        state = json.loads(store.location.read_text(STATE_REL))
     except (OSError, ValueError):
         return None
     return state if state.get("version") == STATE_VERSION else None
 
 
 def _write_state(store: Store, state: dict) -> None:
-    write_text_atomic(json.dumps(state, indent=1, sort_keys=True), _state_path(store))
+    store.location.write_text(json.dumps(state, indent=1, sort_keys=True), STATE_REL)
+
+
+def _write_histories(store: Store, occupancy: pd.DataFrame, counting: dict[str, str], sites: pd.DataFrame,
+                     min_score: float | None, thresholds) -> None:
+    """The occupancy CSVs under summaries/occupancy (on object storage: written here, then uploaded)."""
+    if not store.remote:
+        write_history_csvs(occupancy, store.summaries_dir / "occupancy", counting, sites, min_score=min_score,
+                           thresholds=thresholds)
+        return
+    with tempfile.TemporaryDirectory(prefix="pam-occupancy-") as tmp:
+        write_history_csvs(occupancy, Path(tmp), counting, sites, min_score=min_score, thresholds=thresholds)
+        store.location.upload_folder(Path(tmp), "summaries/occupancy", stale_prefix="detection_history_")
 
 
 # -- derived tables --------------------------------------------------------------------------
@@ -342,7 +357,7 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     old_files = state["done_files"] if state else {}
     changed = [n for n, sig in old_files.items() if done_now.get(n) != sig]
     full = (state is None or state.get("inputs") != inputs or bool(changed)
-            or not store.summary_path("hourly_counts").exists())
+            or not store.has_summary("hourly_counts"))
     new_flushes = {(m["run"], int(m["seq"])) for n in done_now if n not in old_files and (m := DONE_NAME.match(n))}
     files = store.detection_files()
     if not full and _compacted_before_counted(store, new_flushes, files):
@@ -396,9 +411,8 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     tables["precision"] = precision_table(store, min_score, model_id)
     tables = {name: _write(store, name, frame) for name, frame in tables.items()}
     # the histories of the model the report counts (label_models); the table keeps every model's
-    write_history_csvs(tables["occupancy"], store.summaries_dir / "occupancy", counting,
-                       site_positions(config, sorted(site_days["site"].unique())), min_score=min_score,
-                       thresholds=run_thresholds(runs))
+    _write_histories(store, tables["occupancy"], counting, site_positions(config, sorted(site_days["site"].unique())),
+                     min_score, run_thresholds(runs))
     # the done files listed before reading: a flush committed meanwhile is recounted next time
     _write_state(store, {"version": STATE_VERSION, "inputs": inputs, "period_days": period_days,
                          "done_files": done_now})

@@ -19,10 +19,12 @@ import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
 from pam.detect.checkpoint import LoadedModel, bundled_model_path, load_checkpoint, model_id_of
+from pam.store.location import StoreLocation
 from pam.store.store import Store, write_parquet_atomic
 
 
 def models_dir(store: str | os.PathLike) -> Path:
+    StoreLocation(store).require_local("the model registry (pam train with output.store)")
     return Path(store) / "models"
 
 
@@ -33,6 +35,7 @@ def register(store: str | os.PathLike, model_path: str | os.PathLike, *, config:
     ``config`` and ``data_fingerprint`` default to what the checkpoint's card records
     (``card.training['config']`` and ``card.training['data_fingerprint']``).
     """
+    models_dir(store)  # refuses a store on object storage before any work
     model = load_checkpoint(model_path)
     card = model.card
     row = {

@@ -187,7 +187,7 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
         def one(index: int) -> dict:
             for attempt in range(config.retries.count + 1):
                 try:
-                    return run_shard(str(store.root), dumps, shards[index], config, start["run_id"], index,
+                    return run_shard(store.uri, dumps, shards[index], config, start["run_id"], index,
                                      force=force, progress=progress and len(shards) == 1, logger=logger,
                                      models=models if len(shards) == 1 else None)
                 except Exception as exc:  # noqa: BLE001 - reported, the other shards go on

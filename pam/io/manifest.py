@@ -104,7 +104,7 @@ def check_dump_folder(dump: str | os.PathLike) -> Path:
 
 def check_store_outside(store: Store, dump: str | os.PathLike) -> None:
     """pam never writes into an input folder: refuse a store that is the dump or inside it."""
-    problem = store_inside_dump(store.root, dump)
+    problem = None if store.remote else store_inside_dump(store.root, dump)
     if problem:
         raise StoreInsideDump(problem)
 

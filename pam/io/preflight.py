@@ -48,7 +48,7 @@ def store_inside_dump(store_root: Path, dump: str | os.PathLike) -> str | None:
 def check_scan_inputs(dumps: list[str | os.PathLike], store: Store) -> list[Path]:
     """Every dump is a readable folder, the store a folder or not there yet, and outside every
     dump; returns the dumps as absolute paths. Raises BadArgument."""
-    if store.root.exists() and not store.root.is_dir():
+    if not store.remote and store.root.exists() and not store.root.is_dir():
         raise BadArgument(f"{store.root}: the store is a file, not a folder; give --store a folder "
                           "(created if missing)")
     folders = [Path(d).expanduser().resolve() for d in dumps]
@@ -56,7 +56,7 @@ def check_scan_inputs(dumps: list[str | os.PathLike], store: Store) -> list[Path
         problem = dump_folder_problem(d)
         if problem:
             raise BadArgument(f"{str(d)!r}: {problem}" if "UTF-8" in problem else f"{d}: {problem}")
-        inside = store_inside_dump(store.root, d)
+        inside = None if store.remote else store_inside_dump(store.root, d)
         if inside:
             raise BadArgument(inside)
     return folders

@@ -108,11 +108,11 @@ def maintain_store(store: Store, config: PamConfig,
         done = store.compact()
         if done.partitions:
             logger.info("compacted %d partitions (%d files, %d rows) of %s", done.partitions, done.files_before,
-                        done.rows, store.root)
+                        done.rows, store.uri)
     deleted = store.vacuum(config.store.retention_days)
     if deleted:
         logger.info("deleted %d files removed more than %g days ago from %s", len(deleted),
-                    config.store.retention_days, store.root)
+                    config.store.retention_days, store.uri)
 
 
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,

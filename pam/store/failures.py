@@ -16,10 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
-from pam.store.atomic import write_parquet_atomic, write_text_atomic
 from pam.store.store import Store
 
 _OUTCOME_ORDER = {"failed": 0, "skipped": 1, "partial": 2}
@@ -103,16 +101,20 @@ def write_failure_report(store: Store, run_id: str, failures: list[dict],
     """Write the markdown and Parquet reports when there is anything to report; returns the .md."""
     if not failures:
         return None
-    md_path, table_path = report_paths(store, run_id)
-    store.reports_dir.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(failure_table(run_id, failures), table_path)
-    write_text_atomic(render_markdown(run_id, failures, dumps), md_path)
+    md_path, _table_path = report_paths(store, run_id)
+    store.location.write_parquet(failure_table(run_id, failures), f"reports/failures-{run_id}.parquet")
+    store.location.write_text(render_markdown(run_id, failures, dumps), f"reports/failures-{run_id}.md")
     return md_path
 
 
 def read_failures(store: Store) -> pa.Table:
     """Every run's failure rows, to ask e.g. which sites keep producing bad cards."""
-    files = sorted(store.reports_dir.glob("failures-*.parquet")) if store.reports_dir.exists() else []
+    files = failure_files(store)
     if not files:
         return schemas.FAILURES.empty_table()
-    return ds.dataset([str(f) for f in files], schema=schemas.FAILURES).to_table()
+    return store.location.dataset(files, schemas.FAILURES).to_table()
+
+
+def failure_files(store: Store) -> list[str]:
+    """Every run's failure table file (file system paths of ``store.location.fs``)."""
+    return store.location.list("reports", "failures-", ".parquet")

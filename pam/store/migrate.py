@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pam.store.results import DETECTION, DETECTION_FILE, DONE, DONE_FILE
+from pam.store.location import StoreLocation
 from pam.store.store import Store
 
 OLD_PART = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
@@ -81,6 +82,8 @@ def _without_journalled(table: pa.Table, flush: tuple[str, int], journals) -> pa
 def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
     """Write the folder-layout store at ``old_root`` as a new store at ``new_root`` (which must not
     exist or be empty). Raises MigrationError before writing anything when it cannot."""
+    for root in (old_root, new_root):
+        StoreLocation(root).require_local("pam store migrate")
     old, new = Path(old_root).expanduser().resolve(), Path(new_root).expanduser().resolve()
     if not old.is_dir():
         raise MigrationError(f"store {old} does not exist")

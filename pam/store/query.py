@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
+from pam.store.failures import failure_files
 from pam.store.species import UnknownSpecies, resolve_species, unknown_species_message
 from pam.store.store import SUMMARY_TABLES, Store
 
@@ -111,8 +113,8 @@ def query_detections(store: Store, species: str | Sequence[str] | None = None, s
                      min_score: float | None = None, model_id: str | None = None, limit: int | None = None,
                      columns: list[str] | None = None) -> QueryResult:
     """Detections matching every filter given, sorted by time; reads only the files that can match."""
-    if not store.root.is_dir():
-        raise QueryError(f"store {store.root} does not exist")
+    if not store.location.exists():
+        raise QueryError(f"store {store.uri} does not exist")
     t0 = parse_time(start, what="--start")
     t1 = parse_time(end, end=True, what="--end")
     if t0 is not None and t1 is not None and t1 <= t0:
@@ -217,28 +219,30 @@ def sql_connection(store: Store, as_of: int | str | None = None):
     ``detections`` and ``done`` show one version of the results table (the latest, or ``as_of``)."""
     import duckdb
 
-    if not store.root.is_dir():
-        raise QueryError(f"store {store.root} does not exist")
+    if not store.location.exists():
+        raise QueryError(f"store {store.uri} does not exist")
     con = duckdb.connect()
     snap = store.snapshot(as_of)  # one version of the results table for both views
     files = [str(f) for f in store.detection_files(snap=snap)]
-    if files:
+    if files and store.remote:  # DuckDB scans the arrow dataset, which reads through pyarrow's S3 client
+        con.register("_detections_data", store.detections_dataset(store.detection_files(snap=snap)))
+        con.execute("CREATE VIEW detections AS SELECT * FROM _detections_data")
+    elif files:
         # folder names percent-encode site names; SQL gets the names as written in the manifest
         con.execute(f"CREATE VIEW detections AS SELECT * EXCLUDE (kind) REPLACE (url_decode(site) AS site) FROM "
                     f"read_parquet({_sql_list(files)}, hive_partitioning = true, "
                     "hive_types = {'kind': VARCHAR, 'site': VARCHAR, 'date': VARCHAR})")
     else:
         _empty_view(con, "detections", pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
-    _files_view(con, "recordings", [store.manifest_path] if store.manifest_path.exists() else [], schemas.MANIFEST)
-    _files_view(con, "done", store.done_files(snap=snap), schemas.DONE)
-    _files_view(con, "runs", sorted(store.runs_dir.glob("run-*.parquet")) if store.runs_dir.exists() else [],
-                schemas.RUNS)
-    _files_view(con, "verified", store.verified_files(), schemas.VERIFIED)
-    _files_view(con, "failures", sorted(store.reports_dir.glob("failures-*.parquet"))
-                if store.reports_dir.exists() else [], schemas.FAILURES)
+    view = partial(_files_view, con, store)
+    view("recordings", [store.manifest_path] if store.location.exists("manifest/manifest.parquet") else [],
+         schemas.MANIFEST)
+    view("done", store.done_files(snap=snap), schemas.DONE)
+    view("runs", store.run_files(), schemas.RUNS)
+    view("verified", store.verified_files(), schemas.VERIFIED)
+    view("failures", failure_files(store), schemas.FAILURES)
     for name in SUMMARY_TABLES:
-        path = store.summary_path(name)
-        _files_view(con, name, [path] if path.exists() else [], schemas.TABLES[name][0])
+        view(name, [store.summary_path(name)] if store.has_summary(name) else [], schemas.TABLES[name][0])
     return con
 
 
@@ -251,9 +255,13 @@ def _empty_view(con, name: str, schema: pa.Schema) -> None:
     con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
 
 
-def _files_view(con, name: str, files: list[Path], schema: pa.Schema) -> None:
+def _files_view(con, store: Store, name: str, files: list, schema: pa.Schema) -> None:
     if not files:
         _empty_view(con, name, schema)
+        return
+    if store.remote:  # DuckDB scans the arrow dataset, which reads through pyarrow's S3 client
+        con.register(f"_{name}_data", store.location.dataset([str(f) for f in files], schema))
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_data"')
         return
     con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_list([str(f) for f in files])}, '
                 "union_by_name = true, hive_partitioning = false)")

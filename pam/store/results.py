@@ -165,6 +165,27 @@ class ResultsTable:
         out.sort(key=lambda f: f.path)
         return out
 
+    def unnamed_files(self, dt: DeltaTable) -> list[tuple[str, float]]:
+        """(file system path, mtime in seconds) of the data files under the table that no version
+        in its log names (written by a writer that died before committing them)."""
+        named = {f.path for kind in (DETECTION, DONE) for f in self.files(dt, kind)}
+        out = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True)):
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(self.base) + 1:]
+            if rel.startswith("_delta_log/"):
+                if rel.endswith(".json"):
+                    with self.fs.open_input_stream(info.path) as fh:
+                        for line in fh.read().decode().splitlines():
+                            action = json.loads(line) if line.strip() else {}
+                            for kind in ("add", "remove"):
+                                if kind in action:
+                                    named.add(unquote(action[kind]["path"]))
+                continue
+            out.append((info.path, rel, info.mtime.timestamp() if info.mtime else 0.0))
+        return [(path, mtime) for path, rel, mtime in out if rel not in named]
+
     def full_path(self, rel: str) -> str:
         return f"{self.base}/{rel}"
 

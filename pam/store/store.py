@@ -32,18 +32,18 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
-from pam.store.atomic import TMP_NAME, write_parquet_atomic
+from pam.store.atomic import TMP_NAME, write_parquet_atomic  # noqa: F401 - write_parquet_atomic: imported from here by others
 from pam.store.compaction import Compacted, compact, vacuum
+from pam.store.location import StoreLocation
 from pam.store.results import DETECTION, DONE, UNKNOWN, ResultFile, ResultsTable
 from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
 
@@ -107,17 +107,22 @@ def _ever_named(results_dir: Path, snap) -> set[str]:
 
 
 class Store:
-    """One store folder. Cheap to construct; nothing is read until asked."""
+    """One store: a folder, or an object-store URI such as ``s3://bucket/pam`` (``remote``; see
+    docs/store.md#object-storage for what works there). Cheap to construct; nothing is read until asked."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
+        self.location = StoreLocation(root)
+        self.uri = self.location.uri  # the folder's absolute path, or the object-store URI
+        self.remote = self.location.remote
+        # a local folder as a Path; on object storage, the bucket/prefix path its file system uses
+        self.root = PurePosixPath(self.location.base) if self.remote else Path(self.location.base)
         self._pinned = None  # set by at(): every read sees this version of the results table
 
     def at(self, as_of: int | str | datetime) -> "Store":
         """This store as it was at a version number or a time (``pam query --as-of``): every
         read of the returned store sees that one version of the results table; it cannot commit.
         Raises ValueError naming the versions there are when there is no such version."""
-        pinned = Store(self.root)
+        pinned = Store(self.uri)
         pinned._pinned = self.results.snapshot_as_of(as_of)
         return pinned
 
@@ -148,11 +153,17 @@ class Store:
         return self.root / "reports"
 
     def _check_layout(self) -> None:
+        if self.remote:  # stores of the folder layout were never written to object storage
+            return
         if (self.root / "done").is_dir() and not (self.results_dir / "_delta_log").is_dir():
             raise OldLayoutError(f"store {self.root} has the folder layout of pam before its results table; convert "
                                  f"it with `pam store migrate {self.root} NEW_FOLDER` (the old store is only read)")
 
     def ensure(self) -> "Store":
+        if self.remote:
+            if self.results.snapshot() is None:
+                self.results.ensure()
+            return self
         self._check_layout()
         for d in (self.root, self.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -163,8 +174,12 @@ class Store:
     # -- locking ----------------------------------------------------------------------
     @contextmanager
     def lock(self, timeout_s: float = 600.0, what: str = "commit") -> Iterator[None]:
-        """Exclusive lock on the store; waits up to ``timeout_s`` then raises StoreBusy."""
+        """Exclusive lock on the store; waits up to ``timeout_s`` then raises StoreBusy. On object
+        storage there is no lock (docs/store.md#object-storage)."""
         self.ensure()
+        if self.remote:
+            yield
+            return
         path = self.root / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout_s
@@ -191,8 +206,12 @@ class Store:
     @contextmanager
     def run_lock(self, timeout_s: float = 0.0, what: str = "run") -> Iterator[None]:
         """One run at a time per store (``.run.lock``); the loser waits ``timeout_s`` then
-        raises StoreBusy naming the holder. Re-entrant within a process (flow -> stages)."""
+        raises StoreBusy naming the holder. Re-entrant within a process (flow -> stages). On
+        object storage it is not held: runs there are not kept apart (commits stay exactly-once)."""
         self.ensure()
+        if self.remote:
+            yield
+            return
         with _RUN_LOCKS_GUARD:
             held = _RUN_LOCKS.get(self.root)
             if held is not None:
@@ -239,6 +258,8 @@ class Store:
         lock test (the pid written in the file outlives the lock; issue 12, defect 4)."""
         if self.holds_run_lock():
             return True
+        if self.remote:  # no run lock there
+            return False
         try:
             fd = os.open(self.root / ".run.lock", os.O_RDWR)
         except OSError:
@@ -260,18 +281,18 @@ class Store:
 
     # -- manifest ---------------------------------------------------------------------
     def read_manifest(self) -> pd.DataFrame:
-        if not self.manifest_path.exists():
+        if not self.location.exists("manifest/manifest.parquet"):
             return schemas.MANIFEST.empty_table().to_pandas()
-        return pq.read_table(self.manifest_path, schema=schemas.MANIFEST).to_pandas()
+        return self.location.read_parquet("manifest/manifest.parquet", schemas.MANIFEST).to_pandas()
 
     def write_manifest(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, schema=schemas.with_version("manifest"), preserve_index=False)
-        write_parquet_atomic(table, self.manifest_path)
+        self.location.write_parquet(table, "manifest/manifest.parquet")
 
     # -- the results table: detections and done ------------------------------------------
     @property
     def results(self) -> ResultsTable:
-        return ResultsTable(str(self.results_dir))
+        return ResultsTable(self.location.uri_of("results"))
 
     def snapshot(self, as_of: int | str | datetime | None = None):
         """The results table at its latest version, or ``as_of`` a version number or time (None:
@@ -360,6 +381,8 @@ class Store:
         snap = self.snapshot()
         if snap is None:
             return []
+        if self.remote:
+            return [PurePosixPath(p) for p, _mtime in self.results.unnamed_files(snap)]
         live = _ever_named(self.results_dir, snap)
         out = []
         for dirpath, _dirs, files in os.walk(self.results_dir):
@@ -379,6 +402,13 @@ class Store:
         flight on another machine), and temporary files. Returns the files deleted."""
         removed = 0
         cutoff = time.time() - orphan_age_s
+        if self.remote:  # no temporary files there: every file is written by one PUT
+            snap = self.snapshot()
+            for path, mtime in (self.results.unnamed_files(snap) if snap is not None else []):
+                if orphan_age_s <= 0 or mtime < cutoff:
+                    self.location.fs.delete_file(path)
+                    removed += 1
+            return removed
         for path in self.unnamed_files():
             try:
                 if orphan_age_s <= 0 or path.stat().st_mtime < cutoff:
@@ -459,39 +489,51 @@ class Store:
     # -- runs -------------------------------------------------------------------------
     def write_run(self, row: dict) -> None:
         table = pa.Table.from_pylist([row], schema=schemas.with_version("runs"))
-        write_parquet_atomic(table, self.runs_dir / f"run-{row['run_id']}.parquet")
+        self.location.write_parquet(table, f"runs/run-{row['run_id']}.parquet")
 
     def read_run(self, run_id: str) -> dict | None:
         """One run's row as a dict, or None when the run never started here."""
-        path = self.runs_dir / f"run-{run_id}.parquet"
-        if not path.exists():
+        rel = f"runs/run-{run_id}.parquet"
+        if not self.location.exists(rel):
             return None
-        return pq.read_table(path, schema=schemas.RUNS).to_pylist()[0]
+        return self.location.read_parquet(rel, schemas.RUNS).to_pylist()[0]
+
+    def run_files(self) -> list[str]:
+        """The runs table's files (file system paths of ``location.fs``)."""
+        return self.location.list("runs", "run-", ".parquet")
 
     def read_runs(self) -> pd.DataFrame:
-        files = sorted(self.runs_dir.glob("run-*.parquet")) if self.runs_dir.exists() else []
+        files = self.run_files()
         if not files:
             return schemas.RUNS.empty_table().to_pandas()
-        return ds.dataset([str(f) for f in files], schema=schemas.RUNS).to_table().to_pandas()
+        return self.location.dataset(files, schemas.RUNS).to_table().to_pandas()
 
     # -- derived tables: read here, written by pam.analysis ------------------------------------
     def summary_path(self, name: str) -> Path:
-        return self.summaries_dir / name / f"{name}.parquet"
+        return self.root / self.summary_rel(name)
+
+    @staticmethod
+    def summary_rel(name: str) -> str:
+        return f"summaries/{name}/{name}.parquet"
+
+    def has_summary(self, name: str) -> bool:
+        return self.location.exists(self.summary_rel(name))
+
+    def write_summary(self, name: str, table: pa.Table) -> None:
+        self.location.write_parquet(table, self.summary_rel(name))
 
     def read_summary(self, name: str) -> pd.DataFrame:
         """A summary table (daily_counts, site_days, diel, occupancy, ...) as last computed; empty
         with the right columns if not computed yet."""
         if name not in SUMMARY_TABLES:
             raise KeyError(f"unknown summary {name!r}; known: {', '.join(SUMMARY_TABLES)}")
-        path = self.summary_path(name)
         schema = schemas.TABLES[name][0]
-        if not path.exists():
+        if not self.has_summary(name):
             return schema.empty_table().to_pandas()
-        return pq.read_table(path, schema=schema).to_pandas()
+        return self.location.read_parquet(self.summary_rel(name), schema).to_pandas()
 
     def verified_files(self) -> list[Path]:
-        folder = self.root / "labels"
-        return sorted(folder.glob("verified-*.parquet")) if folder.is_dir() else []
+        return [type(self.root)(p) for p in self.location.list("labels", "verified-", ".parquet")]
 
     def read_verified(self) -> pd.DataFrame:
         """Human verdicts imported with ``pam review-import``; a window judged again keeps only its
@@ -499,7 +541,7 @@ class Store:
         files = self.verified_files()
         if not files:
             return schemas.VERIFIED.empty_table().to_pandas()
-        frame = ds.dataset([str(f) for f in files], schema=schemas.VERIFIED).to_table().to_pandas()
+        frame = self.location.dataset([str(f) for f in files], schemas.VERIFIED).to_table().to_pandas()
         frame = frame.sort_values("imported_at", kind="stable")
         return frame.drop_duplicates(["path", "start_s", "end_s", "label"], keep="last").reset_index(drop=True)
 
