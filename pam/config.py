@@ -47,6 +47,8 @@ class SiteConfig(_Strict):
     utc_offset: str | None = Field(None, description="fixed offset, e.g. -05:00 (instead of a timezone)")
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
+    species_list: str | None = Field(None, description="CSV of the species to keep at this site (labels or scientific "
+                                                       "names); replaces detect.species_filter's list and location filter")
 
     @field_validator("timezone")
     @classmethod
@@ -101,6 +103,26 @@ class ScanConfig(_Strict):
         return self
 
 
+class SpeciesFilterConfig(_Strict):
+    """Which species a model with scientific names (BirdNET) may report (docs/models.md#species-lists)."""
+
+    location: bool = Field(True, description="keep the species BirdNET's metadata model expects at each site "
+                                             "(sites.<site>.lat/lon) in each recording's week")
+    threshold: float = Field(0.03, gt=0, lt=1, description="the metadata model's score a species needs "
+                                                           "(BirdNET-Analyzer's --sf_thresh)")
+    week: int | None = Field(None, ge=-1, le=48, description="one BirdNET week (1-48, -1: the whole year) for "
+                                                             "every recording; default: each recording's date")
+    list: str | None = Field(None, description="CSV of the species to keep at every site (BirdNET-Analyzer's "
+                                               "--slist); replaces the location filter")
+
+    @field_validator("week")
+    @classmethod
+    def _week(cls, v: int | None) -> int | None:
+        if v == 0:
+            raise ValueError("week 0 is not a BirdNET week; use 1-48 (4 per month) or -1 for the whole year")
+        return v
+
+
 class DetectConfig(_Strict):
     window_s: float | None = Field(None, gt=0, description="window length; default: the model's (3.0 s for the bundled model)")
     hop_s: float = Field(1.5, gt=0, description="step between window starts")
@@ -113,6 +135,7 @@ class DetectConfig(_Strict):
     process_truncated: bool = Field(True, description="analyse the readable part of truncated files")
     flush_every: int = Field(200, ge=1, description="commit after this many finished recordings")
     lock_timeout_s: float = Field(600.0, ge=0, description="how long to wait for another run's commit")
+    species_filter: SpeciesFilterConfig = Field(default_factory=SpeciesFilterConfig)
 
     @field_validator("thresholds")
     @classmethod

@@ -94,7 +94,7 @@ def test_unknown_site_keys_get_a_suggestion_or_the_allowed_keys(tmp_path):
         load_config(p)
     assert str(e.value).splitlines() == [
         f"{p}: sites.A.timezon: unknown key (did you mean sites.A.timezone?)",
-        f"{p}: sites.B.latitude: unknown key (allowed here: timezone, utc_offset, lat, lon)",
+        f"{p}: sites.B.latitude: unknown key (allowed here: timezone, utc_offset, lat, lon, species_list)",
     ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -329,6 +330,22 @@ def _species_by_site(daily: pd.DataFrame) -> pd.DataFrame:
     return by_site.reset_index(drop=True).assign(species=names)[["species", *by_site.columns]]
 
 
+def species_filter_notes(runs: pd.DataFrame) -> list[str]:
+    """'Species filter of <model>: ...' for each model with scientific names, as its latest
+    detect run recorded it (``config_json``: pam.detect.species_filter.describe)."""
+    notes: dict[str, str] = {}
+    detect = runs[runs["flow"] == "detect"].sort_values("started_at") if len(runs) else runs
+    for text in detect["config_json"] if len(detect) else []:
+        try:
+            models = json.loads(text).get("models") or []
+        except (TypeError, ValueError, AttributeError):
+            continue
+        for m in models:
+            if isinstance(m, dict) and isinstance(m.get("species_filter"), str):
+                notes[str(m.get("name"))] = f"Species filter of {m.get('name')} (latest run): {m['species_filter']}"
+    return list(notes.values())
+
+
 def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *, top: int = DEFAULT_TOP,
                  summary: SummaryResult | None = None, **filters) -> Report:
     """Bring the summaries up to date (``filters``: min_score, model_id, period_days) and write report.html.
@@ -366,6 +383,7 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
              "<div class='cards'>" + "".join(f"<div class='card'><b>{html.escape(str(v))}</b>{k}</div>"
                                              for k, v in cards) + "</div>"]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in summary.notes]
+    parts += [f"<p class='meta'>{html.escape(n)}</p>" for n in species_filter_notes(store.read_runs())]
     for title, png, caption in figures:
         if png:
             parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"

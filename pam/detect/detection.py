@@ -26,12 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from pam import __version__
-from pam.config import ConfigError, DetectConfig, RetriesConfig
+from pam.config import ConfigError, DetectConfig, RetriesConfig, SiteConfig
 from pam.detect.contract import DetectionModel
 from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
 from pam.detect.detection_rows import build_flush, optional_text
 from pam.detect.scoring import ModelPlan, ScoringLane, window_groups
 from pam.detect.settings import settings_of
+from pam.detect.species_filter import class_masks
+from pam.detect.species_filter import describe as describe_filter
 from pam.io.manifest import check_store_outside
 from pam.store.store import Flush, Store, new_run_id
 
@@ -121,8 +123,10 @@ def as_models(model: DetectionModel | list[DetectionModel]) -> list[DetectionMod
 
 
 def plan_detection(store: Store, recordings: pd.DataFrame, model: DetectionModel | list[DetectionModel],
-                   conf: DetectConfig, *, force: bool = False, run_id: str | None = None) -> DetectPlan:
+                   conf: DetectConfig, *, force: bool = False, run_id: str | None = None,
+                   sites: dict[str, SiteConfig] | None = None) -> DetectPlan:
     """The recordings of ``recordings`` (manifest rows) that each model, under its settings, still needs.
+    ``sites``: the config's sites (positions and species lists of the species filter).
 
     One set lookup per model against the ``done`` table, so planning 10,000 done files takes
     milliseconds and opens no audio.
@@ -131,7 +135,7 @@ def plan_detection(store: Store, recordings: pd.DataFrame, model: DetectionModel
     rows = recordings[recordings["status"].isin(usable_statuses(conf))].drop_duplicates("recording_id")
     ids = set(rows["recording_id"])
     plans = []
-    for m, settings in zip(models, settings_of(conf, models)):
+    for m, settings in zip(models, settings_of(conf, models, sites)):
         key = settings.key()
         done = set() if force else store.done_keys(m.model_id, key)
         plans.append(ModelPlan(m, settings, key, ids - done))
@@ -146,6 +150,7 @@ def run_row(plan: DetectPlan, conf: DetectConfig, device: str, dump: str | None,
     one-model run keeps its settings under ``settings``, several models each under theirs."""
     one = len(plan.models) == 1
     models = [{"model_id": m.model_id, "name": m.model.name, "source": m.model.source, "licence": m.model.licence,
+               **({"species_filter": describe_filter(m.settings.species_filter)} if m.model.scientific_names else {}),
                **({} if one else {"settings": m.settings.__dict__})} for m in plan.models]
     config = {"detect": conf.model_dump(), "models": models}
     if one:
@@ -191,6 +196,7 @@ def run_detection(
     run_id: str | None = None,
     retries: RetriesConfig | None = None,
     wait_s: float = 0.0,
+    sites: dict[str, SiteConfig] | None = None,
 ) -> DetectionReport:
     """Score every usable recording in ``recordings`` (manifest rows) not already done by
     ``model`` (or by each of several models: each recording is decoded once per window group).
@@ -209,7 +215,7 @@ def run_detection(
     with store.run_lock(wait_s, what=f"detect {dump or ''}".strip()):
         store.ensure()
         store.recover(conf.lock_timeout_s)
-        plan = plan_detection(store, recordings, model, conf, force=force, run_id=run_id)
+        plan = plan_detection(store, recordings, model, conf, force=force, run_id=run_id, sites=sites)
         row = run_row(plan, conf, str(device), dump, started)
         store.write_run(row)
         logger.info(
@@ -348,7 +354,10 @@ class _DetectionRun:
         """Make ``group`` the models being scored; the readable recordings any of them needs."""
         ids = self.todo["recording_id"].to_numpy()
         self.lanes = [ScoringLane(p, np.fromiter((r in p.todo_ids for r in ids), dtype=bool, count=len(ids)),
-                                  self.device, self.logger) for p in group]
+                                  self.device, self.logger,
+                                  masks=class_masks(p.settings.species_filter, p.model, self.todo["site"],
+                                              self.todo["start_time"]))
+                      for p in group]
         self.attempts = [0] * len(self.todo)
         self.windows = [0] * len(self.todo)
         return [i for i in readable if i not in self.gave_up and any(lane.needs[i] for lane in self.lanes)]

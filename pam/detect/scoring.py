@@ -90,15 +90,26 @@ class ModelForward:
 
 class ScoringLane:
     """One model scoring its recordings of a run: ``needs[i]`` says whether recording i (a
-    position in the run's to-do list) is this model's work; ``pending`` holds hits so far."""
+    position in the run's to-do list) is this model's work; ``pending`` holds hits so far.
+
+    ``masks`` (``pam.detect.species_filter.class_masks``): the species filter, as the mask
+    row of each recording and the distinct masks; a class masked out of a recording gets a
+    threshold no score reaches, so the filter costs one gather per batch, not a pass over rows.
+    """
 
     def __init__(self, plan: ModelPlan, needs: np.ndarray, device: torch.device,
-                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+                 logger: logging.Logger | logging.LoggerAdapter | None = None,
+                 masks: tuple[np.ndarray, np.ndarray, list] | None = None):
         self.plan = plan
         self.model = plan.model.to(device)
         self.forward = ModelForward(self.model, device, logger)
         vector = np.array([plan.settings.thresholds[c] for c in self.model.classes], dtype=np.float32)
         self.thresholds = torch.from_numpy(vector).to(device)
+        self.mask_of: np.ndarray | None = None
+        if masks is not None:
+            self.mask_of = masks[0]
+            table = np.where(masks[1], vector[None, :], np.float32(np.inf)).astype(np.float32)
+            self.masked_thresholds = torch.from_numpy(table).to(device)  # [masks, classes]
         self.needs = needs
         self.device = device
         self.pending: dict[int, PendingDetections] = {}
@@ -112,7 +123,7 @@ class ScoringLane:
             audio = audio[torch.from_numpy(mask).to(audio.device)]
             rec, start = rec[mask], start[mask]
         scores = self.forward(audio)
-        hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds, as_tuple=True)
+        hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds_of(rec), as_tuple=True)
         hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
         hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
         hit_rec = rec[hit_rows]
@@ -124,6 +135,15 @@ class ScoringLane:
                 p.starts.append(start[hit_rows[sel]])
                 p.classes.append(hit_cls[sel])
                 p.scores.append(hit_scores[sel])
+
+    def thresholds_of(self, rec: np.ndarray) -> torch.Tensor:
+        """Thresholds [classes] for every window, or [windows, classes] under a species filter."""
+        if self.mask_of is None:
+            return self.thresholds
+        rows = self.mask_of[rec]
+        if (rows == rows[0]).all():
+            return self.masked_thresholds[int(rows[0])]
+        return self.masked_thresholds[torch.from_numpy(rows).to(self.masked_thresholds.device)]
 
     def finished(self, i: int) -> None:
         if self.needs[i]:

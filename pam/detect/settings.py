@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pam.store.schemas as schemas
-from pam.config import ConfigError, DetectConfig, settings_hash
+from pam.config import ConfigError, DetectConfig, SiteConfig, settings_hash
 from pam.detect.contract import DetectionModel
+from pam.detect.species_filter import filter_spec
 
 
 @dataclass(frozen=True)
@@ -18,11 +19,14 @@ class DetectSettings:
     hop_s: float
     channel: int | None
     thresholds: dict[str, float]
+    species_filter: dict | None = None  # pam.detect.species_filter.filter_spec; None: not filtered
 
     @classmethod
     def from_config(cls, conf: DetectConfig, model: DetectionModel, *,
-                    other_classes: set[str] | frozenset[str] = frozenset()) -> "DetectSettings":
-        """``other_classes``: the classes of the run's other models, which ``detect.thresholds`` may name too."""
+                    other_classes: set[str] | frozenset[str] = frozenset(),
+                    sites: dict[str, SiteConfig] | None = None) -> "DetectSettings":
+        """``other_classes``: the classes of the run's other models, which ``detect.thresholds`` may name too;
+        ``sites``: the config's sites, whose positions and species lists the species filter reads."""
         window_s = conf.window_s if conf.window_s is not None else model.window_s
         if abs(window_s - model.window_s) > 1e-9:
             raise ConfigError(
@@ -40,19 +44,36 @@ class DetectSettings:
             hop_s=conf.hop_s,
             channel=None if conf.channel == "mix" else int(conf.channel),
             thresholds=dict(zip(model.classes, vec.tolist())),
+            species_filter=filter_spec(conf, sites, model),
         )
 
     def key(self) -> str:
-        return settings_hash({
+        """The settings hash. A species filter adds what decides it (its lists by content, not by
+        path); without one the hash is what it was before filters existed."""
+        settings = {
             "window_s": self.window_s, "hop_s": self.hop_s, "channel": self.channel,
             "thresholds": self.thresholds, "schema": schemas.DETECTIONS_VERSION,
-        })
+        }
+        if self.species_filter:
+            settings["species_filter"] = _without_paths(self.species_filter)
+        return settings_hash(settings)
 
 
-def settings_of(conf: DetectConfig, models: list[DetectionModel]) -> list[DetectSettings]:
+def _without_paths(spec: dict) -> dict:
+    """The filter with its lists known by their SHA-256 only: a list moved elsewhere is no new work."""
+    out = dict(spec)
+    if "list" in out:
+        out["list"] = out["list"]["sha256"]
+    if "site_lists" in out:
+        out["site_lists"] = {site: e["sha256"] for site, e in out["site_lists"].items()}
+    return out
+
+
+def settings_of(conf: DetectConfig, models: list[DetectionModel],
+                sites: dict[str, SiteConfig] | None = None) -> list[DetectSettings]:
     """Each model's settings; a ``detect.thresholds`` label must belong to at least one of them."""
     out = []
     for k, model in enumerate(models):
         others = {c for j, m in enumerate(models) if j != k for c in m.classes}
-        out.append(DetectSettings.from_config(conf, model, other_classes=others))
+        out.append(DetectSettings.from_config(conf, model, other_classes=others, sites=sites))
     return out

@@ -71,7 +71,8 @@ def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool 
     store.recover(config.detect.lock_timeout_s)
     device = resolve_device(config.detect.device)
     models = models or load_models(config.model_specs(), device=device)
-    plan = plan_detection(store, recordings_in(store, dumps), models, config.detect, force=force, run_id=run_id)
+    plan = plan_detection(store, recordings_in(store, dumps), models, config.detect, force=force, run_id=run_id,
+                          sites=config.sites)
     row = run_row(plan, config.detect, str(device), ";".join(dumps))
     store.write_run(row)
     shards = split(plan.todo, config.runner.shards)
@@ -99,7 +100,7 @@ def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], confi
     rows = rows[rows["recording_id"].isin(wanted) & rows["status"].isin(usable_statuses(conf.detect))]
     rows = rows.drop_duplicates("recording_id").sort_values("path")
     plans = []
-    for model, settings in zip(models, settings_of(conf.detect, models)):
+    for model, settings in zip(models, settings_of(conf.detect, models, conf.sites)):
         key = settings.key()
         done = store.done_table(model.model_id, key)
         if force:

@@ -146,4 +146,4 @@ def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:
     if not prefect:
         require_in_process_runner(config)
     resolve_device(config.detect.device)
-    settings_of(config.detect, load_models(config.model_specs(), device="cpu"))
+    settings_of(config.detect, load_models(config.model_specs(), device="cpu"), config.sites)
