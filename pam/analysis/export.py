@@ -32,6 +32,7 @@ import pandas as pd
 import soundfile as sf
 
 from pam.config import PamConfig
+from pam.store.analysis_config import stored_analysis_config
 from pam.store.query import query_detections
 from pam.store.species import species_name
 from pam.store.store import Store
@@ -209,7 +210,7 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
         # (events.csv with events)
         path = out if out.suffix.lower() == ".csv" else out / ("events.csv" if events else "detections.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame = with_local_time(with_names(det), config or PamConfig())
+        frame = with_local_time(with_names(det), config or stored_analysis_config(store) or PamConfig())
         for col in ("start_time", "end_time") if events else ("start_time",):
             frame[col] = frame[col].map(lambda t: t.isoformat() if pd.notna(t) else "")
         frame.to_csv(path, index=False)

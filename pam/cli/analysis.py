@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, app, cli_config, console, err, fail, time_texts
+from pam.cli.app import ConfigOpt, app, console, err, fail, store_config, time_texts
 from pam.config import ConfigError
 from pam.store.store import Store
 
@@ -105,9 +105,9 @@ def summarize(
     from pam.analysis.summaries import summarize as run_summaries
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        res = run_summaries(st, cli_config(config), min_score=min_score, model_id=model, period_days=period_days,
-                            full=full)
+        res = run_summaries(st, conf, min_score=min_score, model_id=model, period_days=period_days, full=full)
     except _errors() as exc:
         fail(str(exc))
         return
@@ -136,8 +136,9 @@ def report(
     from pam.analysis.report import build_report
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        rep = build_report(st, out, cli_config(config), top=top, min_score=min_score, model_id=model,
+        rep = build_report(st, out, conf, top=top, min_score=min_score, model_id=model,
                            period_days=period_days)
     except _errors() as exc:
         fail(str(exc))
@@ -254,8 +255,9 @@ def export(
     from pam.analysis.export import export_detections
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        res = export_detections(st, out, fmt, cli_config(config), species=species, sites=site, start=start,
+        res = export_detections(st, out, fmt, conf, species=species, sites=site, start=start,
                                 end=end, min_score=min_score, model_id=model, low_hz=low_freq, high_hz=high_freq,
                                 events=True if merge else events)
     except _errors() as exc:

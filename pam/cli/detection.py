@@ -11,7 +11,7 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail, time_texts
+from pam.cli.app import ConfigOpt, StoreOpt, app, console, err, fail, store_config, time_texts
 from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
@@ -29,7 +29,7 @@ def scan(
     """Scan dumps into the store's manifest (incremental; never writes into the dumps)."""
     from pam.ops.pipeline import scan_stage
 
-    conf = cli_config(config)
+    conf = store_config(config, store)
     st = Store(store)
     try:
         check_scan_inputs(dumps, st)  # before anything is created
@@ -76,7 +76,7 @@ def detect(
     # one --model is the config's model; several are its models (either replaces the config's)
     chosen = {"model": model[0], "models": []} if model and len(model) == 1 else \
         {"model": "", "models": list(model)} if model else {}
-    conf = cli_config(config, **chosen, **{"detect.device": device,
+    conf = store_config(config, store, **chosen, **{"detect.device": device,
                               "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)
     # Arguments are checked before Prefect starts or anything is created: a mistyped path or a

@@ -16,6 +16,7 @@ from pam.detect.detection import DetectionReport
 from pam.io.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.io.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.cli, notebooks)
 from pam.detect.shards import detect_sharded, require_in_process_runner
+from pam.store.analysis_config import remember_analysis_config
 from pam.store.store import Store
 
 log = logging.getLogger("pam.ops.pipeline")
@@ -44,6 +45,7 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         summary.problems.append({"path": str(dump), "stage": "scan", "reason": exc.reason})
         logger.error("%s", exc)
         return summary
+    remember_analysis_config(store, config)  # the clocks these start times were read with, for the summaries
     rows = result.rows
     summary.dump = str(result.dump)
     summary.files = len(rows)
