@@ -96,7 +96,9 @@ def test_bad_model_is_a_clear_error(tmp_path, dump):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"nope")
     res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(junk), "--no-prefect"])
-    assert res.exit_code == 2 and "not a readable checkpoint" in res.output
+    assert res.exit_code == 2 and len([line for line in res.output.splitlines() if line.strip()]) == 1
+    assert f"{junk}: not a pam checkpoint (torch.load failed: " in res.output
+    assert "give a .pt written by pam train, an .onnx file with its card, or a model's short name" in res.output
 
 
 def test_cuda_asked_without_cuda(tmp_path, dump):
