@@ -11,6 +11,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
+from pam.analysis.csv_times import with_iso_times
 from pam.cli.app import ConfigOpt, app, console, err, fail, store_config, time_texts
 from pam.config import ConfigError
 from pam.store.store import Store
@@ -47,7 +48,7 @@ def _write_frame(frame: pd.DataFrame, out: Path, fmt: Optional[str]) -> None:
     kind = (fmt or out.suffix.lstrip(".")).lower()
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "csv":
-        frame.to_csv(out, index=False)
+        with_iso_times(frame).to_csv(out, index=False)
     elif kind in ("parquet", "pq"):
         frame.to_parquet(out, index=False)
     else:
@@ -224,7 +225,7 @@ def sql(
         return
     if not console.is_terminal:
         # piped or redirected: every row as CSV, for the next program (a table would wrap at 80 columns)
-        frame.to_csv(sys.stdout, index=False)
+        with_iso_times(frame).to_csv(sys.stdout, index=False)
         return
     _print_frame(frame.head(show))
     if len(frame) > show:
