@@ -454,7 +454,7 @@ class Store:
                     stale_tmp = name.startswith(".") and name.endswith(".tmp")
                     if stale_tmp or (m and (m["run"], int(m["seq"])) not in committed):
                         os.unlink(os.path.join(dirpath, name))
-        for d in (self.done_dir, self.runs_dir, self.root / "manifest"):
+        for d in (self.done_dir, self.runs_dir, self.root / "manifest", self.root / "config"):
             if d.exists():
                 for entry in os.scandir(d):
                     if entry.name.startswith(".") and entry.name.endswith(".tmp"):
