@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pam.config import PamConfig, RunnerConfig, load_config
 from pam.store.failures import render_markdown
 from pam.io.manifest import check_store_outside
-from pam.ops.pipeline import scan_stage, summarize_stage
+from pam.ops.pipeline import check_config_sites, scan_stage, summarize_stage
 from pam.detect.shards import begin_run, end_run, run_shard, shard_error
 from pam.store.store import Store, StoreBusy
 
@@ -131,6 +131,7 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
             return {"busy": str(exc), "scans": [], "detect": None, "summary": None}
         scan = scan_task.with_options(retries=conf.retries.count, retry_delay_seconds=conf.retries.delay_s)
         scans = [scan(d, store, plain) for d in dumps]
+        check_config_sites(Store(store), conf, get_run_logger())
         problems = [p for s in scans for p in s["problems"]]
         ok = [s["dump"] for s in scans if s["error"] is None]
         report = detect_flow.with_options(task_runner=task_runner(conf.runner))(store, ok, plain, force, problems)

@@ -354,9 +354,11 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> PamConfig:
-    """Read and validate a YAML config; ``None`` gives the defaults."""
-    data: dict = {}
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
+                defaults: dict | None = None) -> PamConfig:
+    """Read and validate a YAML config; ``None`` gives the defaults, or ``defaults`` (a mapping of
+    config sections, e.g. the store's remembered sites) when given."""
+    data: dict = json.loads(json.dumps(defaults)) if defaults and path is None else {}
     source = "defaults"
     if path is not None:
         source = str(path)

@@ -72,6 +72,7 @@ def test_query_events(store, tmp_path):
     ev = pd.read_csv(out)
     assert ev[["start_s", "end_s", "n_windows"]].values.tolist() == [[1.5, 6.0, 2]]
     assert pd.to_datetime(ev["start_time"]).tolist() == [pd.Timestamp("2024-05-01T05:00:01.5", tz="UTC")]
+    assert ev["start_time"].tolist() == ["2024-05-01T05:00:01.500+00:00"]  # the CSV time format of every export
 
 
 def test_bad_input_is_one_line(store, tmp_path):

@@ -87,7 +87,11 @@ def test_validation_names_the_problem(tmp_path, mutate, message):
 
 def test_garbage_and_missing_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ModelError, match="not a readable checkpoint"):
+    with pytest.raises(ModelError, match=r"not a pam checkpoint \(torch.load failed: .*\); give a \.pt written by pam "
+                                         r"train, an \.onnx file with its card, or a model's short name"):
         load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")  # PyTorch, but not pam's
+    with pytest.raises(ModelError, match=r"not a pam checkpoint \(a PyTorch file without pam's format tag\); give"):
+        load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(ModelError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")

@@ -29,6 +29,12 @@ def test_detect_prints_detections_and_problems(tmp_path, dump):
     assert res.output.count("file is empty (0 bytes)") == 1  # listed once, not again among the warnings
     assert "warnings:" not in res.output
     assert "1 recordings scored" in res.output
+    # the run's line is one line, however narrow the terminal (it wrapped mid-phrase at 80 columns)
+    assert re.search(r"^run \S+: 1 recordings scored \(.* real time\), 0 already done, 0 failed, 3 new detections$",
+                     res.output, re.M), res.output
+    assert [line for line in res.output.splitlines() if line][-1] == \
+        f"report: {store.resolve() / 'reports' / 'report.html'} (summaries, figures and the species table; " \
+        "pam report to redo it)"
     # three overlapping windows (0, 1.5, 3 s) of one call: one event
     assert "3 detections in 1 event in these dumps (windows overlap: 3 s every 1.5 s)" in res.output
     assert "AM01  20240501_020000.WAV" in res.output
@@ -56,6 +62,28 @@ def test_scan_lists_problems(tmp_path, dump):
     assert "2 files, 1 usable" in res.output and "0 bytes" in res.output
 
 
+def test_a_config_site_no_recording_has_is_one_warning_with_the_closest_site(tmp_path):
+    write_wav(tmp_path / "dump" / "SM4-CREEK" / "SM4CREEK_20240501_020000.wav", noise(3.0, 16000), 16000)
+    conf = tmp_path / "typo.yaml"
+    conf.write_text("sites:\n  SM4CREEK:\n    timezone: America/New_York\n  Pond:\n    utc_offset: '-5'\n")
+    res = runner.invoke(app, ["scan", str(tmp_path / "dump"), "--store", str(tmp_path / "s"), "--config", str(conf)])
+    assert res.exit_code == 0, res.output
+    lines = [line.strip() for line in res.output.splitlines()]
+    assert "sites.SM4CREEK in the config matches no recording's site, so its clock and position go unused " \
+           "(did you mean SM4-CREEK?)" in lines
+    assert "sites.Pond in the config matches no recording's site, so its clock and position go unused " \
+           "(the store's sites: SM4-CREEK)" in lines
+    model = every_window_model(tmp_path / "m.pt")
+    res = runner.invoke(app, ["detect", str(tmp_path / "dump"), "--store", str(tmp_path / "s2"), "--config", str(conf),
+                              "--model", str(model), "--no-prefect", "--workers", "0", "--show", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("did you mean SM4-CREEK?") == 1
+    good = tmp_path / "good.yaml"
+    good.write_text("sites:\n  SM4-CREEK:\n    timezone: America/New_York\n")
+    res = runner.invoke(app, ["scan", str(tmp_path / "dump"), "--store", str(tmp_path / "s3"), "--config", str(good)])
+    assert res.exit_code == 0 and "matches no recording" not in res.output
+
+
 def test_broken_config_is_one_line_per_problem(tmp_path, dump):
     bad = tmp_path / "bad.yaml"
     bad.write_text("detect:\n  batch_size: 0\n")
@@ -68,7 +96,9 @@ def test_bad_model_is_a_clear_error(tmp_path, dump):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"nope")
     res = runner.invoke(app, ["detect", str(dump), "--store", str(tmp_path / "s"), "--model", str(junk), "--no-prefect"])
-    assert res.exit_code == 2 and "not a readable checkpoint" in res.output
+    assert res.exit_code == 2 and len([line for line in res.output.splitlines() if line.strip()]) == 1
+    assert f"{junk}: not a pam checkpoint (torch.load failed: " in res.output
+    assert "give a .pt written by pam train, an .onnx file with its card, or a model's short name" in res.output
 
 
 def test_cuda_asked_without_cuda(tmp_path, dump):

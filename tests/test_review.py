@@ -34,14 +34,14 @@ def store(tmp_path):
 def test_top_clips_are_cut_exactly(store, tmp_path):
     res = make_review(store, tmp_path / "rev", species=["owl"], n=2, strategy="top", pad_s=1.0)
     table = pd.read_csv(res.csv)
-    assert list(table.columns)[:8] == ["clip", "recording", "start_s", "end_s", "species", "score", "verdict", "notes"]
-    assert sorted(zip(table["start_s"], table["score"])) == [(0.0, 0.91), (9.0, 0.97)]
+    assert list(table.columns)[:4] == ["clip", "species", "verdict", "notes"]  # what the reviewer fills in, first
+    assert sorted(zip(table["peak_start_s"], table["peak_score"])) == [(0.0, 0.91), (9.0, 0.97)]
     assert table["verdict"].isna().all()
     source, _ = sf.read(store.read_manifest().set_index("recording_id").loc["ra", "path"], dtype="float32")
-    first = table[table["start_s"] == 0.0].iloc[0]  # 0-3 s padded: clamped at the start, 0-4 s
+    first = table[table["peak_start_s"] == 0.0].iloc[0]  # 0-3 s padded: clamped at the start, 0-4 s
     clip, rate = sf.read(tmp_path / "rev" / first["clip"], dtype="float32")
     assert rate == RATE and np.array_equal(clip, source[0:4 * RATE])
-    later = table[table["start_s"] == 9.0].iloc[0]  # 8-13 s
+    later = table[table["peak_start_s"] == 9.0].iloc[0]  # 8-13 s
     clip, _ = sf.read(tmp_path / "rev" / later["clip"], dtype="float32")
     assert np.array_equal(clip, source[8 * RATE:13 * RATE])
 
@@ -49,9 +49,9 @@ def test_top_clips_are_cut_exactly(store, tmp_path):
 def test_random_sample_is_seeded_and_keeps_channels(store, tmp_path):
     one = pd.read_csv(make_review(store, tmp_path / "r1", species=["owl"], n=2, seed=7).csv)
     two = pd.read_csv(make_review(store, tmp_path / "r2", species=["owl"], n=2, seed=7).csv)
-    assert len(one) == 2 and one[["recording", "start_s"]].equals(two[["recording", "start_s"]])
+    assert len(one) == 2 and one[["recording", "peak_start_s"]].equals(two[["recording", "peak_start_s"]])
     every = pd.read_csv(make_review(store, tmp_path / "all", species=["owl"], n=10).csv)
-    assert sorted(every["start_s"]) == [0.0, 3.0, 4.5, 9.0]
+    assert sorted(every["peak_start_s"]) == [0.0, 3.0, 4.5, 9.0]
     b_clip = every[every["site"] == "B"].iloc[0]
     assert sf.info(str(tmp_path / "all" / b_clip["clip"])).channels == 2
 
@@ -63,7 +63,7 @@ def test_missing_recordings_are_skipped_with_a_note(store, tmp_path):
 
 def fill(csv, verdicts: dict[float, str]) -> None:
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    table["verdict"] = [verdicts.get(float(s), "") for s in table["start_s"]]
+    table["verdict"] = [verdicts.get(float(s), "") for s in table["peak_start_s"]]
     table.to_csv(csv, index=False)
 
 
@@ -72,7 +72,7 @@ def test_verdicts_become_precision_and_training_labels(store, tmp_path):
     table = pd.read_csv(res.csv, dtype=str, keep_default_na=False)
     verdict = {("owl", 0.0): "true", ("owl", 4.5): "False", ("owl", 9.0): "yes", ("owl", 3.0): "?",
                ("wren", 16.5): "no", ("wren", 0.0): "true", ("wren", 10.5): ""}
-    table["verdict"] = [verdict.get((sp, float(s)), "") for sp, s in zip(table["species"], table["start_s"])]
+    table["verdict"] = [verdict.get((sp, float(s)), "") for sp, s in zip(table["species"], table["peak_start_s"])]
     table.to_csv(res.csv, index=False)
     rows, written = import_review(store, res.csv)
     assert written.parent == store.root / "labels" and written.name.startswith("verified-")
@@ -151,9 +151,10 @@ def test_review_samples_events_and_stores_the_verdict_against_the_peak_window(ca
     table = pd.read_csv(res.csv)
     assert res.clips == 1  # three overlapping windows, one call, one clip
     row = table.iloc[0]
-    assert (row["start_s"], row["end_s"], row["score"]) == (3.0, 6.0, 0.95)  # the peak window
-    assert (row["event_start_s"], row["event_end_s"], row["windows"]) == (1.5, 7.5, 3)
-    assert row["start_time"] == "2024-05-01T05:00:03+00:00"
+    assert (row["peak_start_s"], row["peak_end_s"], row["peak_score"]) == (3.0, 6.0, 0.95)  # the peak window
+    assert (row["event_start_s"], row["event_end_s"], row["event_windows"]) == (1.5, 7.5, 3)
+    assert row["event_start_time"] == "2024-05-01T05:00:01.500+00:00"  # one ISO format, milliseconds
+    assert row["clip"].endswith("_00001.500s.wav") and row["clip_start_s"] == 0.5  # named after the event's start
     source, _ = sf.read(str(tmp_path / "dump" / "C" / "20240501_050000.WAV"), dtype="float32")
     clip, _ = sf.read(tmp_path / "rev" / row["clip"], dtype="float32")
     assert np.array_equal(clip, source[int(0.5 * RATE):int(8.5 * RATE)])  # the whole call, 1 s either side
@@ -168,11 +169,26 @@ def test_review_samples_events_and_stores_the_verdict_against_the_peak_window(ca
     assert verified["start_time"].iloc[0] == pd.Timestamp("2024-05-01T05:00:03", tz="UTC")
 
 
+def test_a_review_csv_with_the_old_column_names_still_imports(calls, tmp_path):
+    """Written before the columns were renamed: start_s, end_s, score, start_time of the peak window."""
+    res = make_review(calls, tmp_path / "rev", species=["owl"], n=10, strategy="top")
+    new = pd.read_csv(res.csv, dtype=str, keep_default_na=False)
+    old = new.rename(columns={"peak_start_s": "start_s", "peak_end_s": "end_s", "peak_score": "score",
+                              "event_windows": "windows"}).drop(columns=["clip_start_s", "event_start_time"])
+    old["start_time"] = "2024-05-01T05:00:03+00:00"
+    old["verdict"] = "true"
+    old.to_csv(tmp_path / "old.csv", index=False)
+    import_review(calls, tmp_path / "old.csv")
+    verified = calls.read_verified()
+    assert verified[["start_s", "end_s", "verdict"]].values.tolist() == [[3.0, 6.0, "true"]]
+    assert verified["start_time"].iloc[0] == pd.Timestamp("2024-05-01T05:00:03", tz="UTC")
+
+
 def test_a_long_event_is_clipped_around_its_peak(calls, tmp_path):
     res = make_review(calls, tmp_path / "rev", species=["wren"], n=5, pad_s=0.5)
     row = pd.read_csv(res.csv).iloc[0]
-    assert res.clips == 1 and (row["event_start_s"], row["event_end_s"], row["windows"]) == (20.0, 81.5, 40)
-    assert (row["start_s"], row["end_s"]) == (65.0, 68.0)  # the peak window (k = 30)
+    assert res.clips == 1 and (row["event_start_s"], row["event_end_s"], row["event_windows"]) == (20.0, 81.5, 40)
+    assert (row["peak_start_s"], row["peak_end_s"]) == (65.0, 68.0)  # the peak window (k = 30)
     source, _ = sf.read(str(tmp_path / "dump" / "C" / "20240501_050000.WAV"), dtype="float32")
     clip, _ = sf.read(tmp_path / "rev" / row["clip"], dtype="float32")
     # MAX_EVENT_CLIP_S (30 s) centred on the peak window (66.5 s): 51.5-81.5, then the pad
@@ -182,4 +198,4 @@ def test_a_long_event_is_clipped_around_its_peak(calls, tmp_path):
 def test_min_score_picks_events_by_their_peak(calls, tmp_path):
     res = make_review(calls, tmp_path / "rev", n=10, min_score=0.9)
     table = pd.read_csv(res.csv).sort_values("species")
-    assert table["species"].tolist() == ["owl", "wren"] and table["windows"].tolist() == [3, 40]
+    assert table["species"].tolist() == ["owl", "wren"] and table["event_windows"].tolist() == [3, 40]

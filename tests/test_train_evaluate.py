@@ -124,8 +124,11 @@ def test_evaluate_says_which_clips_the_model_was_trained_on(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     line = ("warning: 4 of 8 clips were in listed's own training data (3 training, 1 validation clips), so these "
             "figures are not held-out; its card's held-out figure: test macro AP 0.812 on 2 clips")
-    assert line in result.output.splitlines()
-    assert result.output.splitlines()[-1].startswith("macro AP: ")  # still the last line
+    lines = result.output.splitlines()
+    assert line in lines
+    # first: before the table (its header row: class, n, pos, AP, ...)
+    assert lines.index(line) < next(i for i, text in enumerate(lines) if text.split()[:3] == ["class", "n", "pos"])
+    assert lines[-1].startswith("macro AP: ")  # still the last line
     assert f"> {line}" in (out / "report.md").read_text()
     # the same audio moved elsewhere is still recognised (by content, not by path)
     shutil.copytree(tmp_path / "data", tmp_path / "moved")

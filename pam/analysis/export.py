@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from pam.analysis.csv_times import iso_ms, with_iso_times
 from pam.config import PamConfig
+from pam.store.analysis_config import stored_analysis_config
 from pam.store.query import query_detections
 from pam.store.species import species_name
 from pam.store.store import Store
@@ -135,11 +137,12 @@ def with_names(det: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_local_time(det: pd.DataFrame, config: PamConfig) -> pd.DataFrame:
-    """Add ``local_time``: the window (or event) start on the site's clock, ISO with its UTC offset."""
+    """Add ``local_time``: the window (or event) start on the site's clock, ISO with milliseconds and
+    its UTC offset (``pam.analysis.csv_times``)."""
     local = pd.Series([""] * len(det), index=det.index, dtype=object)
     for site, idx in det.groupby("site").groups.items():
         times = pd.to_datetime(det.loc[idx, "start_time"], utc=True).dt.tz_convert(config.site_tz(site))
-        local.loc[idx] = [t.isoformat() if pd.notna(t) else "" for t in times]
+        local.loc[idx] = iso_ms(times).tolist()
     return det.assign(local_time=local)
 
 
@@ -209,10 +212,8 @@ def export_detections(store: Store, out: Path, fmt: str, config: PamConfig | Non
         # (events.csv with events)
         path = out if out.suffix.lower() == ".csv" else out / ("events.csv" if events else "detections.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame = with_local_time(with_names(det), config or PamConfig())
-        for col in ("start_time", "end_time") if events else ("start_time",):
-            frame[col] = frame[col].map(lambda t: t.isoformat() if pd.notna(t) else "")
-        frame.to_csv(path, index=False)
+        frame = with_local_time(with_names(det), config or stored_analysis_config(store) or PamConfig())
+        with_iso_times(frame).to_csv(path, index=False)
         return ExportResult(path.parent, [path], len(det), notes, events)
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_export(out)

@@ -4,9 +4,11 @@
 of one call joined; at random or the top peak scores), cuts each event to a short WAV clip
 (seek + one block read, so a 24-hour recording is never loaded whole) and writes
 ``review.csv`` with an empty ``verdict`` column to fill in with true / false / unsure. Each
-row names the event's peak window (``start_s``, ``end_s``, ``score``), a detection of the
-store, so that a verdict is stored against that detection; ``event_start_s``,
-``event_end_s`` and ``windows`` say which call the clip holds.
+row says which call the clip holds (``event_start_s``, ``event_end_s``, ``event_windows``,
+``event_start_time``; the clip's file is named after the event's start) and where the clip
+begins in the recording (``clip_start_s``), and names the event's peak window
+(``peak_start_s``, ``peak_end_s``, ``peak_score``), a detection of the store, which the
+verdict is stored against. Columns: docs/analysis.md.
 
 ``import_review`` stores the filled-in CSV as verified labels (``STORE/labels/verified-*.parquet``);
 the summaries turn them into per-species precision, and ``training_labels`` turns them into a
@@ -30,11 +32,16 @@ import pyarrow as pa
 import soundfile as sf
 
 import pam.store.schemas as schemas
+from pam.analysis.csv_times import iso_ms
 from pam.analysis.events import query_events
 from pam.store.store import Store, write_parquet_atomic
 
-REVIEW_COLUMNS = ["clip", "recording", "start_s", "end_s", "species", "score", "verdict", "notes",
-                  "site", "start_time", "model_id", "recording_id", "event_start_s", "event_end_s", "windows"]
+REVIEW_COLUMNS = ["clip", "species", "verdict", "notes", "site", "recording", "clip_start_s", "event_start_time",
+                  "event_start_s", "event_end_s", "event_windows", "peak_start_s", "peak_end_s", "peak_score",
+                  "model_id", "recording_id"]
+# review CSVs written before the columns were renamed (start_time was the peak window's)
+OLD_REVIEW_NAMES = {"start_s": "peak_start_s", "end_s": "peak_end_s", "score": "peak_score", "windows": "event_windows",
+                    "start_time": "peak_start_time"}
 # A clip holds its whole event, or this many seconds of it around the peak window (plus the pad)
 MAX_EVENT_CLIP_S = 30.0
 VERDICTS = {
@@ -139,19 +146,20 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
             continue
         with source:
             for r in group.itertuples(index=False):
+                # named after the event's start (event_start_s)
                 name = f"{_safe(r.label)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{r.start_s:09.3f}s.wav"
-                cut_clip(source, *clip_span(r), pad_s, out_dir / "clips" / name)
-                # the verdict goes to the peak window: a detection of the store, with its own time
-                peak_time = r.start_time + pd.Timedelta(microseconds=round((r.peak_start_s - r.start_s) * 1e6))
-                rows.append({"clip": f"clips/{name}", "recording": str(path), "start_s": r.peak_start_s,
-                             "end_s": r.peak_end_s, "species": r.label, "score": round(float(r.peak_score), 4),
-                             "verdict": "", "notes": "", "site": r.site,
-                             "start_time": peak_time.isoformat() if pd.notna(peak_time) else "",
-                             "model_id": r.model_id, "recording_id": r.recording_id, "event_start_s": r.start_s,
-                             "event_end_s": r.end_s, "windows": r.n_windows})
+                clip_start_s, _ = cut_clip(source, *clip_span(r), pad_s, out_dir / "clips" / name)
+                # the verdict goes to the peak window: a detection of the store
+                rows.append({"clip": f"clips/{name}", "species": r.label, "verdict": "", "notes": "", "site": r.site,
+                             "recording": str(path), "clip_start_s": round(clip_start_s, 6),
+                             "event_start_time": r.start_time, "event_start_s": r.start_s, "event_end_s": r.end_s,
+                             "event_windows": r.n_windows, "peak_start_s": r.peak_start_s,
+                             "peak_end_s": r.peak_end_s, "peak_score": round(float(r.peak_score), 4),
+                             "model_id": r.model_id, "recording_id": r.recording_id})
     if missing:
         notes.append(f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}")
-    table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "start_s"])
+    table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "event_start_s"])
+    table["event_start_time"] = iso_ms(pd.to_datetime(table["event_start_time"], utc=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "review.csv"
     table.to_csv(csv, index=False)
@@ -164,7 +172,8 @@ def read_review_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ReviewError(f"{path}: review CSV not found")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    need = [c for c in ("recording", "start_s", "end_s", "species", "verdict") if c not in frame.columns]
+    frame = frame.rename(columns={old: new for old, new in OLD_REVIEW_NAMES.items() if new not in frame.columns})
+    need = [c for c in ("recording", "peak_start_s", "peak_end_s", "species", "verdict") if c not in frame.columns]
     if need:
         raise ReviewError(f"{path}: missing column(s) {need}; a review CSV has {REVIEW_COLUMNS}")
     problems, keep = [], []
@@ -177,14 +186,15 @@ def read_review_csv(path: Path) -> pd.DataFrame:
             problems.append(f"{where}: verdict {row['verdict']!r} is not true, false or unsure")
             continue
         try:
-            start_s, end_s = float(row["start_s"]), float(row["end_s"])
+            start_s, end_s = float(row["peak_start_s"]), float(row["peak_end_s"])
         except ValueError:
-            problems.append(f"{where}: start_s/end_s are not numbers ({row['start_s']!r}, {row['end_s']!r})")
+            problems.append(f"{where}: peak_start_s/peak_end_s are not numbers ({row['peak_start_s']!r}, "
+                            f"{row['peak_end_s']!r})")
             continue
         if not row["recording"].strip() or not row["species"].strip():
             problems.append(f"{where}: recording and species must not be empty")
             continue
-        keep.append({**row, "verdict": VERDICTS[verdict], "start_s": start_s, "end_s": end_s})
+        keep.append({**row, "verdict": VERDICTS[verdict], "peak_start_s": start_s, "peak_end_s": end_s})
     if problems:
         raise ReviewError("\n".join([f"{path}: {len(problems)} bad row(s)"] + problems))
     return pd.DataFrame(keep, columns=list(frame.columns))
@@ -205,15 +215,14 @@ def import_review(store: Store, csv: Path) -> tuple[pd.DataFrame, Path | None]:
         return rows, None
     now = datetime.now(timezone.utc)
     get = lambda col: rows[col] if col in rows.columns else pd.Series([""] * len(rows))  # noqa: E731
-    score = pd.to_numeric(get("score"), errors="coerce")
-    # ISO8601: rows written with and without fractional seconds mix in one column
-    start_time = pd.to_datetime(get("start_time").replace("", None), utc=True, errors="coerce", format="ISO8601")
+    score = pd.to_numeric(get("peak_score"), errors="coerce")
+    start_time = _peak_times(rows)
     data = {
         "recording_id": [_text(v) for v in get("recording_id")],
         "path": rows["recording"].str.strip().tolist(),
         "site": [_text(v) for v in get("site")],
-        "start_s": rows["start_s"].astype(float).tolist(),
-        "end_s": rows["end_s"].astype(float).tolist(),
+        "start_s": rows["peak_start_s"].astype(float).tolist(),
+        "end_s": rows["peak_end_s"].astype(float).tolist(),
         "start_time": [None if pd.isna(t) else t.to_pydatetime() for t in start_time],
         "label": rows["species"].str.strip().tolist(),
         "model_id": [_text(v) for v in get("model_id")],
@@ -227,6 +236,20 @@ def import_review(store: Store, csv: Path) -> tuple[pd.DataFrame, Path | None]:
     out = store.root / "labels" / f"verified-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}.parquet"
     write_parquet_atomic(table, out)
     return table.to_pandas(), out
+
+
+def _peak_times(rows: pd.DataFrame) -> pd.Series:
+    """UTC start of each row's peak window: the event's start time plus the peak's offset in the
+    event (``peak_start_time`` as such in review CSVs from before the columns were renamed)."""
+    def times(col: str) -> pd.Series:  # ISO8601: older files mix rows with and without fractions
+        values = rows[col] if col in rows.columns else pd.Series([""] * len(rows), index=rows.index)
+        return pd.to_datetime(values.replace("", None), utc=True, errors="coerce", format="ISO8601")
+
+    if "event_start_time" not in rows.columns or "event_start_s" not in rows.columns:
+        return times("peak_start_time")
+    offset = pd.to_numeric(rows["peak_start_s"], errors="coerce") - pd.to_numeric(rows["event_start_s"],
+                                                                                  errors="coerce")
+    return times("event_start_time") + pd.to_timedelta((offset * 1e6).round(), unit="us")
 
 
 def training_labels(verified: pd.DataFrame) -> pd.DataFrame:

@@ -37,6 +37,7 @@ import pam.store.schemas as schemas
 from pam.config import PamConfig
 from pam.analysis.effort import analysed_by_model, day_strings, effort_table, local_clock, surveyed_by_model, utc_micros
 from pam.analysis.occupancy import detection_histories, run_thresholds, write_history_csvs
+from pam.store.analysis_config import stored_analysis_config
 from pam.store.query import score_threshold
 from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store
 from pam.analysis.survey_covariates import site_positions, survey_days
@@ -342,9 +343,10 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
               model_id: str | None = None, period_days: int | None = None, full: bool = False) -> SummaryResult:
     """Bring every summary table up to date; recount only the days new detections touched.
 
-    Arguments left ``None`` come from the config's ``summaries`` section.
+    Arguments left ``None`` come from the config's ``summaries`` section. Without ``config``,
+    the sites and summaries settings of the store's last scan (``pam.store.analysis_config``).
     """
-    config = config or PamConfig()
+    config = config or stored_analysis_config(store) or PamConfig()
     min_score = config.summaries.min_score if min_score is None else min_score
     model_id = config.summaries.model if model_id is None else model_id
     period_days = config.summaries.period_days if period_days is None else period_days

@@ -11,7 +11,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, app, cli_config, console, err, fail, time_texts
+from pam.analysis.csv_times import with_iso_times
+from pam.cli.app import ConfigOpt, app, console, err, fail, store_config, time_texts
 from pam.config import ConfigError
 from pam.store.store import Store
 
@@ -62,7 +63,7 @@ def _write_frame(frame: pd.DataFrame, out: Path, fmt: Optional[str]) -> None:
     kind = (fmt or out.suffix.lstrip(".")).lower()
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "csv":
-        frame.to_csv(out, index=False)
+        with_iso_times(frame).to_csv(out, index=False)
     elif kind in ("parquet", "pq"):
         frame.to_parquet(out, index=False)
     else:
@@ -120,9 +121,9 @@ def summarize(
     from pam.analysis.summaries import summarize as run_summaries
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        res = run_summaries(st, cli_config(config), min_score=min_score, model_id=model, period_days=period_days,
-                            full=full)
+        res = run_summaries(st, conf, min_score=min_score, model_id=model, period_days=period_days, full=full)
     except _errors() as exc:
         fail(str(exc))
         return
@@ -151,8 +152,9 @@ def report(
     from pam.analysis.report import build_report
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        rep = build_report(st, out, cli_config(config), top=top, min_score=min_score, model_id=model,
+        rep = build_report(st, out, conf, top=top, min_score=min_score, model_id=model,
                            period_days=period_days)
     except _errors() as exc:
         fail(str(exc))
@@ -240,7 +242,7 @@ def sql(
         return
     if not console.is_terminal:
         # piped or redirected: every row as CSV, for the next program (a table would wrap at 80 columns)
-        frame.to_csv(sys.stdout, index=False)
+        with_iso_times(frame).to_csv(sys.stdout, index=False)
         return
     _print_frame(frame.head(show))
     if len(frame) > show:
@@ -271,8 +273,9 @@ def export(
     from pam.analysis.export import export_detections
 
     st = _store(store)
+    conf = store_config(config, store)
     try:
-        res = export_detections(st, out, fmt, cli_config(config), species=species, sites=site, start=start,
+        res = export_detections(st, out, fmt, conf, species=species, sites=site, start=start,
                                 end=end, min_score=min_score, model_id=model, low_hz=low_freq, high_hz=high_freq,
                                 events=True if merge else events)
     except _errors() as exc:

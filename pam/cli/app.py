@@ -35,6 +35,33 @@ def cli_config(path: Optional[Path], **overrides) -> PamConfig:
         raise  # unreachable
 
 
+def store_config(path: Optional[Path], store: Path, **overrides) -> PamConfig:
+    """The config of a command on ``store``: ``--config`` when given (one note when its sites differ
+    from those the store's last scan used), else the store's remembered sites and summaries settings
+    (``pam.store.analysis_config``), so that no command falls back to UTC clocks unasked."""
+    from pam.store.analysis_config import site_differences, stored_analysis_config
+    from pam.store.store import Store
+
+    stored = stored_analysis_config(Store(store)) if store.is_dir() else None
+    if path is not None or stored is None:
+        conf = cli_config(path, **overrides)
+        differ = site_differences(conf, stored) if stored is not None else []
+        if differ:
+            err.print(f"[yellow]note:[/yellow] {path} sets other site clocks or positions than the store's last scan: "
+                      f"{', '.join(differ)}; using {path}'s", highlight=False, soft_wrap=True)
+        return conf
+    remembered = stored.model_dump(mode="json", include={"sites", "summaries"})
+    try:
+        conf = load_config(None, overrides, defaults=remembered)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+    if conf.sites:
+        err.print(f"[yellow]note:[/yellow] site clocks and positions as the store's last scan used them "
+                  f"({', '.join(sorted(conf.sites))}); --config gives others", highlight=False, soft_wrap=True)
+    return conf
+
+
 def time_texts(times: pd.Series) -> list[str]:
     """Timestamps as ``YYYY-MM-DD HH:MM:SS[.fff]`` in their own zone, all with the decimals the column needs.
 

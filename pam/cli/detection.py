@@ -11,7 +11,7 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, StoreOpt, app, cli_config, console, err, fail, time_texts
+from pam.cli.app import ConfigOpt, StoreOpt, app, console, err, fail, store_config, time_texts
 from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
@@ -27,9 +27,9 @@ def scan(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Scan dumps into the store's manifest (incremental; never writes into the dumps)."""
-    from pam.ops.pipeline import scan_stage
+    from pam.ops.pipeline import check_config_sites, scan_stage
 
-    conf = cli_config(config)
+    conf = store_config(config, store)
     st = Store(store)
     try:
         check_scan_inputs(dumps, st)  # before anything is created
@@ -49,6 +49,7 @@ def scan(
             for p in s.problems:
                 console.print(f"  {p['path']}: {p['reason']} ({p['status']})", highlight=False, soft_wrap=True)
             listed += s.problems
+        check_config_sites(st, conf)
     _print_warnings(warnings.messages, listed, unscanned)
     if failed:
         raise typer.Exit(1)
@@ -76,7 +77,7 @@ def detect(
     # one --model is the config's model; several are its models (either replaces the config's)
     chosen = {"model": model[0], "models": []} if model and len(model) == 1 else \
         {"model": "", "models": list(model)} if model else {}
-    conf = cli_config(config, **chosen, **{"detect.device": device,
+    conf = store_config(config, store, **chosen, **{"detect.device": device,
                               "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)
     # Arguments are checked before Prefect starts or anything is created: a mistyped path or a
@@ -111,13 +112,17 @@ def detect(
     console.print(
         f"run {report['run_id']}: {report['recordings_done']} recordings scored{speed}, "
         f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
-        f"{report['detections']} new detections", highlight=False,
+        f"{report['detections']} new detections", highlight=False, soft_wrap=True,
     )
     if report.get("failure_report"):
         console.print(f"failed and skipped files per site: {report['failure_report']}", highlight=False,
                       soft_wrap=True)
     if show:
         _print_detections(st, dumps, report["run_id"], report["model_id"], report["settings_hash"], show)
+    html = st.reports_dir / "report.html"
+    if html.is_file():
+        console.print(f"report: {html} (summaries, figures and the species table; pam report to redo it)",
+                      highlight=False, soft_wrap=True)
     # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
     # failed and none could be analysed; a few bad files among good ones are reported, not fatal.
     for line in unscanned:  # the scan's message names the dump already

@@ -181,13 +181,13 @@ def evaluate(
         fail(str(exc))
         return
     seen = seen_note(loaded, items, "clips" if used == "clips" else "windows")
+    if seen:  # before the table, so that nobody reads the figures without it
+        console.print(seen, highlight=False, markup=False, soft_wrap=True)
     _print_report(report, f"{loaded.card.name} ({loaded.model_id}) on {data} ({used})")
     if out:
         paths = write_report(report, out, "report", f"{loaded.card.name} ({loaded.model_id}) on {data}", items,
                              notes=[seen] if seen else None)
         console.print(f"report: {paths['parquet']}, {paths['markdown']}", highlight=False)
-    if seen:
-        console.print(seen, highlight=False, markup=False, soft_wrap=True)
     console.print(f"macro AP: {_fmt(macro_ap(report))}", highlight=False)
 
 

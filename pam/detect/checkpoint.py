@@ -137,6 +137,10 @@ def save_checkpoint(path: str | os.PathLike, net: PamNet, card: ModelCard, creat
     return model_id_of(path)
 
 
+# what to give instead of a file that is not a pam checkpoint
+MODEL_FIX = "give a .pt written by pam train, an .onnx file with its card, or a model's short name (docs/models.md)"
+
+
 def _require(payload: dict, key: str, kind: type | tuple, where: str):
     if key not in payload:
         raise ModelError(f"{where}: checkpoint has no '{key}'")
@@ -154,9 +158,10 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise ModelError(f"{where}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise ModelError(f"{where}: not a pam checkpoint (torch.load failed: {type(exc).__name__}: "
+                         f"{str(exc)[:120]}); {MODEL_FIX}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(f"{where}: not a pam checkpoint (format tag missing)")
+        raise ModelError(f"{where}: not a pam checkpoint (a PyTorch file without pam's format tag); {MODEL_FIX}")
     version = _require(payload, "version", int, where)
     if version > VERSION:
         raise ModelError(f"{where}: checkpoint version {version} is newer than this pam reads ({VERSION}); upgrade pam")

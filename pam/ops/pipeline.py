@@ -7,7 +7,9 @@ Prefect task; ``run_nightly`` chains them without Prefect for notebooks and quic
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pam.detect.detection import DetectionReport
 from pam.io.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.io.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.cli, notebooks)
 from pam.detect.shards import detect_sharded, require_in_process_runner
+from pam.store.analysis_config import remember_analysis_config
 from pam.store.store import Store
 
 log = logging.getLogger("pam.ops.pipeline")
@@ -44,6 +47,7 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         summary.problems.append({"path": str(dump), "stage": "scan", "reason": exc.reason})
         logger.error("%s", exc)
         return summary
+    remember_analysis_config(store, config)  # the clocks these start times were read with, for the summaries
     rows = result.rows
     summary.dump = str(result.dump)
     summary.files = len(rows)
@@ -75,6 +79,29 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
     logger.info("scanned %s: %d files, %d usable, %d opened, %d left for later (still being written)",
                 summary.dump, summary.files, summary.usable, summary.reopened, summary.pending)
     return summary
+
+
+def check_config_sites(store: Store, config: PamConfig,
+                       logger: logging.Logger | logging.LoggerAdapter | None = None) -> list[str]:
+    """Warn, one line each, about config sites that no recording in the store has (a typo such as
+    ``SM4CREEK`` for ``SM4-CREEK`` leaves that site on UTC); call after all of a run's scans."""
+    if not config.sites:
+        return []
+    known = sorted({s for s in store.read_manifest()["site"] if isinstance(s, str)})
+    if not known:
+        return []
+    squeezed = {re.sub(r"[^0-9a-z]", "", s.lower()): s for s in known}
+    messages = []
+    for site in sorted(set(config.sites) - set(known)):
+        near = squeezed.get(re.sub(r"[^0-9a-z]", "", site.lower())) or \
+            next(iter(difflib.get_close_matches(site, known, n=1, cutoff=0.6)), None)
+        hint = f"did you mean {near}?" if near else f"the store's sites: {', '.join(known[:10])}" + \
+            (", ..." if len(known) > 10 else "")
+        messages.append(f"sites.{site} in the config matches no recording's site, so its clock and position go unused "
+                        f"({hint})")
+    for m in messages:
+        (logger or log).warning("%s", m)
+    return messages
 
 
 def detect_stage(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
@@ -127,6 +154,7 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
         check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"nightly {';'.join(str(d) for d in dumps)}"):
         scans = [scan_stage(d, store, config) for d in dumps]
+        check_config_sites(store, config)
         problems = [p for s in scans for p in s.problems]
         ok_dumps = [s.dump for s in scans if s.error is None]
         report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)

@@ -282,6 +282,17 @@ PRECISION = pa.schema(
     ]
 )
 
+# The sites and summaries sections of the config the last scan used (pam.store.analysis_config):
+# the clocks and positions summaries, the report and exports read when no config is given.
+ANALYSIS_CONFIG_VERSION = 1
+ANALYSIS_CONFIG = pa.schema(
+    [
+        pa.field("sites_json", pa.string()),  # {"<site>": {"timezone", "utc_offset", "lat", "lon"}}
+        pa.field("summaries_json", pa.string()),  # {"min_score", "model", "period_days"}
+        pa.field("written_at", UTC_TS),
+    ]
+)
+
 TABLES: dict[str, tuple[pa.Schema, int]] = {
     "manifest": (MANIFEST, MANIFEST_VERSION),
     "detections": (DETECTIONS, DETECTIONS_VERSION),
@@ -298,6 +309,7 @@ TABLES: dict[str, tuple[pa.Schema, int]] = {
     "occupancy": (OCCUPANCY, OCCUPANCY_VERSION),
     "verified": (VERIFIED, VERIFIED_VERSION),
     "precision": (PRECISION, PRECISION_VERSION),
+    "analysis_config": (ANALYSIS_CONFIG, ANALYSIS_CONFIG_VERSION),
 }
 
 

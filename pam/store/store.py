@@ -416,7 +416,7 @@ class Store:
                     removed += 1
             except FileNotFoundError:  # another recovery got there first
                 pass
-        for d in (self.runs_dir, self.root / "manifest", self.models_dir, self.root / "labels"):
+        for d in (self.runs_dir, self.root / "manifest", self.models_dir, self.root / "labels", self.root / "config"):
             removed += _remove_temporary(d)
         if self.holds_run_lock():
             # Only runs write reports and summaries, so with the run lock held no other
