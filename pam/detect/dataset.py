@@ -93,9 +93,15 @@ def span_windows(wave: torch.Tensor, starts: np.ndarray, lo: int, rate: int, tar
                  window_s: float) -> torch.Tensor:
     """Windows [n, target samples] at ``starts`` of a span's mono input ``wave`` (input samples
     ``lo``..): resampled as a whole, zero-padded after the end, cut as a strided view."""
-    out_len = round(window_s * target_rate)
     if rate != target_rate:
         wave = resample(wave, rate, target_rate)
+    return cut_span(wave, starts, lo, rate, target_rate, window_s)
+
+
+def cut_span(wave: torch.Tensor, starts: np.ndarray, lo: int, rate: int, target_rate: int,
+             window_s: float) -> torch.Tensor:
+    """Windows [n, target samples] at ``starts`` of a span already resampled to ``target_rate``."""
+    out_len = round(window_s * target_rate)
     offsets = np.round((starts - lo) * (target_rate / rate)).astype(np.int64)
     need = int(offsets[-1]) + out_len
     if wave.shape[0] < need:
