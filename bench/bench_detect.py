@@ -2,8 +2,9 @@
 
 Prints, for one set of recordings:
   forward  - the model alone on windows already in memory (the ceiling);
-  decode   - reading + mono + resampling + cutting windows alone (DataLoader, no model);
+  decode   - reading + mono + resampling + cutting windows alone, batches on the device, no model;
   end2end  - `run_detection` on the dump into a fresh store (read, score, write);
+decode and end2end once per data path (``detect.data_path``: windows, spans), interleaved;
 and the share of the ceiling that the pipeline loses. With --memory it also runs detection
 in fresh processes on a 10-minute and a 2-hour file and prints their peak memory.
 
@@ -11,7 +12,11 @@ Audio: the 96 real Song Meter SM4 recordings in ../shared/data/field/scikit-maad
 22.05 kHz), concatenated and looped to the length asked for; synthetic noise when that
 folder is absent. Usage:
 
-    python bench/bench_detect.py [--minutes 30] [--repeat 3] [--device auto] [--batch-size 256] [--workers N] [--memory]
+    python bench/bench_detect.py [--minutes 30] [--repeat 3] [--device auto] [--batch-size 256] [--workers N]
+                                 [--paths windows,spans] [--memory]
+
+``--workers`` sets DataLoader workers for the windows path and reader threads for the spans path
+(as ``detect.num_workers`` does); left out, each path takes its default.
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     from pam.detect.checkpoint import load_checkpoint
     from pam.config import DetectConfig
     from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
-    from pam.detect.detection import default_workers, resolve_device, run_detection
+    from pam.detect.detection import default_readers, default_workers, resolve_device, run_detection
+    from pam.detect.span_batches import SpanBatches
     from pam.io.manifest import scan
     from pam.store.store import Store
 
@@ -80,20 +86,31 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     audio_s = float(rows["duration_s"].sum())
     hop_s = args.hop
 
-    def loader():
+    paths = args.paths.split(",")
+    readers = args.workers if args.workers is not None else default_readers(device)
+
+    def batches_of(path: str):
+        if path == "spans":
+            return SpanBatches(tasks, card.sample_rate, card.window_s, hop_s, args.batch_size, device=device,
+                               readers=readers)
         ds = WindowBatches(tasks, card.sample_rate, card.window_s, hop_s, args.batch_size)
         return make_loader(ds, num_workers=workers, pin_memory=device.type == "cuda")
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     net = model.net.eval()
-    decode_t, forward_t, e2e_t = [], [], []
+    decode_t = {p: [] for p in paths}
+    e2e_t = {p: [] for p in paths}
+    forward_t = []
+    detections = {}
     for r in range(args.repeat):  # interleaved, medians reported: this machine is noisy
-        # decode alone
-        t = time.perf_counter()
-        batches = []
-        for b in loader():
-            if b["audio"].shape[0]:
-                batches.append(b["audio"])
-        decode_t.append(time.perf_counter() - t)
+        for path in paths:  # decode alone: batches of windows ready on the device, no model
+            t = time.perf_counter()
+            batches = [b["audio"].to(device) for b in batches_of(path) if b["audio"].shape[0]]
+            sync()
+            decode_t[path].append(time.perf_counter() - t)
         n_windows = sum(x.shape[0] for x in batches)
 
         # forward alone on the same windows, already in (device) memory
@@ -101,33 +118,37 @@ def bench_throughput(args: argparse.Namespace) -> dict:
         with torch.inference_mode():
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 net(ready[0][:8])  # warm-up
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync()
                 t = time.perf_counter()
                 for x in ready:
                     torch.sigmoid(net(x).float()).cpu()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync()
                 forward_t.append(time.perf_counter() - t)
         del ready, batches
 
-        # end to end into a fresh store
-        store = Store(tmp / f"store-{r}")
-        t = time.perf_counter()
-        report = run_detection(store, rows, model, DetectConfig(hop_s=hop_s, batch_size=args.batch_size,
-                                                                 num_workers=workers, device=args.device),
-                               progress=False)
-        e2e_t.append(time.perf_counter() - t)
-    decode_s, forward_s, e2e_s = (float(np.median(v)) for v in (decode_t, forward_t, e2e_t))
+        for path in paths:  # end to end into a fresh store
+            store = Store(tmp / f"store-{path}-{r}")
+            t = time.perf_counter()
+            report = run_detection(store, rows, model, DetectConfig(
+                hop_s=hop_s, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                data_path=path), progress=False)
+            e2e_t[path].append(time.perf_counter() - t)
+            detections[path] = report.detections
+    forward_s = float(np.median(forward_t))
     out = {
         "audio": what, "audio_h": audio_s / 3600, "windows": n_windows, "device": str(device),
-        "torch_threads": torch.get_num_threads(), "workers": workers, "batch_size": args.batch_size,
-        "forward_x": audio_s / forward_s, "decode_x": audio_s / decode_s, "end2end_x": audio_s / e2e_s,
-        "windows_per_s_forward": n_windows / forward_s, "detections": report.detections,
-        "repeats": args.repeat, "end2end_over_forward_each": [f / e for f, e in zip(forward_t, e2e_t)],
+        "torch_threads": torch.get_num_threads(), "workers": workers, "readers": readers,
+        "batch_size": args.batch_size, "forward_x": audio_s / forward_s,
+        "windows_per_s_forward": n_windows / forward_s, "repeats": args.repeat, "paths": {},
     }
-    out["loss_vs_forward"] = 1 - out["end2end_x"] / out["forward_x"]
-    out["loss_vs_slower_stage"] = 1 - out["end2end_x"] / min(out["forward_x"], out["decode_x"])
+    for path in paths:
+        decode_s, e2e_s = float(np.median(decode_t[path])), float(np.median(e2e_t[path]))
+        out["paths"][path] = {
+            "decode_x": audio_s / decode_s, "end2end_x": audio_s / e2e_s, "detections": detections[path],
+            "end2end_over_forward_each": [f / e for f, e in zip(forward_t, e2e_t[path])],
+            "loss_vs_forward": 1 - forward_s / e2e_s,
+            "loss_vs_slower_stage": 1 - max(forward_s, decode_s) / e2e_s,
+        }
     return out
 
 
@@ -176,6 +197,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--hop", type=float, default=1.5)
+    ap.add_argument("--paths", default="windows,spans", help="data paths to measure, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="measure each stage this many times, interleaved; medians")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory, 10 min vs 2 h file")
     ap.add_argument("--skip-throughput", action="store_true")
@@ -183,14 +205,14 @@ def main() -> None:
     if not args.skip_throughput:
         r = bench_throughput(args)
         print(f"audio: {r['audio_h']:.2f} h of {r['audio']}, {r['windows']} windows, device {r['device']}, "
-              f"{r['torch_threads']} torch threads, {r['workers']} loader workers, batch {r['batch_size']}, "
-              f"medians of {r['repeats']} interleaved runs")
-        print(f"forward only : {r['forward_x']:8.1f} s audio / s  ({r['windows_per_s_forward']:.0f} windows/s)")
-        print(f"decode only  : {r['decode_x']:8.1f} s audio / s")
-        print(f"end to end   : {r['end2end_x']:8.1f} s audio / s  ({r['detections']} detections written)")
-        print(f"end to end loses {100 * r['loss_vs_forward']:.0f}% against forward only, "
-              f"{100 * r['loss_vs_slower_stage']:.0f}% against the slower of forward and decode")
-        print("end to end / forward in each run: " + ", ".join(f"{v:.2f}" for v in r["end2end_over_forward_each"]))
+              f"{r['torch_threads']} torch threads, {r['workers']} loader workers (windows), {r['readers']} reader "
+              f"threads (spans), batch {r['batch_size']}, medians of {r['repeats']} interleaved runs")
+        print(f"forward only          : {r['forward_x']:9.1f} s audio / s  ({r['windows_per_s_forward']:.0f} windows/s)")
+        for path, p in r["paths"].items():
+            print(f"decode only, {path:8s} : {p['decode_x']:9.1f} s audio / s")
+            print(f"end to end,  {path:8s} : {p['end2end_x']:9.1f} s audio / s  ({p['detections']} detections written; "
+                  f"loses {100 * p['loss_vs_forward']:.0f}% against forward only; end to end / forward in each run: "
+                  + ", ".join(f"{v:.2f}" for v in p["end2end_over_forward_each"]) + ")")
         print("json:", json.dumps(r))
     if args.memory:
         m = bench_memory(args)

@@ -130,6 +130,7 @@ class DetectConfig(_Strict):
     batch_size: int = Field(256, ge=1, le=65536)
     num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers; default: on CUDA cores - 1 (at most 8), on the CPU cores // 8 (at most 4)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_path: Literal["auto", "windows", "spans"] = Field("auto", description="how audio reaches the model: 'windows' (loader workers cut float windows), 'spans' (reader threads send raw samples; the device resamples and cuts); auto: spans on CUDA, windows on the CPU")
     min_score: float | None = Field(None, ge=0, le=1, description="one threshold for every class, overriding the model's")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class threshold overrides")
     process_truncated: bool = Field(True, description="analyse the readable part of truncated files")

@@ -30,6 +30,7 @@ from pam.config import ConfigError, DetectConfig, RetriesConfig, SiteConfig
 from pam.detect.contract import DetectionModel
 from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
 from pam.detect.detection_rows import build_flush, optional_text
+from pam.detect.span_batches import SpanBatches
 from pam.detect.scoring import ModelPlan, ScoringLane, window_groups
 from pam.detect.settings import settings_of
 from pam.detect.species_filter import class_masks
@@ -61,6 +62,23 @@ def default_workers(device: torch.device | str = "cpu") -> int:
     if torch.device(device).type == "cuda":
         return max(0, min(8, cores - 1))
     return min(4, cores // 8)
+
+
+def data_path(conf: DetectConfig, device: torch.device) -> str:
+    """``windows`` (DataLoader workers cut float windows) or ``spans`` (reader threads send raw
+    samples; the device resamples and cuts); ``auto`` picks spans on CUDA, windows on the CPU
+    (the faster there, docs/benchmarks.md)."""
+    if conf.data_path != "auto":
+        return conf.data_path
+    return "spans" if device.type == "cuda" else "windows"
+
+
+def default_readers(device: torch.device | str = "cpu") -> int:
+    """Reader threads of the spans path when ``detect.num_workers`` leaves it open: on CUDA one
+    per core (at most 8: soundfile decodes without the GIL); on the CPU one, reading ahead while
+    the model computes."""
+    cores = os.cpu_count() or 1
+    return max(1, min(8, cores)) if torch.device(device).type == "cuda" else 1
 
 
 @dataclass
@@ -370,9 +388,16 @@ class _DetectionRun:
         tasks = [RecordingTask(i, str(self.todo.at[i, "path"]), int(self.todo.at[i, "sample_rate"]),
                                int(self.todo.at[i, "frames"])) for i in queue]
         settings = self.lanes[0].plan.settings  # the group's window, hop and channel
-        dataset = WindowBatches(tasks, self.lanes[0].model.sample_rate, settings.window_s, settings.hop_s,
-                                self.conf.batch_size, settings.channel)
-        loader = make_loader(dataset, num_workers=min(self.workers, len(tasks)), pin_memory=self.device.type == "cuda")
+        rate = self.lanes[0].model.sample_rate
+        if data_path(self.conf, self.device) == "spans":
+            readers = self.conf.num_workers if self.conf.num_workers is not None else default_readers(self.device)
+            loader = SpanBatches(tasks, rate, settings.window_s, settings.hop_s, self.conf.batch_size,
+                                 settings.channel, device=self.device, readers=min(readers, len(tasks)))
+        else:
+            dataset = WindowBatches(tasks, rate, settings.window_s, settings.hop_s, self.conf.batch_size,
+                                    settings.channel)
+            loader = make_loader(dataset, num_workers=min(self.workers, len(tasks)),
+                                 pin_memory=self.device.type == "cuda")
         for batch in loader:
             if batch["audio"].shape[0]:
                 self.score_batch(batch)
