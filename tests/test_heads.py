@@ -101,6 +101,8 @@ def test_bad_inputs_are_refused_before_training(tmp_path):
         train_head(x, labels[:-1], recs, sites, MODEL)
     with pytest.raises(HeadError, match="no window is labelled"):
         train_head(x, [()] * len(x), recs, sites, MODEL)
+    with pytest.raises(HeadError, match="cannot split the labelled windows"):
+        train_head(x, labels, ["one recording"] * len(x), sites, MODEL)
     with pytest.raises(HeadError, match="unknown head kind"):
         train_head(x, labels, recs, sites, MODEL, kind="forest")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")

@@ -43,7 +43,7 @@ KEYS_SCHEMA = pa.schema(
         pa.field("recording_id", pa.string(), nullable=False),
         pa.field("start_sample", pa.int64(), nullable=False),
     ],
-    metadata={"pam.index_keys_version": str(FORMAT_VERSION)},
+    metadata={"index_keys_version": str(FORMAT_VERSION)},
 )
 
 

@@ -281,8 +281,11 @@ def train_head(
     if not classes:
         raise HeadError("no window is labelled with a class: a head needs positives")
     y = label_matrix(clips, classes)
-    split = assign_splits(clips, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                          by=split_by, test_sites=test_sites)
+    try:
+        split = assign_splits(clips, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                              by=split_by, test_sites=test_sites)
+    except ValueError as e:
+        raise HeadError(f"cannot split the labelled windows: {e}") from None
     part = {name: np.array([s == name for s in split]) for name in ("train", "val", "test")}
     missing = [c for k, c in enumerate(classes) if not y[part["train"], k].any()]
     if missing:
