@@ -75,10 +75,10 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 class IndexCard:
     model_id: str
     dim: int
-    dtype: str = "i8"
+    dtype: str = "bf16"
     connectivity: int = 16
     expansion_add: int = 64
-    expansion_search: int = 256
+    expansion_search: int = 1024
     count: int = 0
     generation: int = 0
     vector_file: str | None = None
@@ -114,8 +114,8 @@ class SimilarityIndex:
     # ------------------------------------------------------------------ open / create
 
     @classmethod
-    def create(cls, folder: str | os.PathLike, model_id: str, dim: int, dtype: str = "i8",
-               connectivity: int = 16, expansion_add: int = 64, expansion_search: int = 256) -> "SimilarityIndex":
+    def create(cls, folder: str | os.PathLike, model_id: str, dim: int, dtype: str = "bf16",
+               connectivity: int = 16, expansion_add: int = 64, expansion_search: int = 1024) -> "SimilarityIndex":
         """A new empty index in ``folder`` (which must not hold one already)."""
         folder = Path(folder)
         if (folder / CARD).exists():
