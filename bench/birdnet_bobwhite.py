@@ -2,7 +2,7 @@
 the bobwhite clips (docs/model.md, "BirdNET on the same clips").
 
     python bench/birdnet_bobwhite.py ../shared/data/bobwhite/labels.csv \
-        --model birdnet-v2.4 --class "Colinus virginianus" --label bobwhite_covey
+        --model birdnet-v2.4 --class "Colinus virginianus_Northern Bobwhite" --label bobwhite_covey
 
 The clips are read and resampled as pam's evaluation reads them (pam.train.clips), each
 clip's score is the maximum over the model's windows every --hop seconds covering it, as
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("labels", help="clip table (path,label,site)")
     ap.add_argument("--model", default="birdnet-v2.4")
-    ap.add_argument("--class", dest="cls", default="Colinus virginianus", help="the model's class to score")
+    ap.add_argument("--class", dest="cls", default="Colinus virginianus_Northern Bobwhite", help="the model's class (label) to score")
     ap.add_argument("--label", default="bobwhite_covey", help="the clip table's label that class stands for")
     ap.add_argument("--hop", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=None)

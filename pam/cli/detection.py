@@ -17,6 +17,7 @@ from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
 from pam.ops.prefect_server import PrefectServerError, quiet_prefect_defaults
 from pam.store.runs import run_model_keys, run_model_settings
+from pam.store.species import common_name
 from pam.store.store import Store, StoreBusy
 
 
@@ -231,8 +232,8 @@ def _print_detections(st: Store, dumps: list[Path], run_id: str, model_id: str, 
         for i, r in zip(rows.index, rows.itertuples(index=False)):
             when = (times[i] or "time unknown").ljust(width)
             span = f"{r.start_s:.1f}-{r.end_s:.1f} s"
-            console.print(f"    {when}  {span:>15}  {r.label}  {r.peak_score:.3f}  "
-                          f"{r.n_windows} window{'s' * (r.n_windows != 1)}", highlight=False)
+            console.print(f"    {when}  {span:>15}  {common_name(r.label)}  {r.peak_score:.3f}  "
+                          f"{r.n_windows} window{'s' * (r.n_windows != 1)}", highlight=False, soft_wrap=True)
     if len(events) > limit:
         console.print(f"  ... {len(events) - limit} more events (--show N for more; pam query {st.root} --events "
                       "for all)", highlight=False)

