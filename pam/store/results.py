@@ -222,16 +222,21 @@ class ResultsTable:
                    data_change: bool = True) -> AddAction:
         rel = f"{file_dir(kind, site, day)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.full_path(rel)
+        # embedding vectors are stored uncompressed: zstd saves little on float16 features and
+        # decompressing them would bound how fast pam apply-head reads the archive
+        options = {"compression": {n: ("none" if n == "embedding" else "zstd") for n in table.column_names},
+                   "use_dictionary": [n for n in table.column_names if n != "embedding"]} if kind == EMBEDDING \
+            else {"compression": "zstd"}
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
+                pq.write_table(table, fh, **options)
                 fh.flush()
                 os.fsync(fh.fileno())
             size = os.path.getsize(path)
         else:
             with self.fs.open_output_stream(path) as out:
-                pq.write_table(table, out, compression="zstd")
+                pq.write_table(table, out, **options)
             size = self.fs.get_file_info(path).size
         if kind != DONE:  # a missing site or date reads back as "unknown", as its folder says
             values = {"kind": kind, "site": site if isinstance(site, str) and site else UNKNOWN,

@@ -111,9 +111,10 @@ def apply_head(store: Store | str | Path, head_path: str | Path, force: bool = F
     thresholds = np.array([head.card.thresholds[c] for c in head.card.classes], dtype=np.float32)
     labels = pa.array(list(head.card.classes), pa.string())
     seq = 0
-    for _site, group in todo.groupby(todo["site"].fillna(""), sort=True):
+    for site, group in todo.groupby(todo["site"].fillna(""), sort=True):
         for chunk in _chunks(group, windows_per_commit):
-            emb = read_embeddings(store, model_id=model_id, recording_ids=chunk["recording_id"].tolist())
+            emb = read_embeddings(store, model_id=model_id, sites=[site or "unknown"],
+                                  recording_ids=chunk["recording_id"].tolist())
             flush, windows = _flush(head, chunk, emb, thresholds, labels, lengths, run_id)
             committed = store.commit(run_id, seq, flush, replace=force)
             seq += 1
@@ -149,9 +150,9 @@ def _flush(head: Head, chunk: pd.DataFrame, emb, thresholds: np.ndarray, labels:
     """The head's detection and done rows of the recordings of ``chunk``, from their embeddings."""
     rows = emb.rows
     # only the windows embedded under the settings the source done row names (the live ones)
-    wanted = dict(zip(chunk["recording_id"], chunk["settings_hash"]))
-    keep = np.array([wanted.get(r) == s for r, s in zip(rows.column("recording_id").to_pylist(),
-                                                         rows.column("settings_hash").to_pylist())], dtype=bool)
+    position = pc.index_in(rows.column("recording_id"), pa.array(chunk["recording_id"].tolist(), pa.string()))
+    wanted = pa.array(chunk["settings_hash"].tolist(), pa.string()).take(position)
+    keep = pc.fill_null(pc.equal(rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
     vectors = emb.vectors
     if not keep.all():
         rows, vectors = rows.filter(pa.array(keep)), vectors[keep]
