@@ -135,6 +135,7 @@ class DetectConfig(_Strict):
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class threshold overrides")
     process_truncated: bool = Field(True, description="analyse the readable part of truncated files")
     flush_every: int = Field(200, ge=1, description="commit after this many finished recordings")
+    embeddings: bool = Field(False, description="keep every analysed window's embedding (float16) in the store, committed with its detections (docs/agile.md)")
     lock_timeout_s: float = Field(600.0, ge=0, description="how long to wait for another run's commit")
     species_filter: SpeciesFilterConfig = Field(default_factory=SpeciesFilterConfig)
 

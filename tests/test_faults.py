@@ -5,8 +5,9 @@ milliseconds, and never inherits a delta-rs runtime) and killed with SIGKILL: by
 at the k-th step that changes the store (before or after a data file is written, a version
 of the results table is committed, or a file renamed or deleted: every state a run can be
 cut in), or by the test after a random delay. After each kill, readers must see only whole
-recordings; after a rerun, the detections must equal those of an uninterrupted run, with
-no temporary file, orphan part or journal left in the store.
+recordings; after a rerun, the detections and the windows' embeddings (``detect.embeddings``)
+must equal those of an uninterrupted run, with no temporary file, orphan part or journal left
+in the store.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from models import every_window_model
 from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig, RunnerConfig
 from pam.ops.pipeline import detect_stage, scan_stage
+from pam.store.embeddings import read_embeddings
 from pam.store.store import Store, StoreBusy
 from synth import noise, write_wav
 
@@ -58,6 +60,24 @@ def scan_and_detect(dump: Path, store: Store, conf: PamConfig):
 
 def table(store: Store) -> pd.DataFrame:
     return store.read_detections().drop(columns=["run_id"]).sort_values(KEY).reset_index(drop=True)
+
+
+def embedding_table(store: Store) -> pd.DataFrame:
+    """Every committed window embedding, one row per (recording, start sample, model), vector as bytes."""
+    emb = read_embeddings(store) if store.snapshot() is not None else None
+    if emb is None or not len(emb):
+        return pd.DataFrame(columns=["recording_id", "start_sample", "model_id", "vector"])
+    rows = emb.rows.to_pandas()[["recording_id", "start_sample", "model_id"]]
+    rows["vector"] = [v.tobytes() for v in emb.vectors]
+    return rows.sort_values(["recording_id", "start_sample", "model_id"]).reset_index(drop=True)
+
+
+def same_embeddings(store: Store, reference: pd.DataFrame, recordings: set[str] | None = None) -> None:
+    got = embedding_table(store)
+    want = reference if recordings is None else reference[reference["recording_id"].isin(recordings)]
+    assert not got.duplicated(["recording_id", "start_sample", "model_id"]).any()
+    cols = ["recording_id", "start_sample", "model_id", "vector"]
+    assert list(got[cols].itertuples(index=False, name=None)) == list(want[cols].itertuples(index=False, name=None))
 
 
 def same_tables(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -140,16 +160,21 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     dump = make_dump(tmp / "dump")
     model = every_window_model(tmp / "m.pt")
-    conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, flush_every=1, batch_size=2),
+    conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, flush_every=1, batch_size=2,
+                                                           embeddings=True),
                      retries=RetriesConfig(count=0, delay_s=0))
     ref = Store(tmp / "ref")
     scan_and_detect(dump, ref, conf)
-    return tmp, dump, conf, table(ref), set(ref.done_table()["recording_id"])
+    assert len(embedding_table(ref)) == ref.done_table()["windows"].sum() > 0
+    return tmp, dump, conf, (table(ref), embedding_table(ref)), set(ref.done_table()["recording_id"])
 
 
-def check_visible_state(store: Store, reference: pd.DataFrame) -> None:
-    """Between kill and rerun: every committed recording is whole, nothing else is visible."""
+def check_visible_state(store: Store, references: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """Between kill and rerun: every committed recording is whole (detections and embeddings),
+    nothing else is visible."""
+    reference, vectors = references
     done = store.done_table()
+    same_embeddings(store, vectors, set(done["recording_id"]))
     assert not done.duplicated(["recording_id", "model_id", "settings_hash"]).any()
     det = table(store) if store.snapshot() is not None else reference.iloc[0:0]
     assert set(det["recording_id"]) <= set(done["recording_id"])
@@ -158,7 +183,8 @@ def check_visible_state(store: Store, reference: pd.DataFrame) -> None:
 
 
 def test_kill_minus_9_at_seeded_points_then_rerun_equals_uninterrupted_run(setup):
-    tmp, dump, conf, reference, ref_done = setup
+    tmp, dump, conf, references, ref_done = setup
+    reference, vectors = references
     # How many steps an uninterrupted run makes: the places a kill can land.
     warm = CHILD.Process(target=os.getpid)  # start the fork server first: timed runs below start as fast
     warm.start()
@@ -196,9 +222,10 @@ def test_kill_minus_9_at_seeded_points_then_rerun_equals_uninterrupted_run(setup
         if proc.exitcode == -signal.SIGKILL and (how == "step" or alive):
             killed += 1
         store = Store(root)
-        check_visible_state(store, reference)
+        check_visible_state(store, references)
         scan_and_detect(dump, store, conf)  # the rerun
         same_tables(table(store), reference)
+        same_embeddings(store, vectors)
         assert set(store.done_table()["recording_id"]) == ref_done
         # files the killed run wrote but never committed: invisible, and deleted by recovery once
         # old enough to belong to no commit in flight (the nightly's recover waits an hour)
@@ -229,7 +256,7 @@ def _start(dump, root, conf):
 
 
 def test_two_runs_at_once_neither_corrupt_nor_double(setup):
-    tmp, dump, conf, reference, ref_done = setup
+    tmp, dump, conf, (reference, vectors), ref_done = setup
     waiting = conf.model_copy(update={"runner": RunnerConfig(wait_s=120)})
     root = tmp / "together"
     runs = [_start(dump, root, waiting) for _ in range(2)]
@@ -240,12 +267,13 @@ def test_two_runs_at_once_neither_corrupt_nor_double(setup):
     assert sorted(o[1] for o in outcomes) == [0, N_FILES]  # the second waited, then found it all done
     store = Store(root)
     same_tables(table(store), reference)
+    same_embeddings(store, vectors)
     assert not store.done_table().duplicated("recording_id").any()
     assert leftovers(store) == []
 
 
 def test_second_run_stops_with_a_clear_message_when_it_may_not_wait(setup):
-    tmp, dump, conf, reference, _ = setup
+    tmp, dump, conf, (reference, _vectors), _ = setup
     root = tmp / "busy"
     first, first_recv = _start(dump, root, conf)
     lock = root / ".run.lock"

@@ -281,3 +281,26 @@ def models(store: Path = typer.Argument(..., help="store folder")) -> None:
         console.print(f"no models registered in {store} (pam train with output.store set registers them)")
         return
     console.print(table)
+
+
+@app.command("apply-head")
+def apply_head_cmd(
+    store: str = typer.Argument(..., help="store folder (or object-store URI) holding the embeddings"),
+    head: Path = typer.Argument(..., help="head file (.npz) from pam train-head or pam.train.heads"),
+    force: bool = typer.Option(False, "--force", help="score again recordings this head has already scored"),
+) -> None:
+    """Score the stored window embeddings with a head and commit its detections as a model of
+    its own (model id = head id), exactly once; reads no audio. A second run adds nothing."""
+    from pam.train.apply_head import apply_head
+    from pam.train.heads import HeadError
+
+    if not head.is_file():
+        fail(f"head file {head} does not exist; train one with `pam train-head CONFIG`")
+    try:
+        report = apply_head(store, head, force=force)
+    except HeadError as exc:
+        fail(str(exc))
+    console.print(f"head {report.head_id}: {report.recordings_done} recording(s) scored "
+                  f"({report.windows:,} windows, {report.detections:,} detections, "
+                  f"{report.windows_per_s:,.0f} windows/s), {report.recordings_skipped} already done",
+                  highlight=False, soft_wrap=True)

@@ -461,7 +461,9 @@ class _DetectionRun:
         if not flushes:
             self.ready = []
             return
-        rows = Flush(pa.concat_tables([f.detections for f in flushes]), pa.concat_tables([f.done for f in flushes]))
+        vectors = [f.embeddings for f in flushes if f.embeddings is not None]
+        rows = Flush(pa.concat_tables([f.detections for f in flushes]), pa.concat_tables([f.done for f in flushes]),
+                     pa.concat_tables(vectors) if vectors else None)
         result = self.store.commit(self.run_id, self.seq, rows, replace=self.force,
                                    lock_timeout_s=self.conf.lock_timeout_s)
         if result.superseded:

@@ -64,14 +64,20 @@ class ModelForward:
         self.limit: int | None = None
         self.log = logger or log
 
-    def _once(self, x: torch.Tensor) -> torch.Tensor:
+    def _once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         enabled = self.device.type == "cuda" and self.model.autocast
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled):
-            return self.model.forward(x).scores.float()
+            out = self.model.forward(x)
+            return out.scores.float(), out.embeddings
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The scores [B, C] of ``x``."""
+        return self.with_embeddings(x)[0]
+
+    def with_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores [B, C] and embeddings [B, E] (None for a model without them) of ``x``."""
         n = x.shape[0]
-        out: list[torch.Tensor] = []
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         i = 0
         while i < n:
             size = min(self.limit or n, n - i)
@@ -85,7 +91,10 @@ class ModelForward:
                 self.limit = size // 2
                 self.log.warning("CUDA out of memory on a batch of %d windows; going on with batches of %d",
                                  size, self.limit)
-        return out[0] if len(out) == 1 else torch.cat(out)
+        if len(out) == 1:
+            return out[0]
+        scores = torch.cat([o[0] for o in out])
+        return scores, None if out[0][1] is None else torch.cat([o[1] for o in out])
 
 
 class ScoringLane:
@@ -122,14 +131,24 @@ class ScoringLane:
         if not mask.all():
             audio = audio[torch.from_numpy(mask).to(audio.device)]
             rec, start = rec[mask], start[mask]
-        scores = self.forward(audio)
+        keep = self.plan.settings.embeddings
+        scores, emb = self.forward.with_embeddings(audio) if keep else (self.forward(audio), None)
+        if keep:
+            if emb is None:
+                raise RuntimeError(f"model {self.model.describe()} returned no embeddings though it declares "
+                                   f"embedding_size {self.model.embedding_size}")
+            emb = emb.float().cpu().numpy().astype(np.float16)
         hit_rows, hit_cls = torch.nonzero(scores >= self.thresholds_of(rec), as_tuple=True)
         hit_scores = scores[hit_rows, hit_cls].cpu().numpy()
         hit_rows, hit_cls = hit_rows.cpu().numpy(), hit_cls.cpu().numpy()
         hit_rec = rec[hit_rows]
         for i in np.unique(rec):
             p = self.pending.setdefault(int(i), PendingDetections())
-            p.windows += int((rec == i).sum())
+            mine = rec == i
+            p.windows += int(mine.sum())
+            if emb is not None:
+                p.window_starts.append(np.asarray(start[mine], dtype=np.int64))
+                p.embeddings.append(emb[mine])
             sel = hit_rec == i
             if sel.any():
                 p.starts.append(start[hit_rows[sel]])

@@ -20,6 +20,7 @@ class DetectSettings:
     channel: int | None
     thresholds: dict[str, float]
     species_filter: dict | None = None  # pam.detect.species_filter.filter_spec; None: not filtered
+    embeddings: bool = False  # keep each window's embedding (detect.embeddings, for a model that gives them)
 
     @classmethod
     def from_config(cls, conf: DetectConfig, model: DetectionModel, *,
@@ -39,12 +40,16 @@ class DetectSettings:
             classes = model.classes if len(model.classes) <= 10 else model.classes[:10] + ["..."]
             raise ConfigError(f"detect.thresholds: {shown} not among the model's classes {classes}")
         vec = model.threshold_vector(conf.thresholds, conf.min_score)
+        if conf.embeddings and not model.embedding_size:
+            raise ConfigError(f"detect.embeddings is on but model {model.describe()} gives no embeddings; "
+                              "use a model that does (birdnet-v2.4, pam's own checkpoints) or set detect.embeddings: false")
         return cls(
             window_s=window_s,
             hop_s=conf.hop_s,
             channel=None if conf.channel == "mix" else int(conf.channel),
             thresholds=dict(zip(model.classes, vec.tolist())),
             species_filter=filter_spec(conf, sites, model),
+            embeddings=bool(conf.embeddings),
         )
 
     def key(self) -> str:
@@ -56,6 +61,8 @@ class DetectSettings:
         }
         if self.species_filter:
             settings["species_filter"] = _without_paths(self.species_filter)
+        if self.embeddings:  # a recording analysed without them is work again once they are asked for
+            settings["embeddings"] = schemas.EMBEDDINGS_VERSION
         return settings_hash(settings)
 
 

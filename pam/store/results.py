@@ -4,8 +4,9 @@ One table carries both the rows and their completion, so that a commit of a grou
 recordings (its detections, its done rows, and the removal of the rows it replaces) is one
 Delta transaction: readers see all of it or none of it (docs/store.md#the-commit).
 
-Rows are told apart by the partition column ``kind`` (``detection`` or ``done``); detection
-files are partitioned by ``site`` and UTC ``date`` too, done files by ``site`` (``date`` null).
+Rows are told apart by the partition column ``kind`` (``detection``, ``done`` or ``embedding``);
+detection and embedding files are partitioned by ``site`` and UTC ``date`` too, done files by
+``site`` (``date`` null).
 pam writes the Parquet files itself, each with only its own kind's columns and its schema
 version in the metadata (``pam.schema``), and commits them with delta-rs; other engines read
 the table as the union of both column sets (``kind`` says which columns apply).
@@ -32,23 +33,26 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction
 
 import pam.store.schemas as schemas
 
-DETECTION, DONE = "detection", "done"
+DETECTION, DONE, EMBEDDING = "detection", "done", "embedding"
+KINDS = (DETECTION, DONE, EMBEDDING)
 PARTITIONS = ["kind", "site", "date"]
 UNKNOWN = "unknown"
 DETECTION_FILE = schemas.with_version("detections")
 DONE_FILE = schemas.with_version("done")  # done files keep their site column (also the partition value)
+EMBEDDING_FILE = schemas.with_version("embeddings")
+FILE_SCHEMAS = {DETECTION: DETECTION_FILE, DONE: DONE_FILE, EMBEDDING: EMBEDDING_FILE}
 
 
 def table_schema() -> pa.Schema:
-    """The Delta table's logical schema: both kinds' columns (nullable), then the partitions."""
+    """The Delta table's logical schema: every kind's columns (nullable), then the partitions."""
     fields: dict[str, pa.Field] = {}
-    for f in list(schemas.DETECTIONS) + [f for f in schemas.DONE if f.name != "site"]:
+    for f in list(schemas.DETECTIONS) + [f for f in schemas.DONE if f.name != "site"] + list(schemas.EMBEDDINGS):
         fields.setdefault(f.name, f.with_nullable(True))
     return pa.schema(list(fields.values()) + [pa.field(p, pa.string()) for p in PARTITIONS])
 
@@ -73,7 +77,7 @@ def file_dir(kind: str, site: str | None, day: str | None) -> str:
     if kind == DONE:
         return f"kind={DONE}/site={site_part}"
     day_part = day if isinstance(day, str) and day else UNKNOWN
-    return f"kind={DETECTION}/site={site_part}/date={day_part}"
+    return f"kind={kind}/site={site_part}/date={day_part}"
 
 
 class ResultsTable:
@@ -149,6 +153,17 @@ class ResultsTable:
             dt = self.snapshot()
         return dt
 
+    def add_embedding_columns(self, dt: DeltaTable) -> bool:
+        """Declare the embedding columns in the log of a table created before them (one version
+        of its own); False when they are there already."""
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in schemas.EMBEDDINGS if f.name not in have]
+        if not missing:
+            return False
+        dt.alter.add_columns([Field(f.name, "binary" if f.name == "embedding" else _delta_type(f.type), nullable=True)
+                              for f in missing])
+        return True
+
     @staticmethod
     def files(dt: DeltaTable | None, kind: str) -> list[ResultFile]:
         if dt is None:
@@ -168,7 +183,7 @@ class ResultsTable:
     def unnamed_files(self, dt: DeltaTable) -> list[tuple[str, float]]:
         """(file system path, mtime in seconds) of the data files under the table that no version
         in its log names (written by a writer that died before committing them)."""
-        named = {f.path for kind in (DETECTION, DONE) for f in self.files(dt, kind)}
+        named = {f.path for kind in KINDS for f in self.files(dt, kind)}
         out = []
         for info in self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True)):
             if info.type != pafs.FileType.File:
@@ -191,8 +206,9 @@ class ResultsTable:
 
     def dataset(self, files: list[ResultFile], kind: str) -> ds.Dataset:
         """The files as one pyarrow dataset with ``site`` (and ``date``) from the table's log."""
-        if kind == DETECTION:
-            schema = pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS))
+        if kind in (DETECTION, EMBEDDING):
+            columns = schemas.DETECTIONS if kind == DETECTION else schemas.EMBEDDINGS
+            schema = pa.schema(list(columns) + list(schemas.DETECTION_PARTITIONS))
             parts = [(ds.field("site") == _scalar(f.site)) & (ds.field("date") == _scalar(f.date)) for f in files]
         else:
             schema = schemas.DONE
@@ -206,18 +222,23 @@ class ResultsTable:
                    data_change: bool = True) -> AddAction:
         rel = f"{file_dir(kind, site, day)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.full_path(rel)
+        # embedding vectors are stored uncompressed: zstd saves little on float16 features and
+        # decompressing them would bound how fast pam apply-head reads the archive
+        options = {"compression": {n: ("none" if n == "embedding" else "zstd") for n in table.column_names},
+                   "use_dictionary": [n for n in table.column_names if n != "embedding"]} if kind == EMBEDDING \
+            else {"compression": "zstd"}
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
+                pq.write_table(table, fh, **options)
                 fh.flush()
                 os.fsync(fh.fileno())
             size = os.path.getsize(path)
         else:
             with self.fs.open_output_stream(path) as out:
-                pq.write_table(table, out, compression="zstd")
+                pq.write_table(table, out, **options)
             size = self.fs.get_file_info(path).size
-        if kind == DETECTION:  # a missing site or date reads back as "unknown", as its folder says
+        if kind != DONE:  # a missing site or date reads back as "unknown", as its folder says
             values = {"kind": kind, "site": site if isinstance(site, str) and site else UNKNOWN,
                       "date": day if isinstance(day, str) and day else UNKNOWN}
         else:
@@ -261,6 +282,13 @@ class ResultsTable:
                 return result
             time.sleep(min(0.5, 0.01 * 2 ** k) * (0.5 + uuid.uuid4().int % 1000 / 1000))
         raise CommitConflict(f"{self.uri}: gave up after {tries} commit conflicts with other writers")
+
+
+def _delta_type(t: pa.DataType) -> str:
+    """The Delta primitive type name of an Arrow type used by the embedding columns."""
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    return {pa.string(): "string", pa.int64(): "long", pa.float64(): "double"}[t]
 
 
 def _scalar(value: str | None) -> pa.Scalar:

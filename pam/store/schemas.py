@@ -57,6 +57,25 @@ DETECTIONS = pa.schema(
     ]
 )
 
+# One row per analysed window of a model that gives embeddings (``detect.embeddings: true``),
+# committed in the same transaction as the window's detections and done row. Partitioned by
+# ``site`` and UTC ``date`` like the detections. ``embedding`` holds the vector as little-endian
+# float16 (``EMBEDDING_DTYPE``), 2 bytes per dimension: Delta Lake has no half-float type.
+EMBEDDINGS_VERSION = 1
+EMBEDDING_DTYPE = "<f2"
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("recording_id", pa.string(), nullable=False),
+        pa.field("start_sample", pa.int64(), nullable=False),  # window start, samples of the file's own rate
+        pa.field("start_s", pa.float64()),
+        pa.field("start_time", UTC_TS),  # absolute window start; null when the file had no time
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("settings_hash", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.binary(), nullable=False),  # float16 little-endian, dims = bytes / 2
+    ]
+)
+
 # One row per (recording, model, settings) committed: the work key. Written after the
 # detection parts it covers, so its presence is what makes those parts visible.
 DONE_VERSION = 1
@@ -297,6 +316,7 @@ TABLES: dict[str, tuple[pa.Schema, int]] = {
     "manifest": (MANIFEST, MANIFEST_VERSION),
     "detections": (DETECTIONS, DETECTIONS_VERSION),
     "done": (DONE, DONE_VERSION),
+    "embeddings": (EMBEDDINGS, EMBEDDINGS_VERSION),
     "runs": (RUNS, RUNS_VERSION),
     "failures": (FAILURES, FAILURES_VERSION),
     "models": (MODELS, MODELS_VERSION),

@@ -44,7 +44,7 @@ import pam.store.schemas as schemas
 from pam.store.atomic import TMP_NAME, write_parquet_atomic  # noqa: F401 - write_parquet_atomic: imported from here by others
 from pam.store.compaction import Compacted, compact, vacuum
 from pam.store.location import StoreLocation
-from pam.store.results import DETECTION, DONE, UNKNOWN, ResultFile, ResultsTable
+from pam.store.results import DETECTION, DONE, KINDS, UNKNOWN, ResultFile, ResultsTable
 from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
 
 # File names in the results table: a flush's files carry its run and commit number.
@@ -93,7 +93,7 @@ def _remove_temporary(folder: Path) -> int:
 
 def _ever_named(results_dir: Path, snap) -> set[str]:
     """Data files the table's log names, live or removed (kept for time travel until vacuumed)."""
-    named = {f.path for kind in (DETECTION, DONE) for f in ResultsTable.files(snap, kind)}
+    named = {f.path for kind in KINDS for f in ResultsTable.files(snap, kind)}
     log = results_dir / "_delta_log"
     for entry in os.scandir(log):
         if entry.name.endswith(".json"):

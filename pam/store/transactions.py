@@ -13,21 +13,24 @@ from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
 import pam.store.schemas as schemas
-from pam.store.results import DETECTION, DONE, DONE_FILE, DETECTION_FILE, ResultFile, ResultsTable
+from pam.store.results import DETECTION, DONE, EMBEDDING, FILE_SCHEMAS, ResultFile, ResultsTable
 
 KEY = ["recording_id", "model_id", "settings_hash", "run_id"]
 
 
 @dataclass(frozen=True)
 class Flush:
-    """One commit's worth of work: detection rows (with site and date) and done rows."""
+    """One commit's worth of work: detection rows (with site and date), done rows, and the
+    windows' embeddings (with site and date) when the run keeps them."""
 
     detections: pa.Table  # schemas.DETECTIONS plus string columns site, date
     done: pa.Table  # schemas.DONE
+    embeddings: pa.Table | None = None  # schemas.EMBEDDINGS plus string columns site, date
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
     if not keys:
         return adds, removes
     ids = sorted({k[0] for k in keys})
-    for kind in (DONE, DETECTION):
+    for kind in (DONE, DETECTION, EMBEDDING):
         files = ResultsTable.files(dt, kind)
-        if kind == DETECTION:
+        if kind != DONE:
             files = [f for f in files if f.site in sites]
         if not files:
             continue
@@ -93,7 +96,7 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
             kept = data.filter(pa.array(mask))
             removes.append(f)
             if kept.num_rows:
-                schema = DONE_FILE if kind == DONE else DETECTION_FILE
+                schema = FILE_SCHEMAS[kind]
                 adds.append(table.write_file(kept.select(schema.names).cast(schema), kind, f.site, f.date,
                                              "rewrite"))
     return adds, removes
@@ -102,8 +105,12 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
 def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool) -> Committed:
     """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces)."""
 
+    embeddings = flush.embeddings
+
     def attempt(dt: DeltaTable):
-        done, detections = flush.done, flush.detections
+        done, detections, vectors = flush.done, flush.detections, embeddings
+        if vectors is not None and vectors.num_rows and table.add_embedding_columns(dt):
+            return None  # the table's log now declares the embedding columns: read it again
         ids = set(done.column("recording_id").to_pylist())
         paths = {p for p in done.column("path").to_pylist() if p}
         existing = done_rows(table, dt, ds.field("recording_id").isin(list(ids)) | ds.field("path").isin(list(paths)),
@@ -118,6 +125,8 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
             clash = set(zip(already["recording_id"], already["model_id"], already["settings_hash"]))
             done = done.filter(pa.array(keys_not_in(done, clash), type=pa.bool_()))
             detections = detections.filter(pa.array(keys_not_in(detections, clash), type=pa.bool_()))
+            if vectors is not None:
+                vectors = vectors.filter(pa.array(keys_not_in(vectors, clash), type=pa.bool_()))
             already = already.iloc[0:0]
         if done.num_rows == 0:
             return Committed(done, 0)
@@ -126,7 +135,7 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         old_keys = {tuple(k) for k in old[KEY].itertuples(index=False, name=None)}
         adds, removes = _rewrites(table, dt, old_keys, set(old["site"].fillna("unknown")) | set(old["site"].dropna()))
         try:
-            adds += _new_files(table, run_id, seq, detections, done)
+            adds += _new_files(table, run_id, seq, detections, done, vectors)
         except BaseException:
             table.delete_files(adds)
             raise
@@ -137,18 +146,40 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
     return table.transact(attempt)
 
 
-def _new_files(table: ResultsTable, run_id: str, seq: int, detections: pa.Table, done: pa.Table) -> list:
+def _by_site_and_date(rows: pa.Table) -> list[tuple[str | None, str | None, pa.Table]]:
+    """(site, date, rows without those two columns) per partition, in a stable order."""
+    if not rows.num_rows:
+        return []
+    groups = rows.select(["site", "date"]).group_by(["site", "date"], use_threads=False).aggregate([])
+    out = []
+    for site, day in sorted(zip(groups.column("site").to_pylist(), groups.column("date").to_pylist()),
+                            key=lambda k: (k[0] is None, k[0] or "", k[1] is None, k[1] or "")):
+        mask = pc.and_(_same(rows.column("site"), site), _same(rows.column("date"), day))
+        out.append((site, day, rows.filter(mask).drop_columns(["site", "date"])))
+    return out
+
+
+def _same(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
+    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+
+
+def _new_files(table: ResultsTable, run_id: str, seq: int, detections: pa.Table, done: pa.Table,
+               embeddings: pa.Table | None = None) -> list:
     adds = []
     try:
         if detections.num_rows:
             frame = detections.to_pandas()
             for (site, day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
-                part = pa.Table.from_pandas(group.drop(columns=["site", "date"]), schema=DETECTION_FILE,
+                part = pa.Table.from_pandas(group.drop(columns=["site", "date"]), schema=FILE_SCHEMAS[DETECTION],
                                             preserve_index=False)
                 adds.append(table.write_file(part, DETECTION, site, day, f"part-{run_id}-{seq:05d}"))
+        # embeddings stay Arrow (no pandas round trip of a million binary values)
+        for site, day, part in _by_site_and_date(embeddings if embeddings is not None else pa.table({})):
+            adds.append(table.write_file(part.select(FILE_SCHEMAS[EMBEDDING].names).cast(FILE_SCHEMAS[EMBEDDING]),
+                                         EMBEDDING, site, day, f"emb-{run_id}-{seq:05d}"))
         frame = done.to_pandas()
         for site, group in frame.groupby("site", sort=True, dropna=False):
-            part = pa.Table.from_pandas(group, schema=DONE_FILE, preserve_index=False)
+            part = pa.Table.from_pandas(group, schema=FILE_SCHEMAS[DONE], preserve_index=False)
             adds.append(table.write_file(part, DONE, site, None, f"done-{run_id}-{seq:05d}"))
     except BaseException:
         table.delete_files(adds)

@@ -1,0 +1,193 @@
+"""Apply a head (``pam.train.heads``) to the archive from the stored embeddings: ``pam apply-head``.
+
+The head's detections are a model of their own (model id = head id), written through the
+same commit as ``pam detect`` (``Store.commit``: detections and done rows, one Delta
+transaction per group of recordings) with the same rerun rules. The work key is (recording
+id, head id, settings hash), where the settings hash covers the head's thresholds and the
+settings its embeddings were computed under: a recording embedded again under other
+settings is work again, and its old head rows are replaced in the same commit. No audio
+file is opened: times, paths and window ends come from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import pam.store.schemas as schemas
+from pam import __version__
+from pam.config import settings_hash
+from pam.store.embeddings import read_embeddings
+from pam.store.runs import run_model_keys, run_model_settings
+from pam.store.store import Flush, Store, new_run_id
+from pam.train.heads import Head, HeadError, load_head
+
+# windows read, scored and committed together (about 2 GB of BirdNET float16 vectors)
+WINDOWS_PER_COMMIT = 1_000_000
+
+
+@dataclass
+class ApplyReport:
+    head_id: str
+    run_id: str | None
+    recordings_total: int = 0
+    recordings_done: int = 0
+    recordings_skipped: int = 0
+    windows: int = 0
+    detections: int = 0
+    wall_s: float = 0.0
+    commits: list[int] = field(default_factory=list)
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / self.wall_s if self.wall_s else 0.0
+
+
+def head_settings_key(head: Head, source_settings: str) -> str:
+    """The settings hash of a head's detections of a recording embedded under ``source_settings``."""
+    return settings_hash({"head": head.head_id, "thresholds": head.card.thresholds, "embeddings": source_settings,
+                          "schema": schemas.DETECTIONS_VERSION})
+
+
+def window_lengths(store: Store, model_id: str) -> dict[str, float]:
+    """Source settings hash -> window length in seconds, from the runs that embedded them."""
+    runs = store.read_runs()
+    out: dict[str, float] = {}
+    for r in runs.itertuples(index=False):
+        settings = run_model_settings(r.model_id, r.config_json)
+        for mid, key in run_model_keys(r.model_id, r.settings_hash):
+            if mid == model_id and isinstance(settings.get(mid, {}).get("window_s"), (int, float)):
+                out[key] = float(settings[mid]["window_s"])
+    return out
+
+
+def plan(store: Store, head: Head, force: bool = False) -> tuple[pd.DataFrame, int]:
+    """The recordings whose embeddings the head still has to score (their source done rows with
+    the head's settings hash as ``key``), and how many are done already."""
+    model_id = head.card.embedding_model_id
+    source = store.done_table(model_id=model_id, columns=["recording_id", "settings_hash", "site", "path",
+                                                           "windows", "audio_s"])
+    if source.empty:
+        raise HeadError(f"store {store.root} has no windows of model {model_id} (the model head {head.head_id} reads); "
+                        f"run `pam detect` with that model and detect.embeddings: true first")
+    source["key"] = [head_settings_key(head, k) for k in source["settings_hash"]]
+    done = store.done_table(model_id=head.head_id, columns=["recording_id", "settings_hash"])
+    have = set(zip(done["recording_id"], done["settings_hash"]))
+    todo = source if force else source[[(r, k) not in have for r, k in zip(source["recording_id"], source["key"])]]
+    return todo.reset_index(drop=True), len(source) - len(todo)
+
+
+def apply_head(store: Store | str | Path, head_path: str | Path, force: bool = False,
+               windows_per_commit: int = WINDOWS_PER_COMMIT, threads: int | None = None) -> ApplyReport:
+    """Score every stored window of the head's embedding model not yet scored by this head,
+    and commit the head's detections and done rows. A second call adds nothing."""
+    store = store if isinstance(store, Store) else Store(store)
+    head = load_head(head_path)
+    t0 = time.perf_counter()
+    todo, skipped = plan(store, head, force)
+    report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
+    if todo.empty:
+        report.wall_s = time.perf_counter() - t0
+        return report
+    model_id = head.card.embedding_model_id
+    lengths = window_lengths(store, model_id)
+    missing = set(todo["settings_hash"]) - set(lengths)
+    if missing:
+        raise HeadError(f"store {store.root}: no run row says the window length of model {model_id} under settings "
+                        f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
+    manifest = store.read_manifest()[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
+    todo = todo.merge(manifest, on="recording_id", how="left")
+    report.run_id = run_id = new_run_id()
+    started = datetime.now(timezone.utc)
+    thresholds = np.array([head.card.thresholds[c] for c in head.card.classes], dtype=np.float32)
+    labels = pa.array(list(head.card.classes), pa.string())
+    seq = 0
+    for site, group in todo.groupby(todo["site"].fillna(""), sort=True):
+        for chunk in _chunks(group, windows_per_commit):
+            emb = read_embeddings(store, model_id=model_id, sites=[site or "unknown"],
+                                  recording_ids=chunk["recording_id"].tolist())
+            flush, windows = _flush(head, chunk, emb, thresholds, labels, lengths, run_id)
+            committed = store.commit(run_id, seq, flush, replace=force)
+            seq += 1
+            report.commits.append(committed.done.num_rows)
+            report.recordings_done += committed.done.num_rows
+            report.windows += windows
+            report.detections += int(pc.sum(committed.done.column("detections")).as_py() or 0)
+    report.wall_s = time.perf_counter() - t0
+    store.write_run({
+        "run_id": run_id, "flow": "apply-head", "status": "completed", "started_at": started,
+        "finished_at": datetime.now(timezone.utc), "model_id": head.head_id,
+        "settings_hash": ";".join(sorted(set(todo["key"]))),
+        "config_json": json.dumps({"head": str(head_path), "head_id": head.head_id, "embedding_model_id": model_id,
+                                   "thresholds": head.card.thresholds}),
+        "recordings_total": report.recordings_total, "recordings_done": report.recordings_done,
+        "recordings_skipped": report.recordings_skipped, "recordings_failed": 0, "detections": report.detections,
+        "audio_s": float(todo["audio_s"].sum()), "wall_s": report.wall_s, "failures_json": "[]",
+        "pam_version": __version__, "host": os.uname().nodename, "device": "cpu",
+    })
+    return report
+
+
+def _chunks(group: pd.DataFrame, windows: int):
+    """Runs of whole recordings of about ``windows`` windows each."""
+    total = np.cumsum(group["windows"].fillna(0).to_numpy())
+    bucket = total // max(1, windows)
+    for _b, chunk in group.groupby(bucket, sort=True):
+        yield chunk
+
+
+def _flush(head: Head, chunk: pd.DataFrame, emb, thresholds: np.ndarray, labels: pa.Array,
+           lengths: dict[str, float], run_id: str) -> tuple[Flush, int]:
+    """The head's detection and done rows of the recordings of ``chunk``, from their embeddings."""
+    rows = emb.rows
+    # only the windows embedded under the settings the source done row names (the live ones)
+    position = pc.index_in(rows.column("recording_id"), pa.array(chunk["recording_id"].tolist(), pa.string()))
+    wanted = pa.array(chunk["settings_hash"].tolist(), pa.string()).take(position)
+    keep = pc.fill_null(pc.equal(rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
+    vectors = emb.vectors
+    if not keep.all():
+        rows, vectors = rows.filter(pa.array(keep)), vectors[keep]
+    n = rows.num_rows
+    calls = head.scores(vectors, head.card.embedding_model_id) if n else np.zeros((0, len(labels)), np.float32)
+    win, cls = np.nonzero(calls >= thresholds)
+    info = chunk.set_index("recording_id")
+    rec = rows.column("recording_id").take(pa.array(win, pa.int64()))
+    rec_ids = rec.to_numpy(zero_copy_only=False)
+    start_s = rows.column("start_s").to_numpy()[win]
+    length = np.array([lengths[k] for k in info.loc[rec_ids, "settings_hash"]], dtype=np.float64) if len(win) else \
+        np.zeros(0)
+    duration = info.loc[rec_ids, "duration_s"].to_numpy(dtype=np.float64) if len(win) else np.zeros(0)
+    end_s = np.where(np.isnan(duration), start_s + length, np.minimum(start_s + length, duration))
+    keys = info.loc[rec_ids, "key"].to_numpy() if len(win) else np.zeros(0, object)
+    detections = pa.table({
+        "recording_id": rec, "path": pa.array(info.loc[rec_ids, "path"].to_numpy() if len(win) else [], pa.string()),
+        "device": pa.array(info.loc[rec_ids, "device"].to_numpy() if len(win) else [], pa.string(), from_pandas=True),
+        "start_sample": rows.column("start_sample").take(pa.array(win, pa.int64())),
+        "start_s": start_s, "end_s": end_s,
+        "start_time": rows.column("start_time").take(pa.array(win, pa.int64())),
+        "label": labels.take(pa.array(cls, pa.int64())), "score": calls[win, cls].astype(np.float32),
+        "model_id": pa.array(np.full(len(win), head.head_id, dtype=object), pa.string()),
+        "settings_hash": pa.array(keys, pa.string()),
+        "run_id": pa.array(np.full(len(win), run_id, dtype=object), pa.string()),
+        "site": rows.column("site").take(pa.array(win, pa.int64())),
+        "date": rows.column("date").take(pa.array(win, pa.int64())),
+    }, schema=pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
+    counts = pd.Series(rec_ids).value_counts() if len(win) else pd.Series(dtype=int)
+    windows_of = pd.Series(rows.column("recording_id").to_numpy(zero_copy_only=False)).value_counts()
+    now = datetime.now(timezone.utc)
+    done = pa.Table.from_pylist([{
+        "recording_id": r.recording_id, "model_id": head.head_id, "settings_hash": r.key, "run_id": run_id,
+        "site": r.site if isinstance(r.site, str) else None, "path": r.path,
+        "windows": int(windows_of.get(r.recording_id, 0)), "audio_s": float(r.audio_s),
+        "detections": int(counts.get(r.recording_id, 0)), "committed_at": now,
+    } for r in chunk.itertuples(index=False)], schema=schemas.DONE)
+    return Flush(detections, done), n
