@@ -275,19 +275,19 @@ def test_two_runs_at_once_neither_corrupt_nor_double(setup):
 def test_second_run_stops_with_a_clear_message_when_it_may_not_wait(setup):
     tmp, dump, conf, (reference, _vectors), _ = setup
     root = tmp / "busy"
-    first, first_recv = _start(dump, root, conf)
-    lock = root / ".run.lock"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (lock.exists() and f"pid {first.pid}" in lock.read_text()):
-        time.sleep(0.002)
-    second, second_recv = _start(dump, root, conf)  # wait_s = 0
-    assert second_recv.poll(120)
-    verdict, message = second_recv.recv()
+    # This process holds the store for as long as the second run needs to find it busy (a
+    # first run in a child could finish before a slow-starting second one tries).
+    with Store(root).run_lock(0, what="test run"):
+        second, second_recv = _start(dump, root, conf)  # wait_s = 0
+        assert second_recv.poll(120)
+        verdict, message = second_recv.recv()
+        second.join(60)
     assert verdict == "busy"
-    assert "busy with another pam run" in message and f"pid {first.pid}" in message and "test run" in message
-    assert first_recv.poll(120) and first_recv.recv()[0] == "done"
-    for proc in (first, second):
-        proc.join(60)
+    assert "busy with another pam run" in message and f"pid {os.getpid()}" in message and "test run" in message
+    assert not Store(root).read_runs().shape[0]  # refused before it recorded a run
+    again, again_recv = _start(dump, root, conf)  # once the store is free, the same run goes through
+    assert again_recv.poll(120) and again_recv.recv() == ("done", N_FILES)
+    again.join(60)
     same_tables(table(Store(root)), reference)
 
 
