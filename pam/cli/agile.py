@@ -1,4 +1,4 @@
-"""Commands of the agile-modelling loop (docs/agile.md): similar."""
+"""Commands of the agile-modelling loop (docs/agile.md): similar, train-head."""
 
 from __future__ import annotations
 
@@ -65,3 +65,39 @@ def similar(
         res.rows.to_csv(out, index=False)
         console.print(f"{len(res.rows)} windows written to {out}; cut their clips with: "
                       f"pam review {store} --from {out} --out REVIEW_FOLDER", highlight=False, soft_wrap=True)
+
+
+@app.command("train-head")
+def train_head_cmd(
+    config: Path = typer.Argument(..., help="head config (YAML: store, model, data, split, head, out; docs/agile.md)"),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as the Prefect flow (default) or directly"),
+) -> None:
+    """Train a few-shot head on the stored embeddings of labelled windows (no audio is read)."""
+    import json
+
+    from pam.config import ConfigError
+    from pam.train.clips import ClipTableError
+    from pam.train.heads import HeadError
+    from pam.train.train_head import load_head_config, summary, train_head_from_store
+
+    try:
+        conf = load_head_config(config)
+        if prefect:
+            from flows.train_head import train_head_flow
+            from pam.ops.prefect_server import prefect_api, quiet_prefect_defaults
+
+            quiet_prefect_defaults()
+            with prefect_api():
+                result = train_head_flow(conf.model_dump())
+        else:
+            result = summary(train_head_from_store(conf))
+    except (ConfigError, ClipTableError, HeadError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"head {result['head_id']} ({result['kind']}) on {result['embedding_model_id']} embeddings: "
+                  f"{result['windows']} labelled windows, split {result['split']}", highlight=False, soft_wrap=True)
+    console.print(f"thresholds {json.dumps({k: round(v, 3) for k, v in result['thresholds'].items()})}; "
+                  f"validation {json.dumps(result['val'], default=str)}", highlight=False, soft_wrap=True)
+    console.print(f"written {result['path']} (card {result['card']}); not registered: the model registry holds "
+                  f"checkpoints only. Apply it with: pam apply-head STORE {result['path']}", highlight=False,
+                  soft_wrap=True)
