@@ -166,6 +166,51 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
     return ReviewSet(csv, len(table), notes)
 
 
+def make_review_from(store: Store, out_dir: Path, listing: Path, pad_s: float = 1.0) -> ReviewSet:
+    """Cut a clip for every window of a listing (``pam similar --out``: species, site, recording,
+    start_s, end_s, start_time, similarity, model_id, recording_id) and write ``review.csv``; each
+    window is its own event, its similarity the row's ``peak_score``."""
+    from pam.io.manifest import check_outside_dumps
+
+    out_dir, listing = Path(out_dir), Path(listing)
+    check_outside_dumps(store, out_dir, "review folder")
+    if not listing.is_file():
+        raise ReviewError(f"--from {listing}: file not found; write one with `pam similar ... --out {listing}`")
+    table = pd.read_csv(listing, dtype={"recording": str, "site": str, "species": str}, keep_default_na=False)
+    need = [c for c in ("species", "recording", "start_s", "end_s") if c not in table.columns]
+    if need:
+        raise ReviewError(f"--from {listing}: missing column(s) {need}; write it with `pam similar --out`")
+    existing = out_dir / "review.csv"
+    if existing.is_file() and (pd.read_csv(existing, dtype=str, keep_default_na=False)
+                               .get("verdict", pd.Series(dtype=str)).str.strip() != "").any():
+        raise ReviewError(f"{existing}: already holds verdicts; import it (pam review-import) and use another --out")
+    get = lambda col, default="": table[col] if col in table.columns else pd.Series([default] * len(table))  # noqa: E731
+    table = table.assign(site=get("site"), start_time=get("start_time"), score=get("similarity", np.nan),
+                         model_id=get("model_id"), recording_id=get("recording_id"))
+    rows, missing = [], []
+    for path, group in table.groupby("recording", sort=True):
+        try:
+            source = sf.SoundFile(str(path))
+        except Exception:  # moved, deleted or unreadable since detection
+            missing.append(str(path))
+            continue
+        with source:
+            for r in group.itertuples(index=False):
+                start_s, end_s = float(r.start_s), float(r.end_s)
+                name = f"{_safe(r.species)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{start_s:09.3f}s.wav"
+                clip_start_s, _ = cut_clip(source, start_s, end_s, pad_s, out_dir / "clips" / name)
+                rows.append({"clip": f"clips/{name}", "species": r.species, "verdict": "", "notes": "", "site": r.site,
+                             "recording": str(path), "clip_start_s": round(clip_start_s, 6),
+                             "event_start_time": r.start_time, "event_start_s": start_s, "event_end_s": end_s,
+                             "event_windows": 1, "peak_start_s": start_s, "peak_end_s": end_s,
+                             "peak_score": r.score, "model_id": r.model_id, "recording_id": r.recording_id})
+    notes = [f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}"] if missing else []
+    out = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "event_start_s"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out.to_csv(existing, index=False)
+    return ReviewSet(existing, len(out), notes)
+
+
 def read_review_csv(path: Path) -> pd.DataFrame:
     """The verdict rows of a filled-in review CSV (unreviewed rows dropped); ReviewError lists bad rows."""
     path = Path(path)

@@ -301,14 +301,19 @@ def review(
     end: Optional[str] = EndOpt,
     min_score: Optional[float] = MinScoreOpt,
     model: Optional[str] = ModelOpt,
+    listing: Optional[Path] = typer.Option(None, "--from", help="cut clips of the windows this CSV lists (written by "
+                                                                 "`pam similar --out`) instead of sampling detections"),
 ) -> None:
     """Cut a sample of events (calls) per species to WAV clips, with a review.csv to fill in."""
-    from pam.analysis.review import make_review
+    from pam.analysis.review import make_review, make_review_from
 
     st = _store(store)
     try:
-        res = make_review(st, out, species=species, n=n, strategy=strategy, seed=seed, pad_s=pad, min_score=min_score,
-                          model_id=model, sites=site, start=start, end=end)
+        if listing is not None:
+            res = make_review_from(st, out, listing, pad_s=pad)
+        else:
+            res = make_review(st, out, species=species, n=n, strategy=strategy, seed=seed, pad_s=pad,
+                              min_score=min_score, model_id=model, sites=site, start=start, end=end)
     except _errors() as exc:
         fail(str(exc))
         return

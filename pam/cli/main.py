@@ -12,7 +12,7 @@ import sys
 # any command imports torch; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pam.cli import analysis, detection, operations, store, training  # noqa: F401 - importing registers the commands
+from pam.cli import agile, analysis, detection, operations, store, training  # noqa: F401 - importing registers the commands
 from pam.cli.app import app, err
 
 

@@ -83,7 +83,7 @@ def read_embeddings(store, model_id: str | None = None, sites: Iterable[str] | N
     if model_id is not None:
         flt = ds.field("model_id") == model_id
     if recording_ids is not None:
-        cond = ds.field("recording_id").isin(list(recording_ids))
+        cond = ds.field("recording_id").isin(pa.array(list(recording_ids), pa.string()))  # typed: [] too
         flt = cond if flt is None else flt & cond
     table = store.results.dataset(files, EMBEDDING).to_table(filter=flt)
     return Embeddings(table.drop_columns(["embedding"]), binary_as_vectors(table.column("embedding")))

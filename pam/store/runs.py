@@ -32,3 +32,28 @@ def run_model_settings(model_id: object, config_json: object) -> dict[str, dict]
     if not out and isinstance(config.get("settings"), dict):  # a one-model run
         out = {model_id.split(";")[0]: config["settings"]}
     return out
+
+
+def window_lengths(store, model_id: str) -> dict[str, float]:
+    """Settings hash -> window length in seconds of ``model_id``'s windows, from the runs that
+    computed them (``store``: a ``pam.store.Store``)."""
+    out: dict[str, float] = {}
+    for r in store.read_runs().itertuples(index=False):
+        settings = run_model_settings(r.model_id, r.config_json)
+        for mid, key in run_model_keys(r.model_id, r.settings_hash):
+            if mid == model_id and isinstance(settings.get(mid, {}).get("window_s"), (int, float)):
+                out[key] = float(settings[mid]["window_s"])
+    return out
+
+
+def model_source(store, model_id: str) -> str | None:
+    """How to load ``model_id`` again: the name or file its runs recorded (None when no run says)."""
+    for r in store.read_runs().itertuples(index=False):
+        try:
+            config = json.loads(r.config_json) if isinstance(r.config_json, str) else {}
+        except ValueError:
+            continue
+        for m in (config.get("models") or []) if isinstance(config, dict) else []:
+            if isinstance(m, dict) and m.get("model_id") == model_id:
+                return m.get("source") or m.get("name")
+    return None

@@ -27,7 +27,7 @@ import pam.store.schemas as schemas
 from pam import __version__
 from pam.config import settings_hash
 from pam.store.embeddings import read_embeddings
-from pam.store.runs import run_model_keys, run_model_settings
+from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
 from pam.train.heads import Head, HeadError, load_head
 
@@ -56,18 +56,6 @@ def head_settings_key(head: Head, source_settings: str) -> str:
     """The settings hash of a head's detections of a recording embedded under ``source_settings``."""
     return settings_hash({"head": head.head_id, "thresholds": head.card.thresholds, "embeddings": source_settings,
                           "schema": schemas.DETECTIONS_VERSION})
-
-
-def window_lengths(store: Store, model_id: str) -> dict[str, float]:
-    """Source settings hash -> window length in seconds, from the runs that embedded them."""
-    runs = store.read_runs()
-    out: dict[str, float] = {}
-    for r in runs.itertuples(index=False):
-        settings = run_model_settings(r.model_id, r.config_json)
-        for mid, key in run_model_keys(r.model_id, r.settings_hash):
-            if mid == model_id and isinstance(settings.get(mid, {}).get("window_s"), (int, float)):
-                out[key] = float(settings[mid]["window_s"])
-    return out
 
 
 def plan(store: Store, head: Head, force: bool = False) -> tuple[pd.DataFrame, int]:
