@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
-from pam.store.results import EMBEDDING, UNKNOWN, ResultFile, ResultsTable
+from pam.store.results import EMBEDDING, ResultFile, ResultsTable
 
 KEY_COLUMNS = [n for n in schemas.EMBEDDINGS.names if n != "embedding"]
 
@@ -36,17 +36,7 @@ def embedding_files(store, sites: Iterable[str] | None = None, start: date | Non
     """The live embedding files of one snapshot (of ``store``, a ``pam.store.Store``), pruned by
     site and UTC date; no file is opened."""
     snap = store.snapshot() if snap is None else snap
-    wanted = set(sites) if sites is not None else None
-    out = []
-    for f in ResultsTable.files(snap, EMBEDDING):
-        if wanted is not None and f.site not in wanted:
-            continue
-        if (start or end) and f.date != UNKNOWN:
-            d = date.fromisoformat(f.date)
-            if (start and d < start) or (end and d > end):
-                continue
-        out.append(f)
-    return out
+    return ResultsTable.pruned_files(snap, EMBEDDING, sites, start, end)
 
 
 def binary_as_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -25,8 +25,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import date, datetime, timezone
+from typing import Callable, Iterable
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
@@ -178,6 +178,23 @@ class ResultsTable:
             if k == kind:  # the log holds paths URI-encoded (Delta protocol); files carry them decoded
                 out.append(ResultFile(unquote(path), k, site, day, rows or 0))
         out.sort(key=lambda f: f.path)
+        return out
+
+    @staticmethod
+    def pruned_files(dt: DeltaTable | None, kind: str, sites: Iterable[str] | None = None,
+                     start: date | None = None, end: date | None = None) -> list[ResultFile]:
+        """The live files of one kind in a snapshot, pruned by site and UTC date from the log
+        alone (no file is opened); files of an unknown date are kept."""
+        wanted = set(sites) if sites is not None else None
+        out = []
+        for f in ResultsTable.files(dt, kind):
+            if wanted is not None and f.site not in wanted:
+                continue
+            if (start or end) and f.date != UNKNOWN:
+                d = date.fromisoformat(f.date)
+                if (start and d < start) or (end and d > end):
+                    continue
+            out.append(f)
         return out
 
     def unnamed_files(self, dt: DeltaTable) -> list[tuple[str, float]]:

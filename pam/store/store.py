@@ -44,7 +44,7 @@ import pam.store.schemas as schemas
 from pam.store.atomic import TMP_NAME, write_parquet_atomic  # noqa: F401 - write_parquet_atomic: imported from here by others
 from pam.store.compaction import Compacted, compact, vacuum
 from pam.store.location import StoreLocation
-from pam.store.results import DETECTION, DONE, KINDS, UNKNOWN, ResultFile, ResultsTable
+from pam.store.results import DETECTION, DONE, KINDS, UNKNOWN, ResultFile, ResultsTable  # noqa: F401 - UNKNOWN: imported from here by others
 from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
 
 # File names in the results table: a flush's files carry its run and commit number.
@@ -456,17 +456,7 @@ class Store:
         """The live detection files of one snapshot, pruned by site and UTC date (from the
         table's log alone: no file is opened)."""
         snap = self.snapshot() if snap is None else snap
-        wanted = set(sites) if sites is not None else None
-        out = []
-        for f in ResultsTable.files(snap, DETECTION):
-            if wanted is not None and f.site not in wanted:
-                continue
-            if (start or end) and f.date != UNKNOWN:
-                d = date.fromisoformat(f.date)
-                if (start and d < start) or (end and d > end):
-                    continue
-            out.append(self.results_dir / f.path)
-        return out
+        return [self.results_dir / f.path for f in ResultsTable.pruned_files(snap, DETECTION, sites, start, end)]
 
     def done_files(self, snap=None) -> list[Path]:
         """The live done files of one snapshot."""
