@@ -81,6 +81,8 @@ def test_migrate_keeps_every_table(tmp_path):
     for rel in ("summaries/effort/effort.parquet", "labels/training_labels.csv", "manifest/manifest.parquet"):
         assert (new / rel).read_bytes() == (old / rel).read_bytes()
     assert not (new / ".run.lock").exists() and not list(new.glob(".replace-*"))
+    # the migration's one large commit is checkpointed, so readers need not parse its JSON
+    assert (new / "results" / "_delta_log" / "_last_checkpoint").is_file()
     # the migrated store goes on: commit numbers continue, and a rerun finds the work done
     assert store.next_seq(A) == 2 and store.done_keys("m1", "s1") == {r.rid for r in recs}
     assert set(store.read_detections()["site"]) == set(SITES)
