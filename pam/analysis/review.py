@@ -125,45 +125,22 @@ def make_review(store: Store, out_dir: Path, species: Sequence[str] | None = Non
 
     out_dir = Path(out_dir)
     check_outside_dumps(store, out_dir, "review folder")
-    existing = out_dir / "review.csv"
-    if existing.is_file():
-        old = pd.read_csv(existing, dtype=str, keep_default_na=False)
-        filled = int((old.get("verdict", pd.Series(dtype=str)).str.strip() != "").sum())
-        if filled:
-            raise ReviewError(f"{existing}: already holds {filled} verdict(s); import it (pam review-import) and "
-                              "use another --out for the next round, so that no verdict is overwritten")
+    refuse_filled_review(out_dir)
     found = query_events(store, species=species, sites=sites, start=start, end=end, min_score=min_score,
                          model_id=model_id)
     picked = sample_detections(found.rows, n, strategy, seed, score="peak_score").sort_values(
         ["path", "start_s"], ignore_index=True)
-    rows, notes = [], list(found.notes)
-    missing: list[str] = []
-    for path, group in picked.groupby("path", sort=True):
-        try:
-            source = sf.SoundFile(str(path))
-        except Exception:  # moved, deleted or unreadable since detection
-            missing.append(str(path))
-            continue
-        with source:
-            for r in group.itertuples(index=False):
-                # named after the event's start (event_start_s)
-                name = f"{_safe(r.label)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{r.start_s:09.3f}s.wav"
-                clip_start_s, _ = cut_clip(source, *clip_span(r), pad_s, out_dir / "clips" / name)
-                # the verdict goes to the peak window: a detection of the store
-                rows.append({"clip": f"clips/{name}", "species": r.label, "verdict": "", "notes": "", "site": r.site,
-                             "recording": str(path), "clip_start_s": round(clip_start_s, 6),
-                             "event_start_time": r.start_time, "event_start_s": r.start_s, "event_end_s": r.end_s,
-                             "event_windows": r.n_windows, "peak_start_s": r.peak_start_s,
-                             "peak_end_s": r.peak_end_s, "peak_score": round(float(r.peak_score), 4),
-                             "model_id": r.model_id, "recording_id": r.recording_id})
-    if missing:
-        notes.append(f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}")
-    table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "event_start_s"])
-    table["event_start_time"] = iso_ms(pd.to_datetime(table["event_start_time"], utc=True))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv = out_dir / "review.csv"
-    table.to_csv(csv, index=False)
-    return ReviewSet(csv, len(table), notes)
+    return write_review(out_dir, picked, "path", pad_s, _event_row, list(found.notes))
+
+
+def _event_row(r) -> tuple[str, float, float, float, dict]:
+    """An event's clip (named after its start, covering clip_span) and review row; the verdict goes
+    to the peak window, a detection of the store."""
+    return r.label, r.start_s, *clip_span(r), {
+        "species": r.label, "site": r.site, "event_start_time": r.start_time, "event_start_s": r.start_s,
+        "event_end_s": r.end_s, "event_windows": r.n_windows, "peak_start_s": r.peak_start_s,
+        "peak_end_s": r.peak_end_s, "peak_score": round(float(r.peak_score), 4), "model_id": r.model_id,
+        "recording_id": r.recording_id}
 
 
 def make_review_from(store: Store, out_dir: Path, listing: Path, pad_s: float = 1.0) -> ReviewSet:
@@ -180,15 +157,40 @@ def make_review_from(store: Store, out_dir: Path, listing: Path, pad_s: float = 
     need = [c for c in ("species", "recording", "start_s", "end_s") if c not in table.columns]
     if need:
         raise ReviewError(f"--from {listing}: missing column(s) {need}; write it with `pam similar --out`")
-    existing = out_dir / "review.csv"
-    if existing.is_file() and (pd.read_csv(existing, dtype=str, keep_default_na=False)
-                               .get("verdict", pd.Series(dtype=str)).str.strip() != "").any():
-        raise ReviewError(f"{existing}: already holds verdicts; import it (pam review-import) and use another --out")
+    refuse_filled_review(out_dir)
     get = lambda col, default="": table[col] if col in table.columns else pd.Series([default] * len(table))  # noqa: E731
     table = table.assign(site=get("site"), start_time=get("start_time"), score=get("similarity", np.nan),
                          model_id=get("model_id"), recording_id=get("recording_id"))
+    return write_review(out_dir, table, "recording", pad_s, _window_row, [])
+
+
+def _window_row(r) -> tuple[str, float, float, float, dict]:
+    """A listed window's clip and review row: the window is its own event, its similarity the score."""
+    start_s, end_s = float(r.start_s), float(r.end_s)
+    return r.species, start_s, start_s, end_s, {
+        "species": r.species, "site": r.site, "event_start_time": r.start_time, "event_start_s": start_s,
+        "event_end_s": end_s, "event_windows": 1, "peak_start_s": start_s, "peak_end_s": end_s,
+        "peak_score": r.score, "model_id": r.model_id, "recording_id": r.recording_id}
+
+
+def refuse_filled_review(out_dir: Path) -> None:
+    """A review folder whose review.csv holds verdicts is never overwritten."""
+    existing = out_dir / "review.csv"
+    if existing.is_file():
+        old = pd.read_csv(existing, dtype=str, keep_default_na=False)
+        filled = int((old.get("verdict", pd.Series(dtype=str)).str.strip() != "").sum())
+        if filled:
+            raise ReviewError(f"{existing}: already holds {filled} verdict(s); import it (pam review-import) and "
+                              "use another --out for the next round, so that no verdict is overwritten")
+
+
+def write_review(out_dir: Path, picked: pd.DataFrame, path_column: str, pad_s: float, review_row,
+                 notes: list[str]) -> ReviewSet:
+    """Cut one clip per row of ``picked`` (each recording opened once; one that cannot be opened is
+    skipped and named in the notes) and write ``review.csv``. ``review_row(row)`` gives the
+    clip's label, the start its name carries, the span it covers and the row's other columns."""
     rows, missing = [], []
-    for path, group in table.groupby("recording", sort=True):
+    for path, group in picked.groupby(path_column, sort=True):
         try:
             source = sf.SoundFile(str(path))
         except Exception:  # moved, deleted or unreadable since detection
@@ -196,19 +198,19 @@ def make_review_from(store: Store, out_dir: Path, listing: Path, pad_s: float = 
             continue
         with source:
             for r in group.itertuples(index=False):
-                start_s, end_s = float(r.start_s), float(r.end_s)
-                name = f"{_safe(r.species)}/{_safe(r.site)}_{_safe(Path(path).stem)}_{start_s:09.3f}s.wav"
+                label, name_start_s, start_s, end_s, fields = review_row(r)
+                name = f"{_safe(label)}/{_safe(fields['site'])}_{_safe(Path(path).stem)}_{name_start_s:09.3f}s.wav"
                 clip_start_s, _ = cut_clip(source, start_s, end_s, pad_s, out_dir / "clips" / name)
-                rows.append({"clip": f"clips/{name}", "species": r.species, "verdict": "", "notes": "", "site": r.site,
-                             "recording": str(path), "clip_start_s": round(clip_start_s, 6),
-                             "event_start_time": r.start_time, "event_start_s": start_s, "event_end_s": end_s,
-                             "event_windows": 1, "peak_start_s": start_s, "peak_end_s": end_s,
-                             "peak_score": r.score, "model_id": r.model_id, "recording_id": r.recording_id})
-    notes = [f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}"] if missing else []
-    out = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "event_start_s"])
+                rows.append({"clip": f"clips/{name}", "verdict": "", "notes": "", "recording": str(path),
+                             "clip_start_s": round(clip_start_s, 6), **fields})
+    if missing:
+        notes = notes + [f"{len(missing)} recording(s) could not be opened and were skipped, e.g. {missing[0]}"]
+    table = pd.DataFrame(rows, columns=REVIEW_COLUMNS).sort_values(["species", "recording", "event_start_s"])
+    table["event_start_time"] = iso_ms(pd.to_datetime(table["event_start_time"], utc=True))
     out_dir.mkdir(parents=True, exist_ok=True)
-    out.to_csv(existing, index=False)
-    return ReviewSet(existing, len(out), notes)
+    csv = out_dir / "review.csv"
+    table.to_csv(csv, index=False)
+    return ReviewSet(csv, len(table), notes)
 
 
 def read_review_csv(path: Path) -> pd.DataFrame:
