@@ -144,3 +144,12 @@ def broad_season(n_species: int = 200, sites: tuple[str, ...] = ("A", "B", "C", 
             recs.append(Rec(f"{site}-{day}", site, f"2024-05-{day + 1:02d}T05:00", 3600, scored_by=("bn",),
                             detections=dets))
     return recs
+
+
+def scan_and_detect(dump, store, conf):
+    """Scan one dump and detect it, under the run lock as a nightly run holds it; the detect report."""
+    from pam.ops.pipeline import detect_stage, scan_stage
+
+    with store.run_lock(0, what="test run"):
+        s = scan_stage(dump, store, conf)
+        return detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)

@@ -14,18 +14,12 @@ from inotify import Opens
 from models import every_window_model
 from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig
-from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.embeddings import read_embeddings
 from pam.store.store import Store
 from pam.train.apply_head import apply_head
 from pam.train.heads import Head, HeadCard
+from pamstore import scan_and_detect
 from synth import noise, write_wav
-
-
-def run(dump, store, conf):
-    with store.run_lock(0, what="test run"):
-        s = scan_stage(dump, store, conf)
-        return detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def setup(tmp_path_factory):
     conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, batch_size=4, embeddings=True),
                      retries=RetriesConfig(count=0, delay_s=0))
     store = Store(tmp / "store")
-    run(tmp / "dump", store, conf)
+    scan_and_detect(tmp / "dump", store, conf)
     emb = read_embeddings(store)
     model_id = emb.rows.column("model_id")[0].as_py()
     # a head whose one class fires on about half the windows: weights along the first principal direction

@@ -12,16 +12,10 @@ import pytest
 from models import every_window_model
 from pam.config import DetectConfig, PamConfig, RetriesConfig
 from pam.detect.checkpoint import load_checkpoint
-from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.embeddings import read_embeddings
 from pam.store.store import Store
+from pamstore import scan_and_detect
 from synth import noise, write_wav
-
-
-def run(dump, store, conf):
-    with store.run_lock(0, what="test run"):
-        s = scan_stage(dump, store, conf)
-        return detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def setup(tmp_path_factory):
     conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, flush_every=2, batch_size=3, embeddings=True),
                      retries=RetriesConfig(count=0, delay_s=0))
     store = Store(tmp / "store")
-    run(tmp / "dump", store, conf)
+    scan_and_detect(tmp / "dump", store, conf)
     return tmp, conf, store, model
 
 
@@ -78,6 +72,6 @@ def test_embeddings_are_committed_with_their_detections_and_done_rows(setup):
 def test_rerun_adds_nothing(setup):
     tmp, conf, store, _ = setup
     before = store.snapshot().version()
-    report = run(tmp / "dump", store, conf)
+    report = scan_and_detect(tmp / "dump", store, conf)
     assert report.recordings_done == 0
     assert store.snapshot().version() == before

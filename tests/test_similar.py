@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -14,8 +13,8 @@ from models import every_window_model
 from pam.analysis.similar import similar, update_index
 from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig
-from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.store import Store
+from pamstore import scan_and_detect
 from synth import chirp, noise, write_wav
 
 RATE = 16000
@@ -41,9 +40,7 @@ def setup(tmp_path_factory):
     conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, batch_size=4, embeddings=True),
                      retries=RetriesConfig(count=0, delay_s=0))
     store = Store(tmp / "store")
-    with store.run_lock(0, what="test run"):
-        s = scan_stage(tmp / "dump", store, conf)
-        detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)
+    scan_and_detect(tmp / "dump", store, conf)
     return tmp, store, paths
 
 

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from models import every_window_model
 from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig
-from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.embeddings import read_embeddings
 from pam.store.store import Store
 from pam.train.heads import HeadError, load_head
 from pam.train.train_head import labelled_windows, load_head_config, train_head_from_store
 from pam.train.clips import load_clip_table
+from pamstore import scan_and_detect
 from synth import chirp, noise, write_wav
 
 RATE = 16000
@@ -42,9 +42,7 @@ def setup(tmp_path_factory):
     conf = PamConfig(model=str(model), detect=DetectConfig(num_workers=0, batch_size=4, embeddings=True),
                      retries=RetriesConfig(count=0, delay_s=0))
     store = Store(tmp / "store")
-    with store.run_lock(0, what="test run"):
-        s = scan_stage(tmp / "dump", store, conf)
-        detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)
+    scan_and_detect(tmp / "dump", store, conf)
     config = tmp / "head.yaml"
     config.write_text(yaml.safe_dump({"store": "store", "data": {"tables": ["clips.csv"]},
                                       "split": {"val_fraction": 0.25}, "head": {"kind": "linear",
