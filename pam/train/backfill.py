@@ -21,7 +21,7 @@ from pam.detect.checkpoint import ModelError, load_checkpoint, model_id_of
 from pam.train.clip_sidecar import write_sidecar
 from pam.train.config import TrainConfig
 from pam.train.labels import background_files, load_sources
-from pam.train.run import data_fingerprint
+from pam.train.split_file import data_fingerprint
 from pam.train.seen import CLIPS_KEY, clip_record
 from pam.train.split import assign_splits
 

@@ -23,7 +23,6 @@ after the last finished epoch, and the later stages are redone (they are cheap).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,6 @@ import yaml
 from pam import __version__
 from pam.detect.checkpoint import LoadedModel, ModelError, load_checkpoint, save_checkpoint
 from pam.config import ConfigError
-from pam.io.manifest import fingerprint as file_fingerprint
 from pam.detect.model import Architecture, ModelCard, PamNet, SpectrogramSettings
 from pam.train.calibrate import calibrate
 from pam.train.clips import ClipSet, LabelledClip, classes_of, load_audio, load_clip_set, require_known_labels
@@ -54,13 +52,9 @@ from pam.train.fit import FitConfig, fit, resolve_device
 from pam.train.labels import background_files, load_sources
 from pam.train.seen import CLIPS_KEY, clip_record, listed_clips
 from pam.train.split import SPLITS, assign_splits
+from pam.train.split_file import RunError, clip_key, counts, data_fingerprint, read_split, write_split
 
-SPLIT_COLUMNS = ["path", "start_s", "end_s", "labels", "site", "recording", "split"]
 Log = Callable[[str], None]
-
-
-class RunError(ValueError):
-    """A run folder that cannot be continued, with the reason."""
 
 
 # ---------------------------------------------------------------- config and folders
@@ -170,60 +164,6 @@ def fit_config(conf: TrainConfig, progress: bool = True) -> FitConfig:
     )
 
 
-# ---------------------------------------------------------------- split file
-
-def write_split(clips: list[LabelledClip], splits: list[str], path: Path) -> None:
-    frame = pd.DataFrame({
-        "path": [str(c.path) for c in clips], "start_s": [c.start_s for c in clips],
-        "end_s": [c.end_s for c in clips], "labels": [";".join(c.labels) for c in clips],
-        "site": [c.site or "" for c in clips], "recording": [c.recording for c in clips], "split": splits,
-    }, columns=SPLIT_COLUMNS)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def read_split(run_dir: str | os.PathLike) -> tuple[list[LabelledClip], list[str]]:
-    path = Path(run_dir) / "split.csv"
-    if not path.is_file():
-        raise RunError(f"{run_dir}: no split.csv (run prepare_data first)")
-    frame = pd.read_csv(path, dtype={"path": str, "labels": str, "site": str, "recording": str, "split": str},
-                        keep_default_na=False)
-    clips = [LabelledClip(Path(r["path"]), float(r["start_s"]), float(r["end_s"]),
-                          tuple(x for x in r["labels"].split(";") if x), r["site"] or None, r["recording"])
-             for r in frame.to_dict("records")]
-    return clips, frame["split"].tolist()
-
-
-def _clip_key(c: LabelledClip) -> tuple:
-    return (str(c.path), round(c.start_s, 6), round(c.end_s, 6), c.labels, c.site, c.recording)
-
-
-def data_fingerprint(clips: list[LabelledClip], splits: list[str], backgrounds: list[Path]) -> str:
-    """Hash of the labelled audio (by content, not by where it lies), labels, split and backgrounds."""
-    cache: dict[Path, str] = {}
-
-    def fp(p: Path) -> str:
-        if p not in cache:
-            cache[p] = file_fingerprint(p, p.stat().st_size)
-        return cache[p]
-
-    h = hashlib.sha256()
-    for c, s in sorted(zip(clips, splits), key=lambda cs: (fp(cs[0].path), cs[0].start_s, cs[0].end_s)):
-        h.update(f"{fp(c.path)}|{c.start_s:.6f}|{c.end_s:.6f}|{';'.join(c.labels)}|{c.site}|{s}\n".encode())
-    for b in sorted(fp(p) for p in backgrounds):
-        h.update(f"bg|{b}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def counts(clips: list[LabelledClip], splits: list[str]) -> dict:
-    out: dict = {}
-    for c, s in zip(clips, splits):
-        key = f"{s}/{c.site or '-'}/{'+'.join(c.labels) or 'none'}"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
-
-
 # ---------------------------------------------------------------- stages
 
 def prepare_data(conf: TrainConfig, run_dir: str | os.PathLike, log: Log = print) -> dict:
@@ -238,7 +178,7 @@ def prepare_data(conf: TrainConfig, run_dir: str | os.PathLike, log: Log = print
     split_path = run_dir / "split.csv"
     if split_path.is_file():
         old, splits = read_split(run_dir)
-        if sorted(map(_clip_key, old)) != sorted(map(_clip_key, clips)):
+        if sorted(map(clip_key, old)) != sorted(map(clip_key, clips)):
             raise RunError(f"{split_path}: the labelled data changed since this run was split; "
                            "start over with --fresh (or use another run folder)")
         clips = old
