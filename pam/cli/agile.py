@@ -102,7 +102,7 @@ def train_head_cmd(
         console.print(f"written {result['path']} (card {result['card']}); registered in {result['store']}. Apply it "
                       f"with: pam apply-head {result['store']} {result['head_id']}", highlight=False, soft_wrap=True)
     else:
-        console.print(f"written {result['path']} (card {result['card']}); not registered (register: false). Apply "
+        console.print(f"written {result['path']} (card {result['card']}); not registered (register_in_store: false). Apply "
                       f"it with: pam apply-head STORE {result['path']}", highlight=False, soft_wrap=True)
 
 

@@ -6,7 +6,7 @@ Each labelled clip is matched to the stored window of the embedding model that o
 most (same recording path); the head (``pam.train.heads``) is trained on those windows' stored
 embeddings, split by recording or site, its thresholds calibrated, and written as one ``.npz``
 with its card beside it (``<out>.card.json``), and registered in the store
-(``pam.train.head_registry``; ``register: false`` leaves it a file only). No audio is read.
+(``pam.train.head_registry``; ``register_in_store: false`` leaves it a file only). No audio is read.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class HeadConfig(BaseModel):
     split: SplitSection = Field(default_factory=SplitSection)
     head: HeadSection = Field(default_factory=HeadSection)
     out: str = Field(..., description="the head file to write (.npz); its card goes beside it (.card.json)")
-    register: bool = Field(True, description="register the head in the store (STORE/heads/), so that "
+    register_in_store: bool = Field(True, description="register the head in the store (STORE/heads/), so that "
                                              "`pam apply-head STORE HEAD_ID` and the nightly flow can name it by id")
 
 
@@ -143,7 +143,7 @@ def train_head_from_store(conf: HeadConfig) -> TrainedHead:
     card_path = Path(conf.out).with_suffix(".card.json")
     card_path.write_text(head.card.to_json())
     trained = TrainedHead(head, path, card_path, len(x), {s: split.count(s) for s in ("train", "val", "test")})
-    if conf.register:
+    if conf.register_in_store:
         register_head(store, head, source=path,
                       training={"windows": trained.windows, "split": trained.split, "config": conf.model_dump()})
         trained.registered, trained.store = True, str(store.root)
