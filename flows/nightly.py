@@ -1,4 +1,5 @@
-"""The nightly Prefect flow: scan each dump, detect in shards, summarise.
+"""The nightly Prefect flow: scan each dump, detect in shards, apply registered heads and update
+the similarity indexes (config ``agile``), summarise.
 
 Thin on purpose: every task is one call into ``pam``. Tasks take and return paths, ids and
 small dicts, never audio. The flow holds the store's run lock, so a second run on the same
@@ -29,6 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pam.config import PamConfig, RunnerConfig, load_config
 from pam.store.failures import render_markdown
 from pam.io.manifest import check_store_outside
+from pam.ops.agile import AgilePlan, apply_heads_stage, index_stage, plan_agile
 from pam.ops.pipeline import check_config_sites, scan_stage, summarize_stage
 from pam.detect.shards import begin_run, end_run, run_shard, shard_error
 from pam.store.store import Store, StoreBusy
@@ -98,6 +100,16 @@ def detect_flow(store: str, dumps: list[str], config: dict, force: bool = False,
     return finish_task(store, start["run_id"], results, errors, scan_problems or [], dumps)
 
 
+@task(name="apply-heads", retries=2, retry_delay_seconds=10)
+def apply_heads_task(store: str, plan: dict) -> list[dict]:
+    return apply_heads_stage(Store(store), AgilePlan(**plan), logger=get_run_logger())
+
+
+@task(name="update-similarity-index", retries=2, retry_delay_seconds=10)
+def index_task(store: str, plan: dict) -> list[dict]:
+    return index_stage(Store(store), AgilePlan(**plan), logger=get_run_logger())
+
+
 @task(name="summarize", retries=2, retry_delay_seconds=10)
 def summarize_task(store: str, config: dict) -> str:
     # summaries (incremental), STORE/reports/report.html, and the run's table + markdown artifacts
@@ -121,6 +133,7 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
     plain = conf.model_dump(mode="json")
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(Store(store), d)
+    agile = asdict(plan_agile(Store(store), conf))  # heads named but not registered, or of other models: stop here
     with ExitStack() as held:
         try:
             held.enter_context(Store(store).run_lock(conf.runner.wait_s, what=f"pam-nightly on {';'.join(dumps)}"))
@@ -128,13 +141,15 @@ def nightly(dumps: list[str] | None = None, store: str | None = None, config: di
             # Another run is on this store: an expected deferral, not a failure (no failure
             # automation should fire); the next run picks up what is left.
             get_run_logger().warning("%s", exc)
-            return {"busy": str(exc), "scans": [], "detect": None, "summary": None}
+            return {"busy": str(exc), "scans": [], "detect": None, "heads": [], "indexes": [], "summary": None}
         scan = scan_task.with_options(retries=conf.retries.count, retry_delay_seconds=conf.retries.delay_s)
         scans = [scan(d, store, plain) for d in dumps]
         check_config_sites(Store(store), conf, get_run_logger())
         problems = [p for s in scans for p in s["problems"]]
         ok = [s["dump"] for s in scans if s["error"] is None]
         report = detect_flow.with_options(task_runner=task_runner(conf.runner))(store, ok, plain, force, problems)
+        heads = apply_heads_task(store, agile) if agile["heads"] else []  # counted by the summaries below
+        indexes = index_task(store, agile) if agile["similarity_index"] else []
         summary = summarize_task(store, plain)
     get_run_logger().info("summaries written to %s", summary)
-    return {"scans": scans, "detect": report, "summary": summary}
+    return {"scans": scans, "detect": report, "heads": heads, "indexes": indexes, "summary": summary}

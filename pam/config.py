@@ -232,6 +232,23 @@ class StoreConfig(_Strict):
                                   "days (time travel reaches back that far), then delete them")
 
 
+class AgileConfig(_Strict):
+    """What the nightly run does with the stored embeddings after detection (docs/agile.md#nightly)."""
+
+    heads: Literal["all"] | list[str] = Field(default_factory=list, description="registered heads (pam heads STORE) "
+                                              "to apply to the new embeddings after detection: their ids, or 'all' "
+                                              "(every registered head of this run's models)")
+    similarity_index: bool = Field(False, description="bring the similarity index of each of this run's embedding "
+                                                      "models (STORE/index/) up to date after detection")
+
+    @field_validator("heads")
+    @classmethod
+    def _once(cls, v):
+        if isinstance(v, list) and len(set(v)) < len(v):
+            raise ValueError(f"heads lists {sorted({h for h in v if v.count(h) > 1})[0]!r} twice")
+        return v
+
+
 class PamConfig(_Strict):
     model: str | None = Field(None, description="a checkpoint, an ONNX file with its card, or a model's short name "
                                                 "(docs/models.md); default: the bundled model")
@@ -245,6 +262,7 @@ class PamConfig(_Strict):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    agile: AgileConfig = Field(default_factory=AgileConfig)
 
     @model_validator(mode="after")
     def _one_model_key(self) -> "PamConfig":
@@ -253,6 +271,9 @@ class PamConfig(_Strict):
         twice = sorted({m for m in self.models if self.models.count(m) > 1})
         if twice:
             raise ValueError(f"models lists {twice[0]!r} twice")
+        if (self.agile.heads or self.agile.similarity_index) and not self.detect.embeddings:
+            raise ValueError("agile.heads and agile.similarity_index work on the stored embeddings: set "
+                             "detect.embeddings: true")
         return self
 
     def model_specs(self) -> list[str | None]:

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from models import every_window_model
-from pam.analysis.similar import similar, update_index
+from pam.analysis.similar import similar
+from pam.analysis.store_index import update_index
 from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig
 from pam.store.store import Store
@@ -66,8 +67,9 @@ def test_a_stored_window_as_example(setup):
 
 def test_index_update_is_incremental(setup):
     _tmp, store, _paths = setup
-    index, added = update_index(store, similar(store, at=f"{_paths[0]}@1.0", top=1).model_id)
-    assert added == 0 and len(index) == len(store.read_detections().drop_duplicates(["recording_id", "start_sample"]))
+    update = update_index(store, similar(store, at=f"{_paths[0]}@1.0", top=1).model_id)
+    assert update.added == 0 and update.windows_read == 0 and update.files_read == 0  # nothing new to read
+    assert len(update.index) == len(store.read_detections().drop_duplicates(["recording_id", "start_sample"]))
 
 
 def test_cli_lists_writes_and_review_cuts_the_clips(setup):

@@ -16,6 +16,7 @@ from pam.cli.main import app
 from pam.config import DetectConfig, PamConfig, RetriesConfig
 from pam.store.embeddings import read_embeddings
 from pam.store.store import Store
+from pam.train.head_registry import read_heads
 from pam.train.heads import HeadError, load_head
 from pam.train.train_head import labelled_windows, load_head_config, train_head_from_store
 from pam.train.clips import load_clip_table
@@ -74,6 +75,11 @@ def test_library_writes_a_calibrated_head_and_card(setup):
     assert head.card.embedding_model_id == read_embeddings(store).rows.column("model_id")[0].as_py()
     assert trained.card_path.is_file() and sum(trained.split.values()) == 16 and trained.split["val"] > 0
     assert set(head.card.thresholds) == {"chirp"} and "calibration" in head.card.metrics
+    # registered in the store it trained from: the id, the model it reads, its training summary
+    assert trained.registered and trained.store == str(store.root)
+    row = read_heads(store).set_index("head_id").loc[head.head_id]
+    assert row["embedding_model_id"] == head.card.embedding_model_id and '"windows": 16' in row["training_json"]
+    assert load_head(row["file"]).head_id == head.head_id
 
 
 def test_clips_without_stored_windows_are_named_in_one_error(setup, tmp_path):
@@ -91,7 +97,9 @@ def test_cli_without_prefect(setup):
     tmp, _store, config = setup
     r = CliRunner().invoke(app, ["train-head", str(config), "--no-prefect"])
     assert r.exit_code == 0, r.output
-    assert "16 labelled windows" in r.output and "pam apply-head" in r.output
+    assert "16 labelled windows" in r.output and "registered in" in r.output
+    head_id = r.output.split("head ", 1)[1].split()[0]
+    assert f"pam apply-head {tmp / 'store'} {head_id}" in r.output.replace("\n", "")
     bad = tmp / "bad.yaml"
     bad.write_text(yaml.safe_dump({"store": "store", "data": {"tables": ["clips.csv"]}, "out": "h.npz",
                                    "head": {"kind": "forest"}}))

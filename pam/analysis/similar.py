@@ -2,14 +2,14 @@
 embeddings, listed with their site, recording, seconds and UTC time, ready for ``pam review --from``.
 
 The search runs on the store's similarity index (``pam.analysis.similarity``), one folder per
-embedding model under ``STORE/index/``; ``update_index`` brings it in step with the stored
-embeddings (incremental: windows already indexed are skipped), before each search and from
-the nightly flow.
+embedding model under ``STORE/index/``; ``pam.analysis.store_index.update_index`` brings it in
+step with the store's latest snapshot before each search (reading only the embedding files
+the index has not read; the nightly flow keeps it current too), and every hit is checked
+against the live rows, so a search never lists a window the store no longer holds.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pam.analysis.csv_times import iso_ms
-from pam.analysis.similarity import CARD, SimilarityIndex, build_index
+from pam.analysis.similarity import SimilarityIndex
+from pam.analysis.store_index import index_folder, update_index
 from pam.store.embeddings import embedding_files, read_embeddings
 from pam.store.runs import model_source, window_lengths
 from pam.store.store import Store
@@ -39,10 +40,6 @@ class SimilarResult:
     indexed: int  # windows in the index
     added: int  # windows the update added
     notes: list[str] = field(default_factory=list)
-
-
-def index_folder(store: Store, model_id: str) -> Path:
-    return store.root / "index" / re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
 
 
 def embedding_models(store: Store) -> list[str]:
@@ -66,17 +63,6 @@ def choose_model(store: Store, model_id: str | None) -> str:
     if model_id not in models:
         raise SimilarError(f"store {store.root} holds no embeddings of model {model_id}; it has: {', '.join(models)}")
     return model_id
-
-
-def update_index(store: Store, model_id: str) -> tuple[SimilarityIndex, int]:
-    """Add the stored windows of ``model_id`` that the index does not hold yet; (index, windows added)."""
-    folder = index_folder(store, model_id)
-    before = len(SimilarityIndex.open(folder)) if (folder / CARD).exists() else 0
-    emb = read_embeddings(store, model_id=model_id)
-    batches = [(emb.rows.column("recording_id").to_pylist(), emb.rows.column("start_sample").to_numpy(),
-                emb.vectors)] if len(emb) else []
-    index = build_index(folder, batches, model_id, dim=emb.vectors.shape[1] if len(emb) else None)
-    return index, len(index) - before
 
 
 def vector_at(store: Store, model_id: str, at: str) -> np.ndarray:
@@ -191,7 +177,7 @@ def similar(store: Store, example: Path | None = None, at: str | None = None, to
         raise SimilarError("give one of --example CLIP.wav or --at RECORDING@SECONDS")
     model_id = choose_model(store, model_id)
     vector = vector_at(store, model_id, at) if at is not None else vector_of_clip(store, model_id, Path(example))
-    index, added = update_index(store, model_id)
-    rows = find_similar(store, vector, model_id, top, sites, start, end, label, index=index)
+    update = update_index(store, model_id)
+    rows = find_similar(store, vector, model_id, top, sites, start, end, label, index=update.index)
     notes = [] if len(rows) else ["no stored window matched the site and date filters"]
-    return SimilarResult(rows, model_id, len(index), added, notes)
+    return SimilarResult(rows, model_id, len(update.index), update.added, notes)

@@ -11,7 +11,8 @@ Files in the folder:
 * ``index.json``: the card (format version, model id, vector length, stored dtype, HNSW
   settings, number of vectors, the vector file and the key files in force);
 * ``vectors-NNNNNN.usearch``: the usearch index, labels are 64-bit hashes of the keys;
-* ``keys-NNNNNN.parquet``: one file per commit, the keys it added (``KEYS_SCHEMA``).
+* ``keys-NNNNNN.parquet``: one file per commit, the keys it added (``KEYS_SCHEMA``); a commit
+  that removed windows (``remove_recordings``) writes every key instead, and starts the list.
 
 A commit writes the new key file and a new vector file, then replaces ``index.json`` in one
 rename; a crash before the rename leaves the previous index intact (stray files are removed by
@@ -104,12 +105,14 @@ class IndexCard:
 
 
 class SimilarityIndex:
-    """Create with ``create``, load with ``open``; ``add`` then ``commit``; ``search`` any time."""
+    """Create with ``create``, load with ``open``; ``add`` (or ``remove_recordings``) then ``commit``;
+    ``search`` any time."""
 
     def __init__(self, folder: Path, card: IndexCard, index, keys: pd.DataFrame, view: bool):
         self.folder, self.card, self._index, self._view = folder, card, index, view
         self._keys = keys  # label, recording_id, start_sample; sorted by label
         self._pending: list[pd.DataFrame] = []
+        self._removed = False  # remove() took windows out since the last commit
 
     # ------------------------------------------------------------------ open / create
 
@@ -201,6 +204,26 @@ class SimilarityIndex:
         self._pending.append(keys)
         return int(new.sum())
 
+    def remove_recordings(self, recording_ids: Sequence[str]) -> int:
+        """Take every window of these recordings out of the index (committed ones and ones added
+        since); returns how many. Call ``commit`` to keep the removal."""
+        if self._view:
+            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to remove")
+        ids = set(map(str, recording_ids))
+        if not ids:
+            return 0
+        gone = 0
+        pending = []
+        for keys in [self._keys, *self._pending]:
+            hit = keys["recording_id"].isin(ids).to_numpy()
+            if hit.any():
+                self._index.remove(keys["label"].to_numpy()[hit])
+                gone += int(hit.sum())
+            pending.append(keys[~hit].reset_index(drop=True) if hit.any() else keys)
+        self._keys, self._pending = pending[0], [p for p in pending[1:] if len(p)]
+        self._removed = self._removed or gone > 0
+        return gone
+
     def _check_collisions(self, keys: pd.DataFrame, within: pd.DataFrame | None = None) -> None:
         known = within if within is not None else (
             pd.concat([self._keys, *self._pending]) if self._pending else self._keys)
@@ -214,27 +237,32 @@ class SimilarityIndex:
                 f"({row.recording_id_held}, {row.start_sample_held}); report this, it should not happen")
 
     def commit(self) -> None:
-        """Write what ``add`` staged: key file, vector file, then the card in one rename."""
-        if not self._pending:
+        """Write what ``add`` staged and ``remove_recordings`` took out: key file, vector file, then
+        the card in one rename. After a removal the key file holds every key, and it alone is in force."""
+        if not self._pending and not self._removed:
             if self.card.generation == 0:  # an empty index still gets its card
                 self._write_card(self.card)
             return
         gen = self.card.generation + 1
-        added = pd.concat(self._pending, ignore_index=True)
+        added = pd.concat(self._pending, ignore_index=True) if self._pending else self._empty_keys()
         key_file = f"keys-{gen:06d}.parquet"
         vector_file = f"vectors-{gen:06d}.usearch"
+        everything = pd.concat([self._keys, added], ignore_index=True)
         tmp = self.folder / f".{key_file}.tmp"
-        pq.write_table(pa.Table.from_pandas(added, schema=KEYS_SCHEMA, preserve_index=False), tmp)
+        written = everything if self._removed else added
+        pq.write_table(pa.Table.from_pandas(written, schema=KEYS_SCHEMA, preserve_index=False), tmp)
         os.replace(tmp, self.folder / key_file)
         tmp = self.folder / f".{vector_file}.tmp"
         self._index.save(str(tmp))
         os.replace(tmp, self.folder / vector_file)
+        key_files = (key_file,) if self._removed else (*self.card.key_files, key_file)
         card = IndexCard(**{**self.card.__dict__, "count": len(self._index), "generation": gen,
-                            "vector_file": vector_file, "key_files": (*self.card.key_files, key_file)})
+                            "vector_file": vector_file, "key_files": key_files})
         self._write_card(card)
         self.card = card
-        self._keys = pd.concat([self._keys, added], ignore_index=True).sort_values("label", ignore_index=True)
+        self._keys = everything.sort_values("label", ignore_index=True)
         self._pending = []
+        self._removed = False
         self._remove_stray_files()
 
     def _write_card(self, card: IndexCard) -> None:

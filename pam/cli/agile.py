@@ -1,4 +1,4 @@
-"""Commands of the agile-modelling loop (docs/agile.md): similar, train-head."""
+"""Commands of the agile-modelling loop (docs/agile.md): similar, train-head, heads."""
 
 from __future__ import annotations
 
@@ -98,6 +98,40 @@ def train_head_cmd(
                   f"{result['windows']} labelled windows, split {result['split']}", highlight=False, soft_wrap=True)
     console.print(f"thresholds {json.dumps({k: round(v, 3) for k, v in result['thresholds'].items()})}; "
                   f"validation {json.dumps(result['val'], default=str)}", highlight=False, soft_wrap=True)
-    console.print(f"written {result['path']} (card {result['card']}); not registered: the model registry holds "
-                  f"checkpoints only. Apply it with: pam apply-head STORE {result['path']}", highlight=False,
-                  soft_wrap=True)
+    if result.get("registered"):
+        console.print(f"written {result['path']} (card {result['card']}); registered in {result['store']}. Apply it "
+                      f"with: pam apply-head {result['store']} {result['head_id']}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"written {result['path']} (card {result['card']}); not registered (register_in_store: false). Apply "
+                      f"it with: pam apply-head STORE {result['path']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def heads(store: Path = typer.Argument(..., help="store folder")) -> None:
+    """List the few-shot heads registered in a store (pam train-head registers them), newest first."""
+    import json
+
+    from rich.table import Table
+
+    from pam.store.location import NotOnObjectStorage
+    from pam.train.head_registry import read_heads
+
+    st = open_store(store)
+    try:
+        frame = read_heads(st)
+    except NotOnObjectStorage as exc:
+        fail(str(exc))
+        return
+    if frame.empty:
+        console.print(f"no heads registered in {store} (pam train-head registers them)")
+        return
+    table = Table()
+    for col in ("head", "kind", "embedding model", "classes", "thresholds", "windows", "registered (UTC)"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("head", "embedding model"))
+    for r in frame.to_dict("records"):
+        training = json.loads(r["training_json"] or "{}")
+        thresholds = json.loads(r["thresholds_json"] or "{}")
+        table.add_row(r["head_id"], r["kind"], r["embedding_model_id"], ", ".join(json.loads(r["classes_json"])),
+                      ", ".join(f"{c} {t:.3f}" for c, t in thresholds.items()), str(training.get("windows", "")),
+                      r["registered_at"].strftime("%Y-%m-%d %H:%M"))
+    console.print(table)

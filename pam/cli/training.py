@@ -286,7 +286,8 @@ def models(store: Path = typer.Argument(..., help="store folder")) -> None:
 @app.command("apply-head")
 def apply_head_cmd(
     store: str = typer.Argument(..., help="store folder (or object-store URI) holding the embeddings"),
-    head: Path = typer.Argument(..., help="head file (.npz) from pam train-head or pam.train.heads"),
+    head: str = typer.Argument(..., help="head file (.npz) from pam train-head or pam.train.heads, or the id of "
+                                         "a head registered in the store (pam heads STORE)"),
     force: bool = typer.Option(False, "--force", help="score again recordings this head has already scored"),
 ) -> None:
     """Score the stored window embeddings with a head and commit its detections as a model of
@@ -294,8 +295,6 @@ def apply_head_cmd(
     from pam.train.apply_head import apply_head
     from pam.train.heads import HeadError
 
-    if not head.is_file():
-        fail(f"head file {head} does not exist; train one with `pam train-head CONFIG`")
     try:
         report = apply_head(store, head, force=force)
     except HeadError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pam.config import PamConfig
 from pam.detect.detection import DetectionReport
+from pam.ops.agile import apply_heads_stage, index_stage, plan_agile
 from pam.io.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.io.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.cli, notebooks)
 from pam.detect.shards import detect_sharded, require_in_process_runner
@@ -144,7 +145,8 @@ def maintain_store(store: Store, config: PamConfig,
 
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,
                 progress: bool = True) -> tuple[list[ScanSummary], DetectionReport]:
-    """scan -> detect -> summarise, in this process, without Prefect.
+    """scan -> detect -> (registered heads, similarity indexes: ``config.agile``) -> summarise, in
+    this process, without Prefect.
 
     Holds the store's run lock throughout (``runner.wait_s``), so a second run on the same
     store waits or stops with StoreBusy instead of doing the same work twice.
@@ -152,12 +154,15 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
     require_in_process_runner(config)  # before anything is written
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(store, d)
+    agile = plan_agile(store, config)  # registered heads of this run's models (ConfigError otherwise)
     with store.run_lock(config.runner.wait_s, what=f"nightly {';'.join(str(d) for d in dumps)}"):
         scans = [scan_stage(d, store, config) for d in dumps]
         check_config_sites(store, config)
         problems = [p for s in scans for p in s.problems]
         ok_dumps = [s.dump for s in scans if s.error is None]
         report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
+        apply_heads_stage(store, agile)  # before the summaries, which count the heads' detections
+        index_stage(store, agile)
         summarize_stage(store, config)
     return scans, report
 

@@ -156,6 +156,25 @@ MODELS = pa.schema(
     ]
 )
 
+# The head registry (pam.train.head_registry): one row per few-shot head, heads/head-<id>.parquet.
+HEADS_VERSION = 1
+HEADS = pa.schema(
+    [
+        pa.field("head_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("embedding_model_id", pa.string()),
+        pa.field("embedding_dim", pa.int32()),
+        pa.field("classes_json", pa.string()),
+        pa.field("thresholds_json", pa.string()),
+        pa.field("metrics_json", pa.string()),
+        pa.field("training_json", pa.string()),
+        pa.field("training_fingerprint", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("registered_at", UTC_TS),
+    ]
+)
+
 # Summaries (pam.analysis.summaries, pam.analysis.occupancy). Local dates and hours are the site's own clock
 # (config ``sites.<site>.timezone``/``utc_offset``) and are named ``local_*``; they are
 # strings/ints, never timestamps, so no reader can mistake them for UTC.
@@ -320,6 +339,7 @@ TABLES: dict[str, tuple[pa.Schema, int]] = {
     "runs": (RUNS, RUNS_VERSION),
     "failures": (FAILURES, FAILURES_VERSION),
     "models": (MODELS, MODELS_VERSION),
+    "heads": (HEADS, HEADS_VERSION),
     "daily_counts": (DAILY_COUNTS, DAILY_COUNTS_VERSION),
     "effort": (EFFORT, EFFORT_VERSION),
     "hourly_counts": (HOURLY_COUNTS, HOURLY_COUNTS_VERSION),

@@ -29,7 +29,8 @@ from pam.config import settings_hash
 from pam.store.embeddings import read_embeddings
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
-from pam.train.heads import Head, HeadError, load_head
+from pam.train.head_registry import resolve_head
+from pam.train.heads import Head, HeadError
 
 # windows read, scored and committed together (about 2 GB of BirdNET float16 vectors)
 WINDOWS_PER_COMMIT = 1_000_000
@@ -74,12 +75,15 @@ def plan(store: Store, head: Head, force: bool = False) -> tuple[pd.DataFrame, i
     return todo.reset_index(drop=True), len(source) - len(todo)
 
 
-def apply_head(store: Store | str | Path, head_path: str | Path, force: bool = False,
+def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: bool = False,
                windows_per_commit: int = WINDOWS_PER_COMMIT, threads: int | None = None) -> ApplyReport:
     """Score every stored window of the head's embedding model not yet scored by this head,
-    and commit the head's detections and done rows. A second call adds nothing."""
+    and commit the head's detections and done rows. A second call adds nothing.
+
+    ``head_path``: a head file, the id of a head registered in the store
+    (``pam.train.head_registry``), or a Head."""
     store = store if isinstance(store, Store) else Store(store)
-    head = load_head(head_path)
+    head = resolve_head(store, head_path)
     t0 = time.perf_counter()
     todo, skipped = plan(store, head, force)
     report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
@@ -115,7 +119,8 @@ def apply_head(store: Store | str | Path, head_path: str | Path, force: bool = F
         "run_id": run_id, "flow": "apply-head", "status": "completed", "started_at": started,
         "finished_at": datetime.now(timezone.utc), "model_id": head.head_id,
         "settings_hash": ";".join(sorted(set(todo["key"]))),
-        "config_json": json.dumps({"head": str(head_path), "head_id": head.head_id, "embedding_model_id": model_id,
+        "config_json": json.dumps({"head": head.head_id if isinstance(head_path, Head) else str(head_path),
+                                   "head_id": head.head_id, "embedding_model_id": model_id,
                                    "thresholds": head.card.thresholds}),
         "recordings_total": report.recordings_total, "recordings_done": report.recordings_done,
         "recordings_skipped": report.recordings_skipped, "recordings_failed": 0, "detections": report.detections,

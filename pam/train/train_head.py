@@ -5,7 +5,8 @@ Raven folders, class folders), which includes the clip table ``pam review-import
 Each labelled clip is matched to the stored window of the embedding model that overlaps it
 most (same recording path); the head (``pam.train.heads``) is trained on those windows' stored
 embeddings, split by recording or site, its thresholds calibrated, and written as one ``.npz``
-with its card beside it (``<out>.card.json``). No audio is read.
+with its card beside it (``<out>.card.json``), and registered in the store
+(``pam.train.head_registry``; ``register_in_store: false`` leaves it a file only). No audio is read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pam.store.runs import window_lengths
 from pam.store.store import Store
 from pam.train.clips import LabelledClip
 from pam.train.config import DataSection, SplitSection
+from pam.train.head_registry import register_head
 from pam.train.heads import Head, HeadError, train_head
 from pam.train.labels import load_sources
 
@@ -47,6 +49,8 @@ class HeadConfig(BaseModel):
     split: SplitSection = Field(default_factory=SplitSection)
     head: HeadSection = Field(default_factory=HeadSection)
     out: str = Field(..., description="the head file to write (.npz); its card goes beside it (.card.json)")
+    register_in_store: bool = Field(True, description="register the head in the store (STORE/heads/), so that "
+                                             "`pam apply-head STORE HEAD_ID` and the nightly flow can name it by id")
 
 
 def load_head_config(path: str | os.PathLike) -> HeadConfig:
@@ -74,6 +78,8 @@ class TrainedHead:
     card_path: Path
     windows: int
     split: dict[str, int]
+    registered: bool = False
+    store: str | None = None  # where it was registered
 
 
 def embedding_model(store: Store, model_id: str | None) -> str:
@@ -136,7 +142,12 @@ def train_head_from_store(conf: HeadConfig) -> TrainedHead:
     path = head.save(conf.out)
     card_path = Path(conf.out).with_suffix(".card.json")
     card_path.write_text(head.card.to_json())
-    return TrainedHead(head, path, card_path, len(x), {s: split.count(s) for s in ("train", "val", "test")})
+    trained = TrainedHead(head, path, card_path, len(x), {s: split.count(s) for s in ("train", "val", "test")})
+    if conf.register_in_store:
+        register_head(store, head, source=path,
+                      training={"windows": trained.windows, "split": trained.split, "config": conf.model_dump()})
+        trained.registered, trained.store = True, str(store.root)
+    return trained
 
 
 def summary(trained: TrainedHead) -> dict:
@@ -144,4 +155,5 @@ def summary(trained: TrainedHead) -> dict:
     card = trained.head.card
     return {"head_id": trained.head.head_id, "path": str(trained.path), "card": str(trained.card_path),
             "embedding_model_id": card.embedding_model_id, "kind": card.kind, "windows": trained.windows,
-            "split": trained.split, "thresholds": dict(card.thresholds), "val": card.metrics.get("val", {})}
+            "split": trained.split, "thresholds": dict(card.thresholds), "val": card.metrics.get("val", {}),
+            "registered": trained.registered, "store": trained.store}
