@@ -424,12 +424,17 @@ def publish_artifacts(report: Report) -> bool:
 
 
 def nightly_summary(store: Store, config: PamConfig, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
-    """The nightly run's last step: summaries, ``STORE/reports/report.html``, Prefect artifacts."""
+    """The nightly run's last step: summaries, ``STORE/reports/report.html``, Prefect artifacts.
+    On object storage the summaries only: the HTML report is written to a folder."""
     logger = logger or log
-    store.location.require_local("the HTML report (pam report, the nightly run's report step)")
     result = summarize(store, config)
     for note in result.notes:
         logger.warning("%s", note)
+    if store.remote:
+        logger.info("summaries in %s (%d site-days recounted, %s); no HTML report on object storage "
+                    "(docs/store.md#object-storage)", store.location.uri_of("summaries"), result.recounted_days,
+                    "full" if result.full else "incremental")
+        return result.folder
     report = build_report(store, store.reports_dir, config, summary=result)
     publish_artifacts(report)
     logger.info("summaries in %s (%d site-days recounted, %s); report %s", result.folder, result.recounted_days,

@@ -8,15 +8,8 @@ from typing import Optional
 
 import typer
 
-from pam.cli.analysis import EndOpt, SiteOpt, StartOpt, StoreArg
-from pam.cli.app import app, console, err, fail
-from pam.store.store import Store
-
-
-def open_store(path: Path) -> Store:
-    if not path.is_dir():
-        fail(f"store {path} does not exist")
-    return Store(path)
+from pam.cli.analysis import EndOpt, SiteOpt, StartOpt
+from pam.cli.app import StoreArg, app, console, err, existing_store, fail
 
 
 def _day(text: Optional[str], opt: str) -> Optional[date]:
@@ -30,7 +23,7 @@ def _day(text: Optional[str], opt: str) -> Optional[date]:
 
 @app.command()
 def similar(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     example: Optional[Path] = typer.Option(None, "--example", help="a WAV clip of the call to look for"),
     at: Optional[str] = typer.Option(None, "--at", help="a stored window as the example: RECORDING@SECONDS "
                                                         "(RECORDING a path or recording id)"),
@@ -47,7 +40,7 @@ def similar(
     from pam.analysis.similar import SimilarError, similar as find
     from pam.analysis.similarity import SimilarityIndexError
 
-    st = open_store(store)
+    st = existing_store(store, local_for="pam similar (its index is a folder in the store)")
     try:
         res = find(st, example=example, at=at, top=top, sites=site, start=_day(start, "--start"),
                    end=_day(end, "--end"), model_id=model, label=label)

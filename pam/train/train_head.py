@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pam.analysis.similar import embedding_models
 from pam.config import ConfigError, format_errors, read_yaml_mapping
 from pam.store.embeddings import read_embeddings
+from pam.store.location import store_uri
 from pam.store.runs import window_lengths
 from pam.store.store import Store
 from pam.train.clips import LabelledClip
@@ -63,7 +64,8 @@ def load_head_config(path: str | os.PathLike) -> HeadConfig:
     for key in ("tables", "raven", "class_folders"):
         for src in data[key]:
             src["path"] = absolute(src["path"])
-    return conf.model_copy(update={"store": absolute(conf.store), "out": absolute(conf.out),
+    store = conf.store if store_uri(conf.store) else absolute(conf.store)  # an object-store URI is no path
+    return conf.model_copy(update={"store": store, "out": absolute(conf.out),
                                    "data": DataSection.model_validate(data)})
 
 
