@@ -213,23 +213,41 @@ def test_cli_detect_query_summarize_sql_and_runs_on_s3(s3_store, tmp_path):
 
 
 def test_two_cli_detect_processes_at_once_commit_each_recording_once(s3_store, s3_endpoint, tmp_path):
-    dump = make_dump(tmp_path / "dump", n_files=4)
+    # long enough (3 min of audio) that the second process plans before the first is done; both
+    # then score what neither has committed yet, and race to commit it, one recording per commit
+    dump = make_dump(tmp_path / "dump", n_files=6, seconds=30.0)
     model = every_window_model(tmp_path / "model.pt")
+    (tmp_path / "flush.yaml").write_text("detect:\n  flush_every: 1\n")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ALLOW_HTTP": "true", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "pam.cli", "detect", str(dump), "--store", s3_store, "--model", str(model),
-           "--no-prefect", "--workers", "0", "--show", "0"]
+           "--no-prefect", "--workers", "0", "--show", "0", "--config", str(tmp_path / "flush.yaml")]
     procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]  # both on the same dump: each recording is offered twice
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    scored = [int(re.search(r"run \S+: (\d+) recordings scored", out)[1]) for out in outs]
+    assert sum(scored) == 6, outs  # each recording counted by the one run that committed it
     store = Store(s3_store)
     done = store.done_table()
-    assert sorted(done["recording_id"]) == sorted(store.read_manifest()["recording_id"]) and len(done) == 4
+    assert sorted(done["recording_id"]) == sorted(store.read_manifest()["recording_id"]) and len(done) == 6
     det = store.read_detections()
     assert not det.duplicated(["recording_id", "model_id", "settings_hash", "start_sample", "label"]).any()
     assert det.groupby("recording_id").size().to_dict() == done.set_index("recording_id")["detections"].to_dict()
-    assert set(store.read_runs()["status"]) == {"completed"} and len(store.read_runs()) == 2
+    runs = store.read_runs()
+    assert set(runs["status"]) == {"completed"} and sorted(runs["recordings_done"]) == sorted(scored)
+
+
+def test_cli_detect_through_the_prefect_flow_on_s3(s3_store, tmp_path, prefect_harness):
+    dump = make_dump(tmp_path / "dump", n_files=2)
+    model = every_window_model(tmp_path / "model.pt")
+    out = _cli("detect", dump, "--store", s3_store, "--model", model, "--workers", "0", "--show", "0")
+    assert "2 recordings scored" in out and "0 failed" in out, out
+    store = Store(s3_store)
+    runs = store.read_runs()
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
+    det = store.read_detections()
+    assert len(det) > 0 and store.read_summary("hourly_counts")["detections"].sum() == len(det)  # the summary task
 
 
 def test_cli_commands_that_need_a_folder_refuse_object_storage_first(s3_store, tmp_path):
