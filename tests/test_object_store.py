@@ -199,6 +199,9 @@ def test_cli_detect_query_summarize_sql_and_runs_on_s3(s3_store, tmp_path):
     assert store.read_summary("hourly_counts")["detections"].sum() == len(det)
     _cli("export", s3_store, "--format", "csv", "--windows", "--out", tmp_path / "e.csv")
     assert len(pd.read_csv(tmp_path / "e.csv")) == len(det)
+    out = _cli("report", s3_store, "--out", tmp_path / "report")  # read from S3, written to a folder here
+    assert f"Store {s3_store} - " in (tmp_path / "report" / "report.html").read_text()
+    assert int(re.search(r"\((\d+) figures\)", out)[1]) > 0
 
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in _cli("runs", s3_store).splitlines()
             if "completed" in line]  # (the table folds long run ids)
@@ -213,9 +216,9 @@ def test_cli_detect_query_summarize_sql_and_runs_on_s3(s3_store, tmp_path):
 
 
 def test_two_cli_detect_processes_at_once_commit_each_recording_once(s3_store, s3_endpoint, tmp_path):
-    # long enough (3 min of audio) that the second process plans before the first is done; both
+    # long enough (2 min of audio) that the second process plans before the first is done; both
     # then score what neither has committed yet, and race to commit it, one recording per commit
-    dump = make_dump(tmp_path / "dump", n_files=6, seconds=30.0)
+    dump = make_dump(tmp_path / "dump", n_files=6, seconds=20.0)
     model = every_window_model(tmp_path / "model.pt")
     (tmp_path / "flush.yaml").write_text("detect:\n  flush_every: 1\n")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
@@ -255,7 +258,7 @@ def test_cli_commands_that_need_a_folder_refuse_object_storage_first(s3_store, t
     review.write_text("verdict\n")
     train = tmp_path / "train.yaml"
     train.write_text(f"data: {{tables: [labels.csv]}}\noutput:\n  store: {s3_store}\n")
-    for args in (["report", s3_store, "--out", tmp_path / "r"], ["review-import", s3_store, review],
+    for args in (["review-import", s3_store, review],
                  ["store", "migrate", tmp_path / "old", s3_store], ["models", s3_store],
                  ["similar", s3_store, "--at", "x@1"], ["train", train, "--no-prefect"]):
         res = runner.invoke(app, [str(a) for a in args])
@@ -263,4 +266,3 @@ def test_cli_commands_that_need_a_folder_refuse_object_storage_first(s3_store, t
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and re.match(rf"error: .* is not supported on object storage \({s3_store}\)", lines[0])
     assert not Store(s3_store).location.exists()  # nothing was written
-    assert not (tmp_path / "r").exists()

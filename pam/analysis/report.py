@@ -299,7 +299,7 @@ MARKDOWN_ROWS = 25  # species rows in the markdown artifact; the table artifact 
 
 
 def _markdown(store: Store, species: pd.DataFrame, rich: pd.DataFrame, notes: list[str]) -> str:
-    lines = [f"# pam summary for `{store.root}`", "",
+    lines = [f"# pam summary for `{store.uri}`", "",
              f"{len(rich)} sites, {rich['analysed_h'].sum():.2f} h analysed, "
              f"{int(rich['detections'].sum()) if len(rich) else 0} detections, {len(species)} species.", ""]
     reviewed = reviewed_any(species)
@@ -378,7 +378,7 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
     hours = f"{n_h:,.0f}" if n_h >= 100 else f"{n_h:.2f}"  # short test deployments are minutes, not 0 h
     cards = [("sites", len(rich)), ("hours analysed", hours), ("species", len(species)),
              ("detections", f"{int(tables['hourly_counts']['detections'].sum()):,}")]
-    parts = [f"<h1>Passive acoustic monitoring summary</h1><p class='meta'>Store {html.escape(str(store.root))} - "
+    parts = [f"<h1>Passive acoustic monitoring summary</h1><p class='meta'>Store {html.escape(store.uri)} - "
              f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC - days and hours are each site's local time</p>",
              "<div class='cards'>" + "".join(f"<div class='card'><b>{html.escape(str(v))}</b>{k}</div>"
                                              for k, v in cards) + "</div>"]

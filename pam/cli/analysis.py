@@ -145,7 +145,7 @@ def report(
     """Write a self-contained HTML report (figures inline, no network needed) of the summaries."""
     from pam.analysis.report import build_report
 
-    st = existing_store(store, local_for="pam report")
+    st = existing_store(store)  # on object storage too: the report is written to --out, a folder here
     conf = store_config(config, store)
     try:
         rep = build_report(st, out, conf, top=top, min_score=min_score, model_id=model,
