@@ -1,5 +1,6 @@
 """A store on object storage (``s3://bucket/pam``) against a local S3 server (moto, started here
-on 127.0.0.1 with a free port): detect, summarize, query and sql; two writers committing at once."""
+on 127.0.0.1 with a free port): detect, summarize, query and sql, through the Python API and the
+`pam` commands; two writers (processes, and two `pam detect` runs) committing at once."""
 
 import multiprocessing as mp
 import os

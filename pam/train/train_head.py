@@ -82,10 +82,10 @@ def embedding_model(store: Store, model_id: str | None) -> str:
     """The embedding model the head reads: the one named, or the store's only one."""
     models = embedding_models(store)
     if model_id is not None and model_id not in models:
-        raise HeadError(f"store {store.root} holds no embeddings of model {model_id} (it has: "
+        raise HeadError(f"store {store.uri} holds no embeddings of model {model_id} (it has: "
                         f"{', '.join(models) or 'none'}); run `pam detect` with detect.embeddings: true")
     if model_id is None and len(models) != 1:
-        raise HeadError(f"store {store.root} holds embeddings of {len(models)} models ({', '.join(models)}); "
+        raise HeadError(f"store {store.uri} holds embeddings of {len(models)} models ({', '.join(models)}); "
                         "name one with `model:` in the config")
     return model_id or models[0]
 
