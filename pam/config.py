@@ -283,7 +283,8 @@ class PamConfig(_Strict):
     @model_validator(mode="after")
     def _store_outside_dumps(self) -> "PamConfig":
         store = self.schedule.store
-        for dump in self.schedule.dumps if store else []:
+        remote = bool(store and re.match(r"^[a-z][a-z0-9+.-]+://", store))  # an object-store URI is in no folder
+        for dump in self.schedule.dumps if store and not remote else []:
             if nested_path(store, dump):
                 raise ValueError(f"schedule.store {store!r} is inside the watched dump {dump!r}; "
                                  "pam never writes into input folders")

@@ -167,3 +167,22 @@ def test_the_flow_tasks_call_the_stages(registered, monkeypatch):
     assert apply_heads_task.fn(str(store.root), plain)[0]["recordings_done"] == 0
     indexes = index_task.fn(str(store.root), plain)
     assert indexes[0]["added"] == indexes[0]["indexed"] == len(read_embeddings(store))
+
+
+def test_registry_on_object_storage_is_refused_before_any_work(tmp_path):
+    """The head registry is a folder of the store: `pam heads s3://...` stops with one line, and a
+    train-head config that would register into an object store is refused when it loads, not
+    after training; with register_in_store: false the same config loads."""
+    from pam.train.train_head import load_head_config
+
+    listing = CliRunner().invoke(app, ["heads", "s3://bucket/pam"])
+    assert listing.exit_code == 2 and "not supported on object storage" in listing.output
+    assert len(listing.output.strip().splitlines()) == 1
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,start_s,end_s,label\n")
+    text = f"store: s3://bucket/pam\nout: {tmp_path / 'h.npz'}\ndata:\n  tables:\n    - path: {labels}\n"
+    (tmp_path / "head.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="on object storage, where the head registry is not kept"):
+        load_head_config(tmp_path / "head.yaml")
+    (tmp_path / "head2.yaml").write_text(text + "register_in_store: false\n")
+    assert load_head_config(tmp_path / "head2.yaml").store == "s3://bucket/pam"

@@ -1,19 +1,26 @@
 """A store on object storage (``s3://bucket/pam``) against a local S3 server (moto, started here
-on 127.0.0.1 with a free port): detect, summarize, query and sql; two writers committing at once."""
+on 127.0.0.1 with a free port): detect, summarize, query and sql, through the Python API and the
+`pam` commands; two writers (processes, and two `pam detect` runs) committing at once."""
 
 import multiprocessing as mp
+import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 moto = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
 boto3 = pytest.importorskip("boto3")
 
 from models import every_window_model  # noqa: E402
 from pam.analysis.summaries import summarize  # noqa: E402
+from pam.cli.main import app  # noqa: E402
 from pam.config import DetectConfig  # noqa: E402
 from pam.detect.checkpoint import load_checkpoint  # noqa: E402
 from pam.detect.detection import run_detection  # noqa: E402
@@ -25,6 +32,7 @@ from pamstore import Rec, flush_for  # noqa: E402
 from test_detect import make_dump  # noqa: E402
 
 BUCKET = "pam-test"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -160,3 +168,102 @@ def test_what_needs_a_folder_says_so_on_object_storage(s3_store):
         register(s3_store, "unused.pt")
     with pytest.raises(NotOnObjectStorage, match="pam store migrate"):
         migrate("/nonexistent", s3_store)
+
+
+# -- the CLI on object storage (`--store s3://...`, STORE arguments as URIs) --------------------
+runner = CliRunner()
+
+
+def _cli(*args: str):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_cli_detect_query_summarize_sql_and_runs_on_s3(s3_store, tmp_path):
+    dump = make_dump(tmp_path / "dump", n_files=3)
+    model = every_window_model(tmp_path / "model.pt")
+    out = _cli("detect", dump, "--store", s3_store, "--model", model, "--no-prefect", "--workers", "0", "--show", "3")
+    assert re.search(r"run (\S+): 3 recordings scored .* 0 failed, (\d+) new detections$", out, re.M), out
+    assert "no HTML report on object storage" not in out and "report:" not in out  # none is written there
+    store = Store(s3_store)
+    det = store.read_detections()
+    assert f"{len(det)} new detections" in out and len(det) > 0
+
+    _cli("query", s3_store, "--site", "AM01", "--out", tmp_path / "q.csv")
+    assert len(pd.read_csv(tmp_path / "q.csv")) == (det["site"] == "AM01").sum() > 0
+    _cli("sql", s3_store, "SELECT site, count(*) AS n FROM detections GROUP BY site ORDER BY site",
+         "--out", tmp_path / "s.csv")
+    assert pd.read_csv(tmp_path / "s.csv").set_index("site")["n"].to_dict() == det.groupby("site").size().to_dict()
+    out = _cli("summarize", s3_store)
+    assert f"summaries written to {s3_store}/summaries (incremental: 0 new done file(s)" in out  # detect summarised
+    assert store.read_summary("hourly_counts")["detections"].sum() == len(det)
+    _cli("export", s3_store, "--format", "csv", "--windows", "--out", tmp_path / "e.csv")
+    assert len(pd.read_csv(tmp_path / "e.csv")) == len(det)
+    out = _cli("report", s3_store, "--out", tmp_path / "report")  # read from S3, written to a folder here
+    assert f"Store {s3_store} - " in (tmp_path / "report" / "report.html").read_text()
+    assert int(re.search(r"\((\d+) figures\)", out)[1]) > 0
+
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in _cli("runs", s3_store).splitlines()
+            if "completed" in line]  # (the table folds long run ids)
+    assert [r[3:5] for r in rows] == [["3/0/0", str(len(det))]]
+    versions = _cli("store", "history", s3_store).splitlines()
+    newest = store.history()
+    assert len(versions) == len(newest) >= 2 and versions[0].split()[0] == str(newest[0]["version"])
+    again = _cli("detect", dump, "--store", s3_store, "--model", model, "--no-prefect", "--workers", "0", "--show", "0")
+    assert "0 recordings scored" in again and "3 already done" in again
+    missing = runner.invoke(app, ["query", f"{s3_store}-nothing-here"])
+    assert missing.exit_code == 2 and missing.output.strip() == f"error: store {s3_store}-nothing-here does not exist"
+
+
+def test_two_cli_detect_processes_at_once_commit_each_recording_once(s3_store, s3_endpoint, tmp_path):
+    # long enough (2 min of audio) that the second process plans before the first is done; both
+    # then score what neither has committed yet, and race to commit it, one recording per commit
+    dump = make_dump(tmp_path / "dump", n_files=6, seconds=20.0)
+    model = every_window_model(tmp_path / "model.pt")
+    (tmp_path / "flush.yaml").write_text("detect:\n  flush_every: 1\n")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ALLOW_HTTP": "true", "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "pam.cli", "detect", str(dump), "--store", s3_store, "--model", str(model),
+           "--no-prefect", "--workers", "0", "--show", "0", "--config", str(tmp_path / "flush.yaml")]
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # both on the same dump: each recording is offered twice
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    scored = [int(re.search(r"run \S+: (\d+) recordings scored", out)[1]) for out in outs]
+    assert sum(scored) == 6, outs  # each recording counted by the one run that committed it
+    store = Store(s3_store)
+    done = store.done_table()
+    assert sorted(done["recording_id"]) == sorted(store.read_manifest()["recording_id"]) and len(done) == 6
+    det = store.read_detections()
+    assert not det.duplicated(["recording_id", "model_id", "settings_hash", "start_sample", "label"]).any()
+    assert det.groupby("recording_id").size().to_dict() == done.set_index("recording_id")["detections"].to_dict()
+    runs = store.read_runs()
+    assert set(runs["status"]) == {"completed"} and sorted(runs["recordings_done"]) == sorted(scored)
+
+
+def test_cli_detect_through_the_prefect_flow_on_s3(s3_store, tmp_path, prefect_harness):
+    dump = make_dump(tmp_path / "dump", n_files=2)
+    model = every_window_model(tmp_path / "model.pt")
+    out = _cli("detect", dump, "--store", s3_store, "--model", model, "--workers", "0", "--show", "0")
+    assert "2 recordings scored" in out and "0 failed" in out, out
+    store = Store(s3_store)
+    runs = store.read_runs()
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
+    det = store.read_detections()
+    assert len(det) > 0 and store.read_summary("hourly_counts")["detections"].sum() == len(det)  # the summary task
+
+
+def test_cli_commands_that_need_a_folder_refuse_object_storage_first(s3_store, tmp_path):
+    review = tmp_path / "review.csv"
+    review.write_text("verdict\n")
+    train = tmp_path / "train.yaml"
+    train.write_text(f"data: {{tables: [labels.csv]}}\noutput:\n  store: {s3_store}\n")
+    for args in (["review-import", s3_store, review],
+                 ["store", "migrate", tmp_path / "old", s3_store], ["models", s3_store],
+                 ["similar", s3_store, "--at", "x@1"], ["train", train, "--no-prefect"]):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 2, (args, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and re.match(rf"error: .* is not supported on object storage \({s3_store}\)", lines[0])
+    assert not Store(s3_store).location.exists()  # nothing was written

@@ -51,6 +51,16 @@ def test_broken_operations_configs(tmp_path, text, message):
         load_config(p)
 
 
+def test_a_store_on_object_storage_is_in_no_watched_dump(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pathlib reads s3://bucket/pam as the folder ./s3:/bucket/pam
+    p = tmp_path / "c.yaml"
+    p.write_text(f"schedule: {{dumps: ['{tmp_path}'], store: 's3://bucket/pam'}}\n")
+    conf = load_for_serving(p)
+    assert conf.schedule.store == "s3://bucket/pam"
+    res = CliRunner().invoke(app, ["serve", "--config", str(p), "--dry-run"])
+    assert res.exit_code == 0 and "-> store s3://bucket/pam" in res.output, res.output
+
+
 def test_serving_needs_dumps_and_a_store(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("schedule: {cron: '0 3 * * *'}\n")

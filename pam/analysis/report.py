@@ -299,7 +299,7 @@ MARKDOWN_ROWS = 25  # species rows in the markdown artifact; the table artifact 
 
 
 def _markdown(store: Store, species: pd.DataFrame, rich: pd.DataFrame, notes: list[str]) -> str:
-    lines = [f"# pam summary for `{store.root}`", "",
+    lines = [f"# pam summary for `{store.uri}`", "",
              f"{len(rich)} sites, {rich['analysed_h'].sum():.2f} h analysed, "
              f"{int(rich['detections'].sum()) if len(rich) else 0} detections, {len(species)} species.", ""]
     reviewed = reviewed_any(species)
@@ -378,7 +378,7 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
     hours = f"{n_h:,.0f}" if n_h >= 100 else f"{n_h:.2f}"  # short test deployments are minutes, not 0 h
     cards = [("sites", len(rich)), ("hours analysed", hours), ("species", len(species)),
              ("detections", f"{int(tables['hourly_counts']['detections'].sum()):,}")]
-    parts = [f"<h1>Passive acoustic monitoring summary</h1><p class='meta'>Store {html.escape(str(store.root))} - "
+    parts = [f"<h1>Passive acoustic monitoring summary</h1><p class='meta'>Store {html.escape(store.uri)} - "
              f"generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC - days and hours are each site's local time</p>",
              "<div class='cards'>" + "".join(f"<div class='card'><b>{html.escape(str(v))}</b>{k}</div>"
                                              for k, v in cards) + "</div>"]
@@ -424,12 +424,17 @@ def publish_artifacts(report: Report) -> bool:
 
 
 def nightly_summary(store: Store, config: PamConfig, logger: logging.Logger | logging.LoggerAdapter | None = None) -> Path:
-    """The nightly run's last step: summaries, ``STORE/reports/report.html``, Prefect artifacts."""
+    """The nightly run's last step: summaries, ``STORE/reports/report.html``, Prefect artifacts.
+    On object storage the summaries only: the HTML report is written to a folder."""
     logger = logger or log
-    store.location.require_local("the HTML report (pam report, the nightly run's report step)")
     result = summarize(store, config)
     for note in result.notes:
         logger.warning("%s", note)
+    if store.remote:
+        logger.info("summaries in %s (%d site-days recounted, %s); no HTML report on object storage "
+                    "(docs/store.md#object-storage)", store.location.uri_of("summaries"), result.recounted_days,
+                    "full" if result.full else "incremental")
+        return result.folder
     report = build_report(store, store.reports_dir, config, summary=result)
     publish_artifacts(report)
     logger.info("summaries in %s (%d site-days recounted, %s); report %s", result.folder, result.recounted_days,

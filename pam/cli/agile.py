@@ -8,15 +8,8 @@ from typing import Optional
 
 import typer
 
-from pam.cli.analysis import EndOpt, SiteOpt, StartOpt, StoreArg
-from pam.cli.app import app, console, err, fail
-from pam.store.store import Store
-
-
-def open_store(path: Path) -> Store:
-    if not path.is_dir():
-        fail(f"store {path} does not exist")
-    return Store(path)
+from pam.cli.analysis import EndOpt, SiteOpt, StartOpt
+from pam.cli.app import StoreArg, app, console, err, existing_store, fail
 
 
 def _day(text: Optional[str], opt: str) -> Optional[date]:
@@ -30,7 +23,7 @@ def _day(text: Optional[str], opt: str) -> Optional[date]:
 
 @app.command()
 def similar(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     example: Optional[Path] = typer.Option(None, "--example", help="a WAV clip of the call to look for"),
     at: Optional[str] = typer.Option(None, "--at", help="a stored window as the example: RECORDING@SECONDS "
                                                         "(RECORDING a path or recording id)"),
@@ -47,7 +40,7 @@ def similar(
     from pam.analysis.similar import SimilarError, similar as find
     from pam.analysis.similarity import SimilarityIndexError
 
-    st = open_store(store)
+    st = existing_store(store, local_for="pam similar (its index is a folder in the store)")
     try:
         res = find(st, example=example, at=at, top=top, sites=site, start=_day(start, "--start"),
                    end=_day(end, "--end"), model_id=model, label=label)
@@ -107,21 +100,15 @@ def train_head_cmd(
 
 
 @app.command()
-def heads(store: Path = typer.Argument(..., help="store folder")) -> None:
+def heads(store: str = StoreArg) -> None:
     """List the few-shot heads registered in a store (pam train-head registers them), newest first."""
     import json
 
     from rich.table import Table
 
-    from pam.store.location import NotOnObjectStorage
     from pam.train.head_registry import read_heads
 
-    st = open_store(store)
-    try:
-        frame = read_heads(st)
-    except NotOnObjectStorage as exc:
-        fail(str(exc))
-        return
+    frame = read_heads(existing_store(store, local_for="the head registry (pam heads)"))
     if frame.empty:
         console.print(f"no heads registered in {store} (pam train-head registers them)")
         return

@@ -12,11 +12,10 @@ import typer
 from rich.table import Table
 
 from pam.analysis.csv_times import with_iso_times
-from pam.cli.app import ConfigOpt, app, console, err, fail, store_config, time_texts
+from pam.cli.app import ConfigOpt, StoreArg, app, console, err, existing_store, fail, store_config, time_texts
 from pam.config import ConfigError
 from pam.store.store import Store
 
-StoreArg = typer.Argument(..., help="store folder")
 SpeciesOpt = typer.Option(None, "--species", help="species: its label, scientific or common name (any letter case); "
                                                    "repeat for several")
 SiteOpt = typer.Option(None, "--site", help="site; repeat for several")
@@ -26,19 +25,13 @@ MinScoreOpt = typer.Option(None, "--min-score", min=0.0, max=1.0, help="only det
 ModelOpt = typer.Option(None, "--model", help="only this model id")
 
 
-def _store(path: Path) -> Store:
-    if not path.is_dir():
-        fail(f"store {path} does not exist")
-    return Store(path)
-
-
 AsOfOpt = typer.Option(None, "--as-of", help="read the results table as it was: a version number (see `pam store "
                                             "history`) or a UTC date-time such as 2024-05-02T06:00")
 
 
-def _store_at(path: Path, as_of: Optional[str]) -> Store:
+def _store_at(path: str, as_of: Optional[str]) -> Store:
     """The store, pinned to one version of its results table when ``--as-of`` is given."""
-    st = _store(path)
+    st = existing_store(path)
     if as_of is None:
         return st
     try:
@@ -110,7 +103,7 @@ def _float_texts(values: pd.Series) -> list[str]:
 
 @app.command()
 def summarize(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     config: Optional[Path] = ConfigOpt,
     min_score: Optional[float] = MinScoreOpt,
     model: Optional[str] = ModelOpt,
@@ -120,7 +113,7 @@ def summarize(
     """Bring the summary tables up to date (only the days with new detections are recounted)."""
     from pam.analysis.summaries import summarize as run_summaries
 
-    st = _store(store)
+    st = existing_store(store)
     conf = store_config(config, store)
     try:
         res = run_summaries(st, conf, min_score=min_score, model_id=model, period_days=period_days, full=full)
@@ -128,7 +121,8 @@ def summarize(
         fail(str(exc))
         return
     how = "full recount" if res.full else f"incremental: {res.new_done_files} new done file(s)"
-    console.print(f"summaries written to {res.folder} ({how}, {res.recounted_days} site-days counted)",
+    folder = st.location.uri_of("summaries") if st.remote else res.folder
+    console.print(f"summaries written to {folder} ({how}, {res.recounted_days} site-days counted)",
                   highlight=False, soft_wrap=True)
     _notes(res.notes)
     rich = res.tables["site_richness"]
@@ -139,7 +133,7 @@ def summarize(
 
 @app.command()
 def report(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     out: Path = typer.Option(..., "--out", "-o", help="folder for report.html"),
     config: Optional[Path] = ConfigOpt,
     min_score: Optional[float] = MinScoreOpt,
@@ -151,7 +145,7 @@ def report(
     """Write a self-contained HTML report (figures inline, no network needed) of the summaries."""
     from pam.analysis.report import build_report
 
-    st = _store(store)
+    st = existing_store(store)  # on object storage too: the report is written to --out, a folder here
     conf = store_config(config, store)
     try:
         rep = build_report(st, out, conf, top=top, min_score=min_score, model_id=model,
@@ -165,7 +159,7 @@ def report(
 
 @app.command()
 def query(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     species: Optional[list[str]] = SpeciesOpt,
     site: Optional[list[str]] = SiteOpt,
     start: Optional[str] = StartOpt,
@@ -220,7 +214,7 @@ def query(
 
 @app.command()
 def sql(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     statement: str = typer.Argument(..., help="SQL over views detections, recordings, done, runs, verified, "
                                               "and every summary (daily_counts, site_days, diel, occupancy, ...)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the result to .csv or .parquet"),
@@ -251,7 +245,7 @@ def sql(
 
 @app.command()
 def export(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     fmt: str = typer.Option(..., "--format", help="raven | audacity | csv"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write to (csv: or a .csv file name)"),
     species: Optional[list[str]] = SpeciesOpt,
@@ -272,7 +266,7 @@ def export(
     """Selection tables (Raven Pro), label tracks (Audacity) or CSV, to check detections by ear."""
     from pam.analysis.export import export_detections
 
-    st = _store(store)
+    st = existing_store(store)
     conf = store_config(config, store)
     try:
         res = export_detections(st, out, fmt, conf, species=species, sites=site, start=start,
@@ -289,7 +283,7 @@ def export(
 
 @app.command()
 def review(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     out: Path = typer.Option(..., "--out", "-o", help="folder for clips/ and review.csv"),
     species: Optional[list[str]] = SpeciesOpt,
     n: int = typer.Option(50, "--n", min=1, help="events (clips) per species"),
@@ -307,7 +301,7 @@ def review(
     """Cut a sample of events (calls) per species to WAV clips, with a review.csv to fill in."""
     from pam.analysis.review import make_review, make_review_from
 
-    st = _store(store)
+    st = existing_store(store)
     try:
         if listing is not None:
             res = make_review_from(st, out, listing, pad_s=pad)
@@ -324,14 +318,14 @@ def review(
 
 @app.command("review-import")
 def review_import(
-    store: Path = StoreArg,
+    store: str = StoreArg,
     csv: Path = typer.Argument(..., help="filled-in review.csv"),
     labels_out: Optional[Path] = typer.Option(None, "--labels-out", help="also write the training clip table here"),
 ) -> None:
     """Import a filled-in review CSV as verified labels (precision in the summaries, training labels)."""
     from pam.analysis.review import import_review, write_training_labels
 
-    st = _store(store)
+    st = existing_store(store, local_for="pam review-import")
     try:
         rows, written = import_review(st, csv)
     except _errors() as exc:

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 from pam.config import ConfigError, PamConfig, load_config
+from pam.store.location import NotOnObjectStorage, require_local_root
+from pam.store.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="pam: passive acoustic monitoring, from recorder dumps to detections.")
@@ -35,14 +37,47 @@ def cli_config(path: Optional[Path], **overrides) -> PamConfig:
         raise  # unreachable
 
 
-def store_config(path: Optional[Path], store: Path, **overrides) -> PamConfig:
+def refuse_object_storage(store: str | Path, what: str) -> None:
+    """One line and exit 2 when ``store`` is an object-store URI and ``what`` needs a folder."""
+    try:
+        require_local_root(store, what)
+    except NotOnObjectStorage as exc:
+        fail(str(exc))
+
+
+def store_exists(st: Store) -> bool:
+    """Whether the store is there: a folder, or on object storage anything under its prefix.
+    An object store that cannot be reached (endpoint, credentials) is one line and exit 2."""
+    if not st.remote:
+        return st.root.is_dir()
+    try:
+        return st.location.exists()
+    except OSError as exc:
+        fail(f"store {st.uri}: cannot reach it: {exc} (the AWS_* variables give the endpoint and credentials; "
+             "docs/store.md#object-storage)")
+        raise  # unreachable
+
+
+def existing_store(store: str | Path, local_for: str | None = None) -> Store:
+    """The store a command reads: a folder or an object-store URI that exists, else one line and
+    exit 2. ``local_for`` names what the command does when it needs a folder: an object-store
+    URI is then refused before anything is read."""
+    if local_for:
+        refuse_object_storage(store, local_for)
+    st = Store(store)
+    if not store_exists(st):
+        fail(f"store {store} does not exist")
+    return st
+
+
+def store_config(path: Optional[Path], store: str | Path, **overrides) -> PamConfig:
     """The config of a command on ``store``: ``--config`` when given (one note when its sites differ
     from those the store's last scan used), else the store's remembered sites and summaries settings
     (``pam.store.analysis_config``), so that no command falls back to UTC clocks unasked."""
     from pam.store.analysis_config import site_differences, stored_analysis_config
-    from pam.store.store import Store
 
-    stored = stored_analysis_config(Store(store)) if store.is_dir() else None
+    st = Store(store)
+    stored = stored_analysis_config(st) if store_exists(st) else None
     if path is not None or stored is None:
         conf = cli_config(path, **overrides)
         differ = site_differences(conf, stored) if stored is not None else []
@@ -75,5 +110,7 @@ def time_texts(times: pd.Series) -> list[str]:
             if pd.notna(t) else "" for t in times]
 
 
-StoreOpt = typer.Option(..., "--store", "-s", help="store folder (created if missing)")
+StoreOpt = typer.Option(..., "--store", "-s", help="store folder (created if missing), or an object-store URI such "
+                                                   "as s3://bucket/pam (docs/store.md#object-storage)")
+StoreArg = typer.Argument(..., help="store folder, or an object-store URI such as s3://bucket/pam")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/detect.yaml)")

@@ -11,7 +11,8 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import ConfigOpt, StoreOpt, app, console, err, fail, store_config, time_texts
+from pam.cli.app import (ConfigOpt, StoreArg, StoreOpt, app, console, err, existing_store, fail, store_config,
+                         time_texts)
 from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
@@ -24,7 +25,7 @@ from pam.store.store import Store, StoreBusy
 @app.command()
 def scan(
     dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
-    store: Path = StoreOpt,
+    store: str = StoreOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Scan dumps into the store's manifest (incremental; never writes into the dumps)."""
@@ -59,7 +60,7 @@ def scan(
 @app.command()
 def detect(
     dumps: list[Path] = typer.Argument(..., help="recorder dump folders"),
-    store: Path = StoreOpt,
+    store: str = StoreOpt,
     model: Optional[list[str]] = typer.Option(None, "--model", "-m",
                                               help="a checkpoint, an ONNX file with its card, or a model's short "
                                                    "name; repeat for several models; default: the bundled model"),
@@ -121,7 +122,7 @@ def detect(
     if show:
         _print_detections(st, dumps, report["run_id"], report["model_id"], report["settings_hash"], show)
     html = st.reports_dir / "report.html"
-    if html.is_file():
+    if not st.remote and html.is_file():  # the nightly run writes no HTML report on object storage
         console.print(f"report: {html} (summaries, figures and the species table; pam report to redo it)",
                       highlight=False, soft_wrap=True)
     # Exit 1 (for cron and schedulers) when a dump could not be read at all, or when recordings
@@ -144,7 +145,7 @@ def _run_flow(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verbos
                   + ("" if verbose else "; --verbose shows Prefect's log"), highlight=False, soft_wrap=True)
     with prefect_console(verbose), pam_warnings_apart(hide=not verbose) as warnings:
         with prefect_api():  # a server tied to this process, so a kill -9 leaves none behind
-            result = nightly([str(d) for d in dumps], str(st.root), conf.model_dump(mode="json"), force)
+            result = nightly([str(d) for d in dumps], st.uri, conf.model_dump(mode="json"), force)
     if result.get("busy"):
         raise StoreBusy(result["busy"])
     return {**result["detect"], "warnings": warnings.messages}, result["scans"]
@@ -235,7 +236,7 @@ def _print_detections(st: Store, dumps: list[Path], run_id: str, model_id: str, 
             console.print(f"    {when}  {span:>15}  {common_name(r.label)}  {r.peak_score:.3f}  "
                           f"{r.n_windows} window{'s' * (r.n_windows != 1)}", highlight=False, soft_wrap=True)
     if len(events) > limit:
-        console.print(f"  ... {len(events) - limit} more events (--show N for more; pam query {st.root} --events "
+        console.print(f"  ... {len(events) - limit} more events (--show N for more; pam query {st.uri} --events "
                       "for all)", highlight=False)
 
 
@@ -258,11 +259,9 @@ def _windows_text(st: Store, run_id: str) -> str:
 
 
 @app.command()
-def runs(store: Path = typer.Argument(..., help="store folder"), limit: int = typer.Option(20, "--limit")) -> None:
+def runs(store: str = StoreArg, limit: int = typer.Option(20, "--limit")) -> None:
     """List the runs recorded in a store, newest first."""
-    if not store.is_dir():
-        fail(f"store {store} does not exist")
-    st = Store(store)
+    st = existing_store(store)
     frame = st.read_runs().sort_values("started_at", ascending=False).head(limit)
     # A run that never finished (killed, power cut) has no counts in its row; what it committed
     # is in the done table. It is "interrupted" unless it still holds the store's run lock.

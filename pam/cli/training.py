@@ -12,7 +12,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from pam.cli.app import app, console, fail
+from pam.cli.app import StoreArg, app, console, existing_store, fail, refuse_object_storage
 from pam.config import ConfigError
 
 SetOpt = typer.Option(None, "--set", help="override a config key, e.g. --set train.epochs=10 (repeatable)")
@@ -33,10 +33,13 @@ def _load(config: Path, overrides: list[str] | None):
     from pam.train.config import load_train_config
 
     try:
-        return load_train_config(config, overrides or [])
+        conf = load_train_config(config, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
         raise  # unreachable
+    if conf.output.store:  # before any training, not after it
+        refuse_object_storage(conf.output.store, "the model registry (pam train with output.store)")
+    return conf
 
 
 def _prefect_env() -> None:
@@ -241,15 +244,14 @@ def export_model(
 
 
 @app.command()
-def models(store: Path = typer.Argument(..., help="store folder")) -> None:
+def models(store: str = StoreArg) -> None:
     """List the models registered in a store, and the models its runs used without registering them
     (the bundled model is described from its card)."""
     import pandas as pd
 
     from pam.detect.registry import bundled_if, card_row, headline, read_models, used_model_ids
 
-    if not store.is_dir():
-        fail(f"store {store} does not exist")
+    existing_store(store, local_for="the model registry (pam models)")
     frame = read_models(store)
     try:
         used = used_model_ids(store)
@@ -285,7 +287,8 @@ def models(store: Path = typer.Argument(..., help="store folder")) -> None:
 
 @app.command("apply-head")
 def apply_head_cmd(
-    store: str = typer.Argument(..., help="store folder (or object-store URI) holding the embeddings"),
+    store: str = typer.Argument(..., help="store folder, or an object-store URI such as s3://bucket/pam, holding the "
+                                          "embeddings"),
     head: str = typer.Argument(..., help="head file (.npz) from pam train-head or pam.train.heads, or the id of "
                                          "a head registered in the store (pam heads STORE)"),
     force: bool = typer.Option(False, "--force", help="score again recordings this head has already scored"),

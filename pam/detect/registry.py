@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
 from pam.detect.checkpoint import LoadedModel, bundled_model_path, load_checkpoint, model_id_of
-from pam.store.location import StoreLocation
+from pam.store.location import require_local_root
 from pam.store.store import Store, write_parquet_atomic
 
 
 def models_dir(store: str | os.PathLike) -> Path:
-    StoreLocation(store).require_local("the model registry (pam train with output.store)")
+    require_local_root(store, "the model registry (pam train with output.store)")
     return Path(store) / "models"
 
 

@@ -38,6 +38,20 @@ def store_uri(root: str | Path) -> str | None:
     return None
 
 
+def not_on_object_storage(what: str, uri: str) -> NotOnObjectStorage:
+    """The one-line refusal of ``what`` (something only a local or mounted folder supports) on ``uri``."""
+    return NotOnObjectStorage(f"{what} is not supported on object storage ({uri}); run it on a store in "
+                              "a local or network-mounted folder (docs/store.md#object-storage)")
+
+
+def require_local_root(root: str | Path, what: str) -> None:
+    """NotOnObjectStorage when ``root`` is an object-store URI, decided from the text alone (no
+    connection is made, so the refusal comes before any credentials or network are needed)."""
+    uri = store_uri(root)
+    if uri is not None:
+        raise not_on_object_storage(what, uri)
+
+
 class StoreLocation:
     """The files of one store, addressed by paths relative to the store's root."""
 
@@ -56,8 +70,7 @@ class StoreLocation:
     def require_local(self, what: str) -> None:
         """One-line error for what only a local or mounted folder supports."""
         if self.remote:
-            raise NotOnObjectStorage(f"{what} is not supported on object storage ({self.uri}); run it on a store in "
-                                     "a local or network-mounted folder (docs/store.md#object-storage)")
+            raise not_on_object_storage(what, self.uri)
 
     def path(self, rel: str) -> str:
         """The file system path of ``rel`` (for ``self.fs``)."""

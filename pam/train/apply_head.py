@@ -66,7 +66,7 @@ def plan(store: Store, head: Head, force: bool = False) -> tuple[pd.DataFrame, i
     source = store.done_table(model_id=model_id, columns=["recording_id", "settings_hash", "site", "path",
                                                            "windows", "audio_s"])
     if source.empty:
-        raise HeadError(f"store {store.root} has no windows of model {model_id} (the model head {head.head_id} reads); "
+        raise HeadError(f"store {store.uri} has no windows of model {model_id} (the model head {head.head_id} reads); "
                         f"run `pam detect` with that model and detect.embeddings: true first")
     source["key"] = [head_settings_key(head, k) for k in source["settings_hash"]]
     done = store.done_table(model_id=head.head_id, columns=["recording_id", "settings_hash"])
@@ -94,7 +94,7 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     lengths = window_lengths(store, model_id)
     missing = set(todo["settings_hash"]) - set(lengths)
     if missing:
-        raise HeadError(f"store {store.root}: no run row says the window length of model {model_id} under settings "
+        raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under settings "
                         f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
     manifest = store.read_manifest()[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
     todo = todo.merge(manifest, on="recording_id", how="left")

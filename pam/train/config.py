@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pam.config import ConfigError, format_errors, read_yaml_mapping
+from pam.store.location import store_uri
 
 
 class _Strict(BaseModel):
@@ -244,7 +245,7 @@ PATH_KEYS = ("model.start_from", "output.dir", "output.store", "output.export")
 
 
 def _resolve(value: str | None, base: Path) -> str | None:
-    if value is None or value == "bundled":
+    if value is None or value == "bundled" or store_uri(value):  # an object-store URI is no path
         return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())

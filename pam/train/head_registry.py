@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
 from pam.store.atomic import write_parquet_atomic
-from pam.store.location import StoreLocation
+from pam.store.location import require_local_root, store_uri
 from pam.store.store import Store
 from pam.train.heads import Head, HeadError, load_head
 
@@ -32,7 +32,7 @@ from pam.train.heads import Head, HeadError, load_head
 def heads_dir(store: Store | str | os.PathLike) -> Path:
     """``STORE/heads``; a store on object storage is refused in one line (NotOnObjectStorage)."""
     root = store.uri if isinstance(store, Store) else store
-    StoreLocation(root).require_local("the head registry (pam train-head, pam heads)")
+    require_local_root(root, "the head registry (pam train-head, pam heads)")
     return Path(store.root if isinstance(store, Store) else root) / "heads"
 
 
@@ -94,7 +94,7 @@ def resolve_head(store: Store | str | os.PathLike, head: Head | str | os.PathLik
     if Path(head).is_file():
         return load_head(head)
     root = store.uri if isinstance(store, Store) else str(store)
-    if StoreLocation(root).remote:
+    if store_uri(root) is not None:
         raise HeadError(f"head {head}: no such head file (registered heads are kept in local stores only, and "
                         f"{root} is on object storage)")
     found = registered_head(store, str(head))

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pam.analysis.similar import embedding_models
 from pam.config import ConfigError, format_errors, read_yaml_mapping
 from pam.store.embeddings import read_embeddings
+from pam.store.location import store_uri
 from pam.store.runs import window_lengths
 from pam.store.store import Store
 from pam.train.clips import LabelledClip
@@ -67,7 +68,11 @@ def load_head_config(path: str | os.PathLike) -> HeadConfig:
     for key in ("tables", "raven", "class_folders"):
         for src in data[key]:
             src["path"] = absolute(src["path"])
-    return conf.model_copy(update={"store": absolute(conf.store), "out": absolute(conf.out),
+    store = conf.store if store_uri(conf.store) else absolute(conf.store)  # an object-store URI is no path
+    if store_uri(conf.store) and conf.register_in_store:  # refused before training, not after it
+        raise ConfigError(f"{path}: store {conf.store} is on object storage, where the head registry is not kept; "
+                          "set register_in_store: false (the head stays a file) or name a local store")
+    return conf.model_copy(update={"store": store, "out": absolute(conf.out),
                                    "data": DataSection.model_validate(data)})
 
 
@@ -86,10 +91,10 @@ def embedding_model(store: Store, model_id: str | None) -> str:
     """The embedding model the head reads: the one named, or the store's only one."""
     models = embedding_models(store)
     if model_id is not None and model_id not in models:
-        raise HeadError(f"store {store.root} holds no embeddings of model {model_id} (it has: "
+        raise HeadError(f"store {store.uri} holds no embeddings of model {model_id} (it has: "
                         f"{', '.join(models) or 'none'}); run `pam detect` with detect.embeddings: true")
     if model_id is None and len(models) != 1:
-        raise HeadError(f"store {store.root} holds embeddings of {len(models)} models ({', '.join(models)}); "
+        raise HeadError(f"store {store.uri} holds embeddings of {len(models)} models ({', '.join(models)}); "
                         "name one with `model:` in the config")
     return model_id or models[0]
 
@@ -127,7 +132,7 @@ def labelled_windows(store: Store, model_id: str, clips: list[LabelledClip]):
 def train_head_from_store(conf: HeadConfig) -> TrainedHead:
     """Labels -> stored embeddings of the labelled windows -> head file and card."""
     store = Store(conf.store)
-    if not Path(conf.store).is_dir():
+    if not (store.location.exists() if store.remote else Path(conf.store).is_dir()):
         raise HeadError(f"store {conf.store} does not exist")
     model_id = embedding_model(store, conf.model)
     lengths = window_lengths(store, model_id)
