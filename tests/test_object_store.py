@@ -168,6 +168,13 @@ def test_what_needs_a_folder_says_so_on_object_storage(s3_store):
         register(s3_store, "unused.pt")
     with pytest.raises(NotOnObjectStorage, match="pam store migrate"):
         migrate("/nonexistent", s3_store)
+    from pam.config import AgileConfig, ConfigError, DetectConfig, PamConfig
+    from pam.ops.agile import plan_agile
+
+    with pytest.raises(ConfigError, match="agile.similarity_index: .* is on object storage"):
+        plan_agile(store, PamConfig(detect=DetectConfig(embeddings=True), agile=AgileConfig(similarity_index=True)))
+    with pytest.raises(ConfigError, match="agile.heads: the head registry .* is not supported on object storage"):
+        plan_agile(store, PamConfig(detect=DetectConfig(embeddings=True), agile=AgileConfig(heads="all")))
 
 
 # -- the CLI on object storage (`--store s3://...`, STORE arguments as URIs) --------------------

@@ -48,6 +48,9 @@ def plan_agile(store: Store, config: PamConfig) -> AgilePlan:
     from pam.train.head_registry import read_heads
     from pam.train.heads import HeadError
 
+    if agile.similarity_index and store.remote:  # the index is a folder of files beside the store
+        raise ConfigError(f"agile.similarity_index: {store.uri} is on object storage, where the similarity index is "
+                          "not kept; set agile.similarity_index: false, or run on a store in a local folder")
     models = [m.model_id for m in load_models(config.model_specs(), device="cpu")]
     try:
         registered = read_heads(store) if agile.heads else None
@@ -60,8 +63,8 @@ def plan_agile(store: Store, config: PamConfig) -> AgilePlan:
         reads = dict(zip(registered["head_id"], registered["embedding_model_id"]))
         for head_id in agile.heads:
             if head_id not in reads:
-                raise ConfigError(f"agile.heads: head {head_id} is not registered in store {store.root} "
-                                  f"(`pam heads {store.root}` lists them; `pam train-head` registers one)")
+                raise ConfigError(f"agile.heads: head {head_id} is not registered in store {store.uri} "
+                                  f"(`pam heads {store.uri}` lists them; `pam train-head` registers one)")
             if reads[head_id] not in models:
                 raise ConfigError(f"agile.heads: head {head_id} reads embeddings of model {reads[head_id]}, which "
                                   f"this run does not compute (its models: {', '.join(models)}); add that model "
