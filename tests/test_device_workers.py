@@ -4,6 +4,7 @@ or doubles nothing once the next run has done what it left."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -21,6 +22,7 @@ from pam.cli.main import app
 from pam.config import ConfigError, DetectConfig, PamConfig, RetriesConfig, load_config
 from pam.detect.detection import SEQ_SPAN, resolve_device
 from pam.detect.shards import split, worker_config
+from pam.detect.worker_process import WorkerFailed, call_in_worker
 from pam.io.manifest import recordings_in
 from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.store import PART_NAME, Store
@@ -141,3 +143,21 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing_after_a_rerun(tmp_pat
     again = detect_stage(store, [s.dump], two, progress=False)
     assert again.recordings_done == 1 and again.recordings_skipped == 7 and again.failures == []
     same_tables(table(store), table(single))  # every window once: nothing lost, nothing doubled
+
+
+def doubled_with_a_warning(x: int) -> int:
+    logging.getLogger("pam.detect.detection").warning("%s: a warning from the worker", "/d/f.wav")
+    return 2 * x
+
+
+def refuses(x: int) -> int:
+    raise ValueError(f"no {x}")
+
+
+def test_a_worker_returns_its_result_and_its_log_lines_and_its_errors(caplog):
+    logger = logging.getLogger("pam.test.worker")
+    with caplog.at_level(logging.INFO, logger="pam.test.worker"):
+        assert call_in_worker(doubled_with_a_warning, (21,), name="w", threads=1, logger=logger) == 42
+    assert ("pam.test.worker", logging.WARNING, "/d/f.wav: a warning from the worker") in caplog.record_tuples
+    with pytest.raises(WorkerFailed, match="worker process w: ValueError: no 3"):
+        call_in_worker(refuses, (3,), name="w", threads=1, logger=logger)
