@@ -78,7 +78,7 @@ def test_each_worker_gets_its_device_and_a_share_of_the_cores(conf):
     two = devices_conf(conf.model_copy(update={"detect": DetectConfig(num_workers=None)}), ["cpu", "cpu"])
     mine, threads = worker_config(two, 1)
     assert mine.detect.device == "cpu" and mine.detect.devices == [] and mine.runner.shards == 1
-    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
     assert mine.detect.num_workers is not None  # chosen for its share, not for the whole machine
 
 

@@ -28,8 +28,11 @@ class WorkerFailed(RuntimeError):
 
 
 def cores_per_worker(workers: int, cores: int | None = None) -> int:
-    """This machine's cores shared out among ``workers`` processes (at least one each)."""
-    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+    """The cores this process may use (its CPU affinity) shared out among ``workers`` processes
+    (at least one each)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
 
 
 def call_in_worker(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *, name: str,
