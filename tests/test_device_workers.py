@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -161,3 +162,38 @@ def test_a_worker_returns_its_result_and_its_log_lines_and_its_errors(caplog):
     assert ("pam.test.worker", logging.WARNING, "/d/f.wav: a warning from the worker") in caplog.record_tuples
     with pytest.raises(WorkerFailed, match="worker process w: ValueError: no 3"):
         call_in_worker(refuses, (3,), name="w", threads=1, logger=logger)
+
+
+def sleeps_after_writing_its_pid(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def starts_a_sleeping_worker(path: str) -> None:
+    call_in_worker(sleeps_after_writing_its_pid, (path,), name="sleeper", threads=1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie waiting for a reaper has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_a_worker_exits_when_the_run_that_started_it_is_killed(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    run = multiprocessing.get_context("spawn").Process(target=starts_a_sleeping_worker, args=(str(pid_file),))
+    run.start()
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    assert alive(worker)
+    os.kill(run.pid, signal.SIGKILL)
+    run.join()
+    deadline = time.monotonic() + 15
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker), "the worker went on after its run was killed"
