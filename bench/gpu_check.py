@@ -117,17 +117,28 @@ def check_model(model: DetectionModel, hop_s: float, rows, tmp: Path, args, devi
 
 
 def check_process(dump: Path, tmp: Path, args) -> None:
-    """The whole `pam detect --no-prefect` process (imports, scan, detection, commits, summaries)."""
-    for path in PATHS:
+    """The whole `pam detect --no-prefect` process (imports, scan, detection, commits, summaries),
+    per data path, and on the spans path once more with one worker process per GPU
+    (``--devices``, or every GPU when the machine has several)."""
+    runs = [(path, args.device) for path in PATHS]
+    devices = args.devices or (",".join(f"cuda:{k}" for k in range(torch.cuda.device_count()))
+                               if torch.cuda.device_count() > 1 else None)
+    if devices:
+        runs.append(("spans", devices))
+    for path, device in runs:
         conf = tmp / f"{path}.yaml"
         conf.write_text(f"detect:\n  data_path: {path}\n  batch_size: {args.batch_size}\n")
+        store = tmp / f"cli-{path}-{device.replace(',', '+').replace(':', '')}"
         t = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "pam.cli", "detect", str(dump), "--store", str(tmp / f"cli-{path}"),
-                              "--no-prefect", "--show", "0", "--device", args.device, "-c", str(conf)],
+        res = subprocess.run([sys.executable, "-m", "pam.cli", "detect", str(dump), "--store", str(store),
+                              "--no-prefect", "--show", "0", "--device", device, "-c", str(conf)],
                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         wall = time.perf_counter() - t
-        last = (res.stdout.strip().splitlines() or [""])[-1] if res.returncode == 0 else res.stderr.strip()[-300:]
-        print(f"pam detect --no-prefect, {path}: {wall:.1f} s for the whole process (exit {res.returncode}): {last}")
+        lines = res.stdout.strip().splitlines() or [""]
+        last = next((ln for ln in lines if ln.startswith("run ")), lines[-1]) if res.returncode == 0 \
+            else res.stderr.strip()[-300:]
+        print(f"pam detect --no-prefect, {path}, --device {device}: {wall:.1f} s for the whole process "
+              f"(exit {res.returncode}): {last}")
 
 
 def main() -> None:
@@ -140,6 +151,8 @@ def main() -> None:
     ap.add_argument("--readers", type=int, default=None, help="reader threads (spans path)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-process", action="store_true")
+    ap.add_argument("--devices", default=None, help="also run the whole process on these devices, one worker "
+                                                    "each (e.g. cuda:0,cuda:1; default: every GPU when several)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="pam-gpu-check-"))

@@ -129,7 +129,9 @@ class DetectConfig(_Strict):
     channel: Literal["mix"] | int = Field("mix", description="'mix' averages channels; an integer picks one (0-based)")
     batch_size: int = Field(256, ge=1, le=65536)
     num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader workers; default: on CUDA cores - 1 (at most 8), on the CPU cores // 8 (at most 4)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    devices: list[str] = Field(default_factory=list, description="two or more devices (cpu or cuda:N): one worker "
+                               "process per device, each scoring its own shard of the recordings")
     data_path: Literal["auto", "windows", "spans"] = Field("auto", description="how audio reaches the model: 'windows' (loader workers cut float windows), 'spans' (reader threads send raw samples; the device resamples and cuts); auto: spans on CUDA, windows on the CPU")
     min_score: float | None = Field(None, ge=0, le=1, description="one threshold for every class, overriding the model's")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class threshold overrides")
@@ -145,6 +147,28 @@ class DetectConfig(_Strict):
         for k, t in v.items():
             if not 0 <= t <= 1:
                 raise ValueError(f"threshold for {k!r} is {t}; must be between 0 and 1")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
+            raise ValueError(f"got {v!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N: a GPU's index)")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        if not v:
+            return v
+        if len(v) == 1:
+            raise ValueError(f"devices lists one device; set device: {v[0]} for one, or list two or more")
+        for d in v:
+            if not re.fullmatch(r"cpu|cuda:[0-9]+", d):
+                raise ValueError(f"device {d!r} in devices: name each cpu, or each GPU by its index (cuda:0, cuda:1)")
+        twice = sorted({d for d in v if d != "cpu" and v.count(d) > 1})
+        if twice:
+            raise ValueError(f"devices lists {twice[0]} twice; one worker per GPU")
         return v
 
 
@@ -274,6 +298,20 @@ class PamConfig(_Strict):
         if (self.agile.heads or self.agile.similarity_index) and not self.detect.embeddings:
             raise ValueError("agile.heads and agile.similarity_index work on the stored embeddings: set "
                              "detect.embeddings: true")
+        return self
+
+    @model_validator(mode="after")
+    def _one_shard_per_device(self) -> "PamConfig":
+        devices = self.detect.devices
+        if not devices:
+            return self
+        if self.runner.kind == "dask":
+            raise ValueError("detect.devices starts one worker process per device on this machine; with runner.kind: "
+                             "dask the Dask workers do that: set one or the other")
+        if self.runner.shards not in (1, len(devices)):
+            raise ValueError(f"runner.shards is {self.runner.shards} but detect.devices lists {len(devices)}: "
+                             "with devices, each device takes one shard; leave runner.shards unset")
+        self.runner.shards = len(devices)
         return self
 
     def model_specs(self) -> list[str | None]:

@@ -2,6 +2,9 @@
 
 import base64
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +117,15 @@ def test_empty_store_still_writes_a_page(tmp_path):
 
 def test_artifacts_only_inside_prefect(report):
     assert publish_artifacts(report) is False
+
+
+def test_no_prefect_run_does_not_import_prefect_for_its_artifacts(report):
+    """pam detect --no-prefect: the summary step must not import Prefect (seconds) only to find no run."""
+    code = ("import sys; from pam.analysis.report import publish_artifacts; "
+            "assert publish_artifacts(None) is False; print('prefect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_species_summary_without_detections():

@@ -17,6 +17,7 @@ import html
 import io
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -409,7 +410,12 @@ def build_report(store: Store, out_dir: Path, config: PamConfig | None = None, *
 
 
 def publish_artifacts(report: Report) -> bool:
-    """Attach the species table and the markdown summary to the current Prefect run, if any."""
+    """Attach the species table and the markdown summary to the current Prefect run, if any.
+
+    Without Prefect imported there is no Prefect run in this process: ``pam detect --no-prefect``
+    then skips importing it (2-5 s, docs/benchmarks.md)."""
+    if "prefect" not in sys.modules:
+        return False
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
         from prefect.context import FlowRunContext, TaskRunContext

@@ -65,7 +65,9 @@ def detect(
                                               help="a checkpoint, an ONNX file with its card, or a model's short "
                                                    "name; repeat for several models; default: the bundled model"),
     config: Optional[Path] = ConfigOpt,
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    device: Optional[str] = typer.Option(None, "--device",
+                                         help="auto | cpu | cuda | cuda:N; several, comma-separated "
+                                              "(cuda:0,cuda:1): one worker process per device"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="windows per batch"),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers"),
     force: bool = typer.Option(False, "--force", help="redo recordings already done with these models and settings"),
@@ -79,8 +81,12 @@ def detect(
     # one --model is the config's model; several are its models (either replaces the config's)
     chosen = {"model": model[0], "models": []} if model and len(model) == 1 else \
         {"model": "", "models": list(model)} if model else {}
-    conf = store_config(config, store, **chosen, **{"detect.device": device,
-                              "detect.batch_size": batch_size, "detect.num_workers": workers})
+    # one --device is detect.device (and clears the config's device list); a comma list is detect.devices
+    devices = [d.strip() for d in device.split(",")] if device is not None else None
+    conf = store_config(config, store, **chosen, **{
+        "detect.device": devices[0] if devices and len(devices) == 1 else None,
+        "detect.devices": devices if devices is None or len(devices) > 1 else [],
+        "detect.batch_size": batch_size, "detect.num_workers": workers})
     st = Store(store)
     # Arguments are checked before Prefect starts or anything is created: a mistyped path or a
     # bad model costs seconds, not a run recorded in a new store.

@@ -45,20 +45,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for, but no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available (use --device cpu or auto)")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"device {name!r} asked for, but this machine has {count} CUDA device(s) "
+                          f"(cuda:0 to cuda:{count - 1})")
+    return device
 
 
-def default_workers(device: torch.device | str = "cpu") -> int:
+def default_workers(device: torch.device | str = "cpu", cores: int | None = None) -> int:
     """DataLoader workers when the config leaves it open.
 
     On CUDA the CPU only decodes, so every spare core decodes. On the CPU the model needs
     the cores itself: decoding is several times cheaper than the forward pass, and on a
     small machine workers only steal cores from it (measured on 2 cores: 0 workers ran
     1.4x faster than 1; docs/benchmarks.md), so workers appear only on big machines.
+    ``cores``: the cores this process may use (a device worker's share); default: all.
     """
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     if torch.device(device).type == "cuda":
         return max(0, min(8, cores - 1))
     return min(4, cores // 8)
@@ -73,11 +79,11 @@ def data_path(conf: DetectConfig, device: torch.device) -> str:
     return "spans" if device.type == "cuda" else "windows"
 
 
-def default_readers(device: torch.device | str = "cpu") -> int:
+def default_readers(device: torch.device | str = "cpu", cores: int | None = None) -> int:
     """Reader threads of the spans path when ``detect.num_workers`` leaves it open: on CUDA one
     per core (at most 8: soundfile decodes without the GIL); on the CPU one, reading ahead while
-    the model computes."""
-    cores = os.cpu_count() or 1
+    the model computes. ``cores`` as for ``default_workers``."""
+    cores = cores or os.cpu_count() or 1
     return max(1, min(8, cores)) if torch.device(device).type == "cuda" else 1
 
 

@@ -12,6 +12,11 @@ is counted once) and writes the final row and the failure report.
 
 ``detect_sharded`` runs the shards in threads without Prefect; ``flows/nightly.py`` runs
 the same three steps as Prefect tasks on a thread pool or a Dask cluster.
+
+With ``detect.devices`` (two or more GPUs, or CPU workers) the run has one shard per device
+and ``run_shard`` scores shard k in its own worker process on device k (``worker_process``),
+with its share of the CPU cores; the thread that called it waits. A worker that fails or is
+killed fails its own shard only: the others' commits stand, and the next run does what it left.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pandas as pd
+import torch
 
 from pam.config import ConfigError, PamConfig
 from pam.detect.catalog import load_models
 from pam.detect.contract import DetectionModel
-from pam.detect.detection import (SEQ_SPAN, DetectionReport, detect_recordings, finish_run, plan_detection,
-                                  resolve_device, run_row, usable_statuses)
+from pam.detect.detection import (SEQ_SPAN, DetectionReport, data_path, default_readers, default_workers,
+                                  detect_recordings, finish_run, plan_detection, resolve_device, run_row,
+                                  usable_statuses)
 from pam.detect.scoring import ModelPlan
 from pam.detect.settings import settings_of
+from pam.detect.worker_process import call_in_worker, cores_per_worker
 from pam.io.manifest import check_store_outside, recordings_in
 from pam.store.store import Store
 
@@ -58,6 +66,32 @@ def split(todo: pd.DataFrame, n: int) -> list[list[str]]:
     return [[rec for _path, rec in sorted(m)] for m in members if m]
 
 
+def shard_count(config: PamConfig) -> int:
+    """Shards of a run: one per device of ``detect.devices``, else ``runner.shards``."""
+    return len(config.detect.devices) or config.runner.shards
+
+
+def planning_device(config: PamConfig) -> torch.device:
+    """Where the run's planner loads the models: the CPU when device workers score (no GPU
+    memory held by a process that only waits), else the run's device."""
+    return torch.device("cpu") if config.detect.devices else resolve_device(config.detect.device)
+
+
+def worker_config(config: PamConfig, index: int) -> tuple[PamConfig, int]:
+    """The config that device worker ``index`` runs under, and its torch threads: its own
+    device, no device list, one shard, and loader workers or reader threads for its share of
+    the cores (unless ``detect.num_workers`` says)."""
+    devices = config.detect.devices
+    cores = cores_per_worker(len(devices))
+    device = resolve_device(devices[index % len(devices)])
+    workers = config.detect.num_workers
+    if workers is None:
+        spans = data_path(config.detect, device) == "spans"
+        workers = default_readers(device, cores) if spans else default_workers(device, cores)
+    detect = config.detect.model_copy(update={"device": str(device), "devices": [], "num_workers": workers})
+    return config.model_copy(update={"detect": detect, "runner": config.runner.model_copy(update={"shards": 1})}), cores
+
+
 def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool = False,
               run_id: str | None = None, models: list[DetectionModel] | None = None) -> dict:
     """Plan a run, write its ``running`` row, and split its to-do list into shards.
@@ -69,13 +103,14 @@ def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool 
         check_store_outside(store, d)
     store.ensure()
     store.recover(config.detect.lock_timeout_s)
-    device = resolve_device(config.detect.device)
+    device = planning_device(config)
     models = models or load_models(config.model_specs(), device=device)
     plan = plan_detection(store, recordings_in(store, dumps), models, config.detect, force=force, run_id=run_id,
                           sites=config.sites)
-    row = run_row(plan, config.detect, str(device), ";".join(dumps))
+    devices = ";".join(dict.fromkeys(config.detect.devices)) or str(device)
+    row = run_row(plan, config.detect, devices, ";".join(dumps))
     store.write_run(row)
-    shards = split(plan.todo, config.runner.shards)
+    shards = split(plan.todo, shard_count(config))
     log.info("run %s: %d recordings, %d already done with model %s settings %s, %d to do in %d shard(s)",
              plan.run_id, plan.total, plan.skipped, plan.model_id, plan.key, len(plan.todo), len(shards))
     return {"run_id": plan.run_id, "model_id": plan.model_id, "settings_hash": plan.key,
@@ -89,9 +124,17 @@ def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], confi
     """Score one shard's recordings and commit them under ``run_id``; safe to call again.
 
     Recordings already committed (by anyone, or with ``force`` by this run) are skipped, so
-    a retried shard only does what its failed attempt left.
+    a retried shard only does what its failed attempt left. With ``detect.devices`` the shard
+    is scored in a worker process of its own on device ``index`` (``models`` unused there).
     """
     conf = config if isinstance(config, PamConfig) else PamConfig.model_validate(config)
+    if conf.detect.devices:
+        mine, threads = worker_config(conf, index)
+        (logger or log).info("shard %d: %d recordings on %s in a worker process (%d threads)", index,
+                             len(recording_ids), mine.detect.device, threads)
+        return call_in_worker(run_shard, (store_root, dumps, recording_ids, mine.model_dump(mode="json"), run_id,
+                                          index), {"force": force}, name=f"pam-detect-shard-{index}",
+                              threads=threads, logger=logger)
     store = Store(store_root)
     device = resolve_device(conf.detect.device)
     models = models or load_models(conf.model_specs(), device=device)
@@ -179,7 +222,7 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
     for d in dumps:  # before the lock, which would create the store
         check_store_outside(store, d)
     with store.run_lock(config.runner.wait_s, what=f"detect {';'.join(dumps)}"):
-        models = load_models(config.model_specs(), device=resolve_device(config.detect.device))
+        models = load_models(config.model_specs(), device=planning_device(config))
         start = begin_run(store, dumps, config, force=force, models=models)
         shards = start["shards"]
         logger.info("run %s: %d recordings, %d already done, %d to do in %d shard(s)", start["run_id"],

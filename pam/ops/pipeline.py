@@ -109,7 +109,8 @@ def detect_stage(store: Store, dumps: list[str], config: PamConfig, *, force: bo
                  progress: bool = True, scan_problems: list[dict] | None = None,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> DetectionReport:
     """Score the usable recordings of ``dumps`` that the store has not done yet
-    (in ``runner.shards`` shards on threads of this process)."""
+    (in ``runner.shards`` shards on threads of this process, or one worker process per
+    device of ``detect.devices``)."""
     for d in dumps:
         check_store_outside(store, d)
     return detect_sharded(store, [str(d) for d in dumps], config, force=force, scan_failures=scan_problems,
@@ -178,5 +179,6 @@ def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:
 
     if not prefect:
         require_in_process_runner(config)
-    resolve_device(config.detect.device)
+    for device in [config.detect.device, *config.detect.devices]:
+        resolve_device(device)
     settings_of(config.detect, load_models(config.model_specs(), device="cpu"), config.sites)
