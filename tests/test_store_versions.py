@@ -200,3 +200,14 @@ def test_compaction_beside_a_writer_loses_and_doubles_nothing(tmp_path):
     det = rows(store)
     assert len(det) == 6 * 2 * 5 + 10 * 5 and not det.duplicated(KEY).any()
     assert len(store.done_table()) == 6 * 2 + 10 and not store.done_table()["recording_id"].duplicated().any()
+
+
+def test_summaries_do_not_recount_after_a_compaction(tmp_path):
+    store = season(tmp_path, days=4)
+    conf = PamConfig()
+    summarize(store, conf)
+    counted = store.read_summary("hourly_counts")
+    assert store.compact().partitions == 4  # both sites' detections and done files merged
+    again = summarize(store, conf)
+    assert not again.full and again.new_done_files == 0  # the flushes and their done rows are unchanged
+    pd.testing.assert_frame_equal(store.read_summary("hourly_counts"), counted)

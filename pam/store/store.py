@@ -6,7 +6,7 @@ Layout::
       manifest/manifest.parquet            one row per recording path seen
       results/                             Delta Lake table: detections and done rows
         _delta_log/                        the table's versions
-        kind=detection/site=S/date=D/part-<run>-<seq>-<hex>.parquet
+        kind=detection/site=S/month=YYYY-MM/part-<run>-<seq>-<hex>.parquet
         kind=done/site=S/done-<run>-<seq>-<hex>.parquet
       runs/run-<run>.parquet               one row per run
       models/model-<id>.parquet            model registry rows
