@@ -4,11 +4,15 @@ Builds (or reuses) the synthetic season store of bench/season_store.py, without 
 gaps: 100 sites x 120 days x 1,000 detections a day = 12 million rows in 12,000 part files.
 Then times, for one species at one site over one week:
 
-  pruned - pam.store.query.query_detections, the code path of `pam query`: files chosen by folder
-           names (site, UTC date), then a pyarrow filter;
+  pruned - pam.store.query.query_detections, the code path of `pam query`, opening the table
+           included: files chosen from the table's log (site, UTC month, each file's first and
+           last date), then a pyarrow filter;
+  open   - opening the table (the latest snapshot) and listing its live files, alone;
   full   - every committed file read, the same filter applied afterwards in pandas;
 
-checks both return the same rows, and prints both times and their ratio. With --cli it also
+checks both return the same rows, and prints both times and their ratio. With --compact it
+then compacts the store (pam store compact) and times the pruned query, the open and the
+full scan again, with the live file counts before and after. With --cli it also
 times the `pam query` command as a user runs it (including Python start-up and imports).
 
     python bench/bench_query.py [--store DIR] [--keep] [--repeat 5] [--cli]
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import season_store  # noqa: E402
 
 from pam.store.query import full_scan, query_detections  # noqa: E402
+from pam.store.results import ResultsTable  # noqa: E402
 from pam.store.store import Store  # noqa: E402
 
 QUESTION = {"species": "northern_bobwhite", "sites": "S042", "start": "2024-05-06", "end": "2024-05-12"}
@@ -65,7 +70,13 @@ def main() -> None:
         season_store.build(root, args.sites, args.days, args.per_day, gaps=False)
         print(f"built {root} in {time.perf_counter() - t0:.1f} s")
     files = store.detection_files()
+
+    def opened():
+        snap = Store(root).snapshot()
+        return ResultsTable.files(snap, "detection"), ResultsTable.files(snap, "done")
+
     try:
+        open_times, (det_files, done_files) = timed(opened, args.repeat)
         pruned_times, pruned = timed(lambda: query_detections(store, **QUESTION), args.repeat)
         full_times, full = timed(lambda: full_scan(store, **QUESTION), max(1, min(2, args.repeat)))
         cols = ["recording_id", "start_sample", "label", "model_id"]
@@ -77,12 +88,20 @@ def main() -> None:
             store.compact()
             result_compact_s = time.perf_counter() - t1
             compacted_times, _ = timed(lambda: full_scan(store, **QUESTION), max(1, min(2, args.repeat)))
-            after_times, _ = timed(lambda: query_detections(store, **QUESTION), args.repeat)
+            after_times, after = timed(lambda: query_detections(store, **QUESTION), args.repeat)
+            open_after, (det_after, done_after) = timed(opened, args.repeat)
             compacted_scan = {"compact_s": round(result_compact_s, 2), "files_after": len(store.detection_files()),
+                              "detection_files_after": len(det_after), "done_files_after": len(done_after),
+                              "open_median_after_compaction_s": round(statistics.median(open_after), 4),
+                              "pruned_files_read_after_compaction": len(after.files),
+                              "same_rows_after_compaction": bool(after.rows[cols].reset_index(drop=True).equals(
+                                  pruned.rows[cols].reset_index(drop=True))),
                               "full_scan_after_compaction_s": round(min(compacted_times), 3),
                               "pruned_median_after_compaction_s": round(statistics.median(after_times), 4)}
         result = {
             "store_rows": total_rows, "store_files": len(files), "matching_rows": len(pruned.rows),
+            "detection_files": len(det_files), "done_files": len(done_files),
+            "open_median_s": round(statistics.median(open_times), 4),
             "pruned_files_read": len(pruned.files), "same_rows": bool(same),
             "pruned_first_s": round(pruned_times[0], 4), "pruned_median_s": round(statistics.median(pruned_times), 4),
             "full_scan_s": round(min(full_times), 3),

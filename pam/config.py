@@ -251,7 +251,8 @@ class SummariesConfig(_Strict):
 class StoreConfig(_Strict):
     """Upkeep of the store's results table, done by the nightly run after its summaries."""
 
-    compact: bool = Field(True, description="rewrite the detection partitions the run wrote as one file each")
+    compact: bool = Field(True, description="rewrite each detection partition (site, UTC month) and each "
+                          "site's done files holding several files as one file each")
     retention_days: float = Field(7.0, ge=0, le=3650, description="keep files that newer versions removed this many "
                                   "days (time travel reaches back that far), then delete them")
 

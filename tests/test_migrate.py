@@ -74,7 +74,9 @@ def test_migrate_keeps_every_table(tmp_path):
     want_done = pd.concat([flush_for(recs[:3], "m1", A).done.to_pandas(), flush_for(recs[3:], "m1", A).done.to_pandas()])
     want_done = pd.concat([want_done[want_done["recording_id"] != recs[1].rid],
                            flush_for(recs[1:2], "m1", B).done.to_pandas()])
-    pd.testing.assert_frame_equal(canon(done, ["recording_id", "run_id"]), canon(want_done, ["recording_id", "run_id"]))
+    assert done["commit_seq"].notna().all()  # from the old done file names (compaction keeps it in the rows)
+    pd.testing.assert_frame_equal(canon(done.drop(columns="commit_seq"), ["recording_id", "run_id"]),
+                                  canon(want_done.drop(columns="commit_seq"), ["recording_id", "run_id"]))
     assert (result.detection_rows, result.done_rows) == (len(want), len(want_done))
     pd.testing.assert_frame_equal(store.read_manifest(), Store(old).read_manifest())
     pd.testing.assert_frame_equal(store.read_runs(), pq.read_table(old / "runs" / f"run-{A}.parquet").to_pandas())
@@ -100,4 +102,67 @@ def test_an_old_store_is_refused_with_the_command_that_converts_it(tmp_path):
     assert res.exit_code == 0, res.output
     assert "migrated" in res.output
     res = CliRunner().invoke(app, ["store", "migrate", str(tmp_path / "new"), str(tmp_path / "again")])
-    assert res.exit_code == 2 and "not a store of the folder layout" in res.output
+    assert res.exit_code == 2 and "needs no migration" in res.output
+
+
+def date_partitioned_store(root):
+    """A store as pam wrote it with the results table partitioned by (kind, site, date): detection
+    files without a date column, done files without commit numbers."""
+    import json
+    import os
+    import time
+
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, CommitProperties
+
+    import pam.store.schemas as schemas
+
+    recs = recordings()
+    table = root / "results"
+    columns = [f.with_nullable(True) for f in list(schemas.DETECTIONS) + [f for f in schemas.DONE
+                                                                         if f.name not in ("site", "commit_seq")]]
+    unique = list({f.name: f for f in columns}.values())
+    schema = pa.schema(unique + [pa.field(p, pa.string()) for p in ("kind", "site", "date")])
+    DeltaTable.create(str(table), schema=schema, partition_by=["kind", "site", "date"], name="results")
+    adds = []
+
+    def add(rel, rows, values):
+        os.makedirs(os.path.dirname(table / rel), exist_ok=True)
+        pq.write_table(rows, table / rel)
+        adds.append(AddAction(rel, os.path.getsize(table / rel), values, int(time.time() * 1000), True,
+                              json.dumps({"numRecords": rows.num_rows})))
+
+    flush = flush_for(recs, "m1", A)
+    det = flush.detections.to_pandas()
+    for (site, day), group in det.groupby(["site", "date"]):
+        rows = pa.Table.from_pandas(group.drop(columns=["site", "date"]), schema=schemas.DETECTIONS, preserve_index=False)
+        add(f"kind=detection/site={site.replace('/', '%2F').replace(' ', '%20')}/date={day}/part-{A}-00000-1234abcd.parquet",
+            rows, {"kind": "detection", "site": site, "date": day})
+    done = flush.done.to_pandas().drop(columns="commit_seq")
+    for site, group in done.groupby("site"):
+        rows = pa.Table.from_pandas(group, preserve_index=False)
+        add(f"kind=done/site={site.replace('/', '%2F').replace(' ', '%20')}/done-{A}-00000-1234abcd.parquet",
+            rows, {"kind": "done", "site": site, "date": None})
+    DeltaTable(str(table)).create_write_transaction(adds, "append", schema, partition_by=["kind", "site", "date"],
+                                                    commit_properties=CommitProperties(max_commit_retries=0))
+    Store(root).write_manifest(manifest_frame(recs))
+    return recs
+
+
+def test_a_date_partitioned_results_table_is_refused_then_migrated(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    recs = date_partitioned_store(old)
+    with pytest.raises(OldLayoutError, match=f"pam store migrate {old} NEW_FOLDER"):
+        Store(old).read_detections()
+    res = CliRunner().invoke(app, ["store", "migrate", str(old), str(new)])
+    assert res.exit_code == 0, res.output
+    store = Store(new)
+    key = ["recording_id", "start_sample", "label", "model_id"]
+    want = flush_for(recs, "m1", A).detections.to_pandas()
+    got = store.read_detections()
+    pd.testing.assert_frame_equal(canon(got, key), canon(want[got.columns], key), check_dtype=False)
+    assert set(store.done_table()["commit_seq"]) == {0} and len(store.done_table()) == len(recs)
+    assert {p.parent.name for p in store.detection_files()} == {"month=2024-05"}
+    assert store.next_seq(A) == 1  # the commit numbers of the old done file names
+    assert store.compact().partitions == 2 and len(store.read_detections()) == len(want)  # one month a site

@@ -149,8 +149,9 @@ def test_compact_vacuum_and_time_travel_on_s3(s3_store):
         rec = Rec(f"t{seq}", "A", "2024-05-01T05:00", 60, detections=[(1.0, "x", 0.9, "m1")])
         store.commit(run, seq, flush_for([rec], "m1", run))
     before = store.history()[0]["version"]
-    assert store.compact().partitions == 1
+    assert store.compact().partitions == 2  # site A's month of detections, and its done files
     assert len(store.detection_files()) == 1 and len(store.read_detections()) == 3
+    assert len(store.done_files()) == 1 and store.next_seq(run) == 3
     assert len(store.at(before).detection_files()) == 3  # the version before compaction still reads
     assert store.vacuum(retention_days=7) == []  # nothing is old enough yet
     assert store.recover(orphan_age_s=0) == 0

@@ -42,11 +42,14 @@ def rows(store: Store) -> pd.DataFrame:
 def test_compaction_keeps_every_row_and_the_done_keys(tmp_path):
     store = store_of_nights(tmp_path, 3)
     before, files_before = rows(store), store.detection_files()
+    done_files = store.done_files()
     done_before = store.done_table().sort_values("recording_id").reset_index(drop=True)
     version = store.snapshot().version()
     result = store.compact()
-    assert result.partitions == 2 and result.files_before == len(files_before) == 6 and result.rows == len(before)
-    assert len(store.detection_files()) == 2
+    # two site-months of detections and two sites' done files, each merged into one file
+    assert result.partitions == 4 and len(files_before) == len(done_files) == 6
+    assert result.files_before == 12 and result.rows == len(before) + len(done_before)
+    assert len(store.detection_files()) == 2 and len(store.done_files()) == 2
     pd.testing.assert_frame_equal(rows(store), before)
     pd.testing.assert_frame_equal(store.done_table().sort_values("recording_id").reset_index(drop=True), done_before)
     assert store.done_keys("m1", "s1") == {r.rid for n in range(3) for r in night(n)}
@@ -57,7 +60,7 @@ def test_compaction_keeps_every_row_and_the_done_keys(tmp_path):
     assert store.vacuum(retention_days=7) == []
     pd.testing.assert_frame_equal(rows(store.at(version)), before)
     assert sorted(store.vacuum(retention_days=0)) == sorted(p.relative_to(store.results_dir).as_posix()
-                                                            for p in files_before)
+                                                            for p in files_before + done_files)
     pd.testing.assert_frame_equal(rows(store), before)
 
 
@@ -109,3 +112,102 @@ def test_query_and_sql_as_of_an_earlier_version(tmp_path):
     assert res.exit_code == 2 and "has no version at 1999-01-01" in res.output
     res = runner.invoke(app, ["store", "history", str(tmp_path)])
     assert res.exit_code == 0 and "commit" in res.output
+
+
+def season(root, days: int = 20) -> Store:
+    """Two sites, one recording a night over ``days`` nights (crossing a month), one flush a night."""
+    store = Store(root).ensure()
+    recs = []
+    for d in range(days):
+        when = pd.Timestamp("2024-05-20T12:00") + pd.Timedelta(days=d)
+        for site in ("S1", "S2"):
+            dets = [(60.0 * k, "owl" if k % 2 else "wren", 0.6 + 0.03 * k, "m1") for k in range(5)]
+            recs.append(Rec(f"{site}-d{d}", site, when.strftime("%Y-%m-%dT%H:%M"), 600, detections=dets))
+    store.write_manifest(manifest_frame(recs))
+    for d in range(days):
+        commit(store, recs[2 * d:2 * d + 2])
+    return store
+
+
+def test_compaction_merges_a_sites_month_into_one_file_and_the_week_reads_the_same(tmp_path):
+    store = season(tmp_path)
+    before = rows(store)
+    week = dict(sites="S2", start="2024-05-28", end="2024-06-03")
+    asked = query_detections(store, **week)
+    # before compaction: one file per site and UTC day; the week opens its own 7 days only
+    assert len(asked.files) == 7 and len(store.detection_files()) == 2 * 20
+    assert len(store.done_files()) == 2 * 20
+    result = store.compact()
+    assert result.rows == len(before) + 40
+    # one file per site and UTC month (May, June), one done file per site
+    assert len(store.detection_files()) == 4 and len(store.done_files()) == 2
+    assert sorted(p.parent.name for p in store.detection_files(sites=["S1"])) == ["month=2024-05", "month=2024-06"]
+    pd.testing.assert_frame_equal(rows(store), before)
+    again = query_detections(store, **week)
+    assert len(again.files) == 2 and len(again.rows) > 0
+    pd.testing.assert_frame_equal(again.rows, asked.rows)
+    # the log's statistics still prune: a week inside May opens May's file only
+    assert [p.parent.name for p in query_detections(store, sites="S2", start="2024-05-21", end="2024-05-27").files] \
+        == ["month=2024-05"]
+    # the compacted file is sorted by time, and a checkpoint was written for the next open
+    merged = store.read_detections()
+    assert merged[merged["site"] == "S1"]["start_time"].is_monotonic_increasing
+    assert list((store.results_dir / "_delta_log").glob("*.checkpoint.parquet"))
+    # the commit numbers live on in the done rows: summaries and next_seq need no file names
+    assert sum(store.committed_flushes().values()) == 40 and len(store.committed_flushes()) == 20
+
+
+def test_a_replacement_after_compaction_rewrites_the_compacted_file(tmp_path):
+    store = season(tmp_path, days=4)
+    store.compact()
+    target = "S1-d1"
+    from pamstore import flush_for
+    from pam.store.store import new_run_id
+
+    recs = [r for r in [Rec(target, "S1", "2024-05-21T12:00", 600, detections=[(1.0, "owl", 0.9, "m1")])]]
+    run = new_run_id()
+    store.commit(run, 0, flush_for(recs, "m1", run), replace=True)  # --force of one recording
+    det = store.read_detections()
+    assert (det["recording_id"] == target).sum() == 1 and len(det) == 4 * 2 * 5 - 5 + 1
+    assert (store.done_table()["recording_id"] == target).sum() == 1
+    assert store.next_seq(run) == 1
+
+
+def test_compaction_beside_a_writer_loses_and_doubles_nothing(tmp_path):
+    import threading
+
+    store = season(tmp_path, days=6)
+    extra = []
+    for d in range(6, 16):
+        when = pd.Timestamp("2024-05-20T12:00") + pd.Timedelta(days=d)
+        extra.append([Rec(f"S1-d{d}", "S1", when.strftime("%Y-%m-%dT%H:%M"), 600,
+                          detections=[(60.0 * k, "owl", 0.7, "m1") for k in range(5)])])
+    errors = []
+
+    def compactor():
+        try:
+            for _ in range(6):
+                Store(tmp_path).compact()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=compactor)
+    thread.start()
+    for recs in extra:
+        commit(Store(tmp_path), recs)
+    thread.join()
+    assert not errors
+    det = rows(store)
+    assert len(det) == 6 * 2 * 5 + 10 * 5 and not det.duplicated(KEY).any()
+    assert len(store.done_table()) == 6 * 2 + 10 and not store.done_table()["recording_id"].duplicated().any()
+
+
+def test_summaries_do_not_recount_after_a_compaction(tmp_path):
+    store = season(tmp_path, days=4)
+    conf = PamConfig()
+    summarize(store, conf)
+    counted = store.read_summary("hourly_counts")
+    assert store.compact().partitions == 4  # both sites' detections and done files merged
+    again = summarize(store, conf)
+    assert not again.full and again.new_done_files == 0  # the flushes and their done rows are unchanged
+    pd.testing.assert_frame_equal(store.read_summary("hourly_counts"), counted)

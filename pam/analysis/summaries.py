@@ -13,10 +13,11 @@ config; UTC when a site is not configured), because that is how field teams thin
   (``pam.analysis.effort.analysed_by_model``), and the occupancy CSVs hold the counting model's
   histories (``label_models``).
 
-Incremental rule: ``summaries/state.json`` lists the ``done`` files already folded in. Only
-the (site, local day) pairs holding detections of new ``done`` files are recounted; effort is
-recomputed in full every time (one row per recording, cheap). Any other change (a filter,
-a site's clock, a ``done`` file rewritten by ``--force``) recomputes everything.
+Incremental rule: ``summaries/state.json`` lists the flushes (run, commit number) already
+folded in, with their done rows. Only the (site, local day) pairs holding detections of new
+flushes are recounted; effort is recomputed in full every time (one row per recording,
+cheap). Any other change (a filter, a site's clock, a flush's done rows replaced by
+``--force``) recomputes everything; compaction, which moves rows but changes none, does not.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from pam.analysis.effort import analysed_by_model, day_strings, effort_table, lo
 from pam.analysis.occupancy import detection_histories, run_thresholds, write_history_csvs
 from pam.store.analysis_config import stored_analysis_config
 from pam.store.query import score_threshold
-from pam.store.store import DONE_NAME, PART_NAME, UNKNOWN, Store
+from pam.store.results import DETECTION, ResultFile, ResultsTable
+from pam.store.store import PART_NAME, UNKNOWN, Store
 from pam.analysis.survey_covariates import site_positions, survey_days
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: flushes and their done rows instead of done file names
 _HOURLY_KEYS = ["site", "local_date", "local_hour", "label", "model_id"]
 
 
@@ -70,8 +72,8 @@ def _write(store: Store, name: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- detections -> hourly counts -------------------------------------------------------------
 def _partition(path: Path) -> tuple[str, str]:
-    """(site, UTC date) of a committed part file, from its folder names."""
-    return unquote(path.parent.parent.name[len("site="):]), path.parent.name[len("date="):]
+    """(site, UTC month) of a committed detection file, from its folder names."""
+    return unquote(path.parent.parent.name[len("site="):]), path.parent.name[len("month="):]
 
 
 def _flush_key(path: Path) -> tuple[str, int] | None:
@@ -138,15 +140,17 @@ def _touched_days(store: Store, new_files: list[Path], config: PamConfig) -> dic
     return touched
 
 
-def _files_near(files: list[Path], touched: dict[str, set[int]]) -> list[Path]:
-    """Committed files whose UTC date is within a day of a touched local day at that site."""
-    near: dict[str, set[int]] = {s: {d + k for d in days for k in (-1, 0, 1)} for s, days in touched.items()}
+def _files_near(files: list[Path], touched: dict[str, set[int]], entries: dict[Path, ResultFile]) -> list[Path]:
+    """Committed files holding a UTC date within a day of a touched local day at that site
+    (each file's first and last date, from the table's log)."""
+    near = {site: [(str(np.datetime64(d - 1, "D")), str(np.datetime64(d + 1, "D"))) for d in days]
+            for site, days in touched.items()}
     out = []
     for f in files:
-        site, day = _partition(f)
-        if site in near and day != UNKNOWN:
-            if int(np.datetime64(day, "D").astype(np.int64)) in near[site]:
-                out.append(f)
+        site, _month = _partition(f)
+        days = entries[f].days() if f in entries else None
+        if site in near and days is not None and any(lo <= days[1] and days[0] <= hi for lo, hi in near[site]):
+            out.append(f)
     return out
 
 
@@ -163,17 +167,9 @@ def _compacted_before_counted(store: Store, new_flushes: set[tuple[str, int]], f
 
 
 # -- state ---------------------------------------------------------------------------------
-def _done_files(store: Store) -> dict[str, list[int]]:
-    out = {}
-    paths = [p for p in store.done_files() if DONE_NAME.match(p.name)]
-    if store.remote:  # one listing call per file is slow there; the names are unique, sizes say the rest
-        for info in store.location.fs.get_file_info([str(p) for p in paths]):
-            out[info.base_name] = [info.size, int(info.mtime.timestamp() * 1e9) if info.mtime else 0]
-        return out
-    for path in paths:
-        st = path.stat()
-        out[path.name] = [st.st_size, st.st_mtime_ns]
-    return out
+def _flushes(store: Store, snap) -> dict[str, int]:
+    """"<run>/<commit number>" -> done rows of every committed flush (compaction keeps them)."""
+    return {f"{run}/{seq}": rows for (run, seq), rows in store.committed_flushes(snap).items()}
 
 
 def _inputs(config: PamConfig, min_score: float | None, model_id: str | None) -> dict:
@@ -353,15 +349,17 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     if period_days < 1:
         raise ValueError(f"period_days must be at least 1, got {period_days}")
     notes: list[str] = []
-    done_now = _done_files(store)
+    snap = store.snapshot()
+    done_now = _flushes(store, snap)
     inputs = _inputs(config, min_score, model_id)
     state = None if full else _read_state(store)
-    old_files = state["done_files"] if state else {}
-    changed = [n for n, sig in old_files.items() if done_now.get(n) != sig]
+    old_flushes = state["flushes"] if state else {}
+    changed = [n for n, rows in old_flushes.items() if done_now.get(n) != rows]
     full = (state is None or state.get("inputs") != inputs or bool(changed)
             or not store.has_summary("hourly_counts"))
-    new_flushes = {(m["run"], int(m["seq"])) for n in done_now if n not in old_files and (m := DONE_NAME.match(n))}
-    files = store.detection_files()
+    new_flushes = {(n.rsplit("/", 1)[0], int(n.rsplit("/", 1)[1])) for n in done_now if n not in old_flushes}
+    files = store.detection_files(snap=snap)
+    entries = {store.results_dir / f.path: f for f in ResultsTable.files(snap, DETECTION)}
     if not full and _compacted_before_counted(store, new_flushes, files):
         full = True  # a new flush's detection files were compacted away: its days cannot be found by file name
     if full:
@@ -369,7 +367,7 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
         recounted = int(hourly[["site", "local_date"]].drop_duplicates().shape[0])
     else:
         touched = _touched_days(store, [f for f in files if _flush_key(f) in new_flushes], config)
-        fresh = count_hours(store, _files_near(files, touched), config, min_score, model_id, touched)
+        fresh = count_hours(store, _files_near(files, touched, entries), config, min_score, model_id, touched)
         old = store.read_summary("hourly_counts")
         old_days = old["local_date"].map(lambda d: int(np.datetime64(d, "D").astype(np.int64))) if len(old) else []
         stale = np.array([day in touched.get(site, ()) for site, day in zip(old["site"], old_days)], dtype=bool)
@@ -417,6 +415,6 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
                      min_score, run_thresholds(runs))
     # the done files listed before reading: a flush committed meanwhile is recounted next time
     _write_state(store, {"version": STATE_VERSION, "inputs": inputs, "period_days": period_days,
-                         "done_files": done_now})
+                         "flushes": done_now})
     return SummaryResult(tables, store.summaries_dir, full, recounted, len(new_flushes), notes, counting)
 

@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pam.cli import agile, analysis, detection, operations, store, training  # noqa: F401 - importing registers the commands
 from pam.cli.app import app, err
+from pam.store.results import OldLayoutError
 
 
 def main() -> None:
@@ -22,6 +23,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; rerun the same command to resume (finished recordings are kept)")
         sys.exit(130)
+    except OldLayoutError as exc:  # a store of an earlier layout: one line naming pam store migrate
+        err.print(f"error: {exc}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def history(store: str = StoreArg, limit: int = typer.Option(20, "--limit", min=
 @store_app.command("compact")
 def compact(store: str = StoreArg,
             min_files: int = typer.Option(2, "--min-files", min=2, help="compact partitions with this many files")) -> None:
-    """Rewrite each detection partition (site, UTC day) holding several files as one file; no row changes."""
+    """Rewrite each detection partition (site, UTC month) and each site's done files as one file; no row changes."""
     done = existing_store(store).compact(min_files)
     console.print(f"compacted {done.partitions} partitions: {done.files_before} files, {done.rows} rows",
                   highlight=False)

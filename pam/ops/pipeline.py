@@ -130,7 +130,7 @@ def summarize_stage(store: Store, config: PamConfig,
 def maintain_store(store: Store, config: PamConfig,
                    logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
     """After the summaries (which follow the run's own files): compact the detection partitions
-    holding more than one file (those written since their last compaction, so the ones this
+    (site, UTC month) and sites' done files holding more than one file (those written since their last compaction, so the ones this
     run touched), then delete files removed more than ``store.retention_days`` ago."""
     logger = logger or log
     if config.store.compact:

@@ -1,4 +1,9 @@
-"""``pam store migrate OLD NEW``: a store of the folder layout (pam before issue 12) as a new store.
+"""``pam store migrate OLD NEW``: a store of an earlier layout as a store of today's.
+
+Two earlier layouts are converted: the folder layout (pam before issue 12, below), and the
+results table partitioned by (kind, site, UTC date) (before month partitions), whose live
+files are each written again with their date as a column (and done files with their commit
+number), keeping their names, in one transaction.
 
 The folder layout kept detections in ``detections/site=S/date=D/part-<run>-<seq>.parquet`` and
 their completion in ``done/done-<run>-<seq>.parquet``; a part counted only when the done file of
@@ -23,9 +28,13 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pam.store.results import DETECTION, DETECTION_FILE, DONE, DONE_FILE
+from deltalake import DeltaTable
+
+from pam.store.results import (DETECTION, DETECTION_FILE, DONE, DONE_FILE, EMBEDDING, EMBEDDING_FILE, OLD_PARTITIONS,
+                               ResultsTable)
 from pam.store.location import StoreLocation
 from pam.store.store import Store
+from pam.store.transactions import DONE_NAME
 
 OLD_PART = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
 OLD_DONE = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)\.parquet$")
@@ -49,6 +58,24 @@ class Migrated:
 
 def is_folder_layout(root: Path) -> bool:
     return (root / "done").is_dir() or (root / "detections").is_dir()
+
+
+def is_date_partitioned(root: Path) -> bool:
+    """A results table of the (kind, site, date) layout."""
+    if not (root / "results" / "_delta_log").is_dir():
+        return False
+    return DeltaTable(str(root / "results")).metadata().partition_columns == OLD_PARTITIONS
+
+
+def with_date(rows: pa.Table, day: str | None, schema: pa.Schema) -> pa.Table:
+    """Rows of a file of the date layout with their date as a column."""
+    rows = rows.select([n for n in schema.names if n != "date"])
+    return rows.append_column("date", pa.array([day or "unknown"] * rows.num_rows, pa.string())).cast(schema)
+
+
+def with_seq(rows: pa.Table, seq: int | None) -> pa.Table:
+    rows = rows.select([n for n in DONE_FILE.names if n != "commit_seq"])
+    return rows.append_column("commit_seq", pa.array([seq] * rows.num_rows, pa.int64())).cast(DONE_FILE)
 
 
 def _journal_keys(old: Path, committed: set[tuple[str, int]]) -> list[tuple[set[tuple], tuple[str, int] | None]]:
@@ -87,13 +114,16 @@ def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
     old, new = Path(old_root).expanduser().resolve(), Path(new_root).expanduser().resolve()
     if not old.is_dir():
         raise MigrationError(f"store {old} does not exist")
-    if not is_folder_layout(old):
-        raise MigrationError(f"{old} has no detections/ or done/ folder: it is not a store of the folder layout "
-                             "(a store with results/ needs no migration)")
+    date_layout = is_date_partitioned(old)
+    if not date_layout and not is_folder_layout(old):
+        raise MigrationError(f"{old} is neither a store of the folder layout (detections/, done/) nor one whose "
+                             "results table is partitioned by date: it needs no migration")
     if new.exists() and any(new.iterdir()):
         raise MigrationError(f"{new} exists and is not empty; give a new folder")
     if new == old or old in new.parents:
         raise MigrationError(f"{new} lies inside the old store {old}; give a folder outside it")
+    if date_layout:
+        return _finish(old, new, *_from_date_layout(old, new))
     done_files = {}
     for entry in os.scandir(old / "done") if (old / "done").is_dir() else []:
         if m := OLD_DONE.match(entry.name):
@@ -112,24 +142,62 @@ def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
                 m = OLD_PART.match(name)
                 if not m or (m["run"], int(m["seq"])) not in done_files:
                     continue  # a part no done file covers was never visible
-                rows = pq.read_table(folder / name).select(DETECTION_FILE.names).cast(DETECTION_FILE)
+                rows = with_date(pq.read_table(folder / name), day, DETECTION_FILE)
                 rows = _without_journalled(rows, (m["run"], int(m["seq"])), journals)
                 if rows.num_rows:
                     det_rows += rows.num_rows
-                    adds.append(table.write_file(rows, DETECTION, site, day, f"part-{m['run']}-{int(m['seq']):05d}"))
+                    adds.append(table.write_file(rows, DETECTION, site, f"part-{m['run']}-{int(m['seq']):05d}"))
         for (run, seq), path in sorted(done_files.items()):
-            rows = _without_journalled(pq.read_table(path).select(DONE_FILE.names).cast(DONE_FILE), (run, seq),
-                                       journals)
+            rows = _without_journalled(with_seq(pq.read_table(path), seq), (run, seq), journals)
             for site in sorted(set(rows.column("site").to_pylist()), key=lambda s: (s is None, s or "")):
                 mask = pa.array([s == site for s in rows.column("site").to_pylist()])
                 part = rows.filter(mask)
                 done_rows += part.num_rows
-                adds.append(table.write_file(part, DONE, site, None, f"done-{run}-{seq:05d}"))
-        if not table.commit(table.ensure(), adds, [], "migrate"):
-            raise MigrationError(f"another writer committed to {new} during the migration; start again in an empty folder")
+                adds.append(table.write_file(part, DONE, site, f"done-{run}-{seq:05d}"))
+        _commit(table, adds, new)
     except BaseException:
         table.delete_files(adds)
         raise
+    return _finish(old, new, store, det_rows, done_rows, len(adds))
+
+
+def _commit(table: ResultsTable, adds: list, new: Path) -> None:
+    if not table.commit(table.ensure(), adds, [], "migrate"):
+        raise MigrationError(f"another writer committed to {new} during the migration; start again in an empty folder")
+
+
+def _from_date_layout(old: Path, new: Path) -> tuple[Store, int, int, int]:
+    """Every live file of the old table written again into ``new`` (one transaction)."""
+    dt = DeltaTable(str(old / "results"))
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    store = Store(new).ensure()
+    table = store.results
+    adds, det_rows, done_rows = [], 0, 0
+    schema = {DETECTION: DETECTION_FILE, EMBEDDING: EMBEDDING_FILE}
+    try:
+        for path, kind, site, day in sorted(zip(*(actions.column(c).to_pylist() for c in (
+                "path", "partition.kind", "partition.site", "partition.date"))), key=lambda a: a[0]):
+            rel = unquote(path)
+            name = rel.rsplit("/", 1)[-1]
+            rows = pq.read_table(old / "results" / rel)
+            if kind == DONE:
+                m = DONE_NAME.match(name)
+                rows = with_seq(rows, int(m["seq"]) if m else None)
+                done_rows += rows.num_rows
+            else:
+                rows = with_date(rows, day, schema[kind])
+                det_rows += rows.num_rows if kind == DETECTION else 0
+            if rows.num_rows:
+                adds.append(table.write_file(rows, kind, site, name.rsplit("-", 1)[0]))
+        _commit(table, adds, new)
+    except BaseException:
+        table.delete_files(adds)
+        raise
+    return store, det_rows, done_rows, len(adds)
+
+
+def _finish(old: Path, new: Path, store: Store, det_rows: int, done_rows: int, files: int) -> Migrated:
+    table = store.results
     # That one commit names every file of the season (24,000 actions for 12 million rows); a
     # checkpoint lets readers open the table from one Parquet file instead of parsing its JSON.
     table.snapshot().create_checkpoint()
@@ -138,7 +206,7 @@ def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
     if (got_det, got_done) != (det_rows, done_rows):
         raise MigrationError(f"{new}: read back {got_det} detection and {got_done} done rows, wrote {det_rows} and "
                              f"{done_rows}; the new store is incomplete, delete it and report this")
-    return Migrated(det_rows, done_rows, len(adds), copied)
+    return Migrated(det_rows, done_rows, files, copied)
 
 
 def _copy_rest(old: Path, new: Path) -> int:

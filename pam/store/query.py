@@ -1,12 +1,13 @@
 """Filtered reads of the detection store, and SQL over all of it.
 
 ``query_detections`` prunes in two steps so that a question about one site and one week
-opens only that site's files of that week: first by folder names (site and UTC date,
-through ``Store.detection_files``), then by a pyarrow dataset filter (species, score, model,
-exact time) that Parquet row-group statistics can skip on.
+opens only that site's files of that week: first from the table's log (site partition, UTC
+month partition and each file's first and last date, through ``Store.detection_files``),
+then by a pyarrow dataset filter (species, score, model, exact time) that Parquet row-group
+statistics can skip on.
 
 ``sql_connection`` gives a DuckDB connection with one view per table: ``detections``
-(committed parts only, site and date from the folder names), ``recordings`` (the manifest),
+(one version's files; site from the folder names), ``recordings`` (the manifest),
 ``done``, ``runs``, ``verified`` and every summary table.
 """
 
@@ -229,9 +230,9 @@ def sql_connection(store: Store, as_of: int | str | None = None):
         con.execute("CREATE VIEW detections AS SELECT * FROM _detections_data")
     elif files:
         # folder names percent-encode site names; SQL gets the names as written in the manifest
-        con.execute(f"CREATE VIEW detections AS SELECT * EXCLUDE (kind) REPLACE (url_decode(site) AS site) FROM "
-                    f"read_parquet({_sql_list(files)}, hive_partitioning = true, "
-                    "hive_types = {'kind': VARCHAR, 'site': VARCHAR, 'date': VARCHAR})")
+        con.execute(f"CREATE VIEW detections AS SELECT * EXCLUDE (kind, month, site, date), url_decode(site) AS site, "
+                    f"date FROM read_parquet({_sql_list(files)}, hive_partitioning = true, "
+                    "hive_types = {'kind': VARCHAR, 'site': VARCHAR, 'month': VARCHAR})")
     else:
         _empty_view(con, "detections", pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
     view = partial(_files_view, con, store)

@@ -5,8 +5,12 @@ recordings (its detections, its done rows, and the removal of the rows it replac
 Delta transaction: readers see all of it or none of it (docs/store.md#the-commit).
 
 Rows are told apart by the partition column ``kind`` (``detection``, ``done`` or ``embedding``);
-detection and embedding files are partitioned by ``site`` and UTC ``date`` too, done files by
-``site`` (``date`` null).
+detection and embedding files are partitioned by ``site`` and UTC ``month`` too (``YYYY-MM``,
+``unknown`` without a start time), and keep the UTC ``date`` of each row as a column, with
+its first and last value in the add action's statistics so that a reader prunes files by
+date from the log alone; done files are partitioned by ``site`` (``month`` null). Tables of
+the earlier layout, partitioned by (kind, site, date), are refused (``OldLayoutError``) until
+``pam store migrate`` converts them.
 pam writes the Parquet files itself, each with only its own kind's columns and its schema
 version in the metadata (``pam.schema``), and commits them with delta-rs; other engines read
 the table as the union of both column sets (``kind`` says which columns apply).
@@ -30,6 +34,7 @@ from typing import Callable, Iterable
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -41,20 +46,39 @@ import pam.store.schemas as schemas
 
 DETECTION, DONE, EMBEDDING = "detection", "done", "embedding"
 KINDS = (DETECTION, DONE, EMBEDDING)
-PARTITIONS = ["kind", "site", "date"]
+PARTITIONS = ["kind", "site", "month"]
+OLD_PARTITIONS = ["kind", "site", "date"]  # the layout before month partitions (docs/store.md#layouts)
 UNKNOWN = "unknown"
-DETECTION_FILE = schemas.with_version("detections")
+DATE = pa.field("date", pa.string())  # UTC date of the row's start_time (YYYY-MM-DD, or unknown)
+
+
+def _file_schema(table: str, columns: pa.Schema) -> pa.Schema:
+    return columns.with_metadata(schemas.with_version(table).metadata)
+
+
+DETECTION_FILE = _file_schema("detections", schemas.DETECTIONS.append(DATE))
 DONE_FILE = schemas.with_version("done")  # done files keep their site column (also the partition value)
-EMBEDDING_FILE = schemas.with_version("embeddings")
+EMBEDDING_FILE = _file_schema("embeddings", schemas.EMBEDDINGS.append(DATE))
 FILE_SCHEMAS = {DETECTION: DETECTION_FILE, DONE: DONE_FILE, EMBEDDING: EMBEDDING_FILE}
+# Rows per row group of a compacted file (sorted by time): a site-week read skips the others.
+ROW_GROUP = 16_384
+
+
+class OldLayoutError(RuntimeError):
+    """A store of an earlier layout: it needs ``pam store migrate``."""
 
 
 def table_schema() -> pa.Schema:
     """The Delta table's logical schema: every kind's columns (nullable), then the partitions."""
     fields: dict[str, pa.Field] = {}
-    for f in list(schemas.DETECTIONS) + [f for f in schemas.DONE if f.name != "site"] + list(schemas.EMBEDDINGS):
+    for f in list(DETECTION_FILE) + [f for f in schemas.DONE if f.name != "site"] + list(EMBEDDING_FILE):
         fields.setdefault(f.name, f.with_nullable(True))
     return pa.schema(list(fields.values()) + [pa.field(p, pa.string()) for p in PARTITIONS])
+
+
+def month_of(day: str | None) -> str:
+    """The month partition of a UTC date (``YYYY-MM``), ``unknown`` for an unknown date."""
+    return day[:7] if isinstance(day, str) and len(day) == 10 and day[4] == "-" else UNKNOWN
 
 
 class CommitConflict(RuntimeError):
@@ -68,16 +92,25 @@ class ResultFile:
     path: str  # relative to the table root
     kind: str
     site: str | None
-    date: str | None
+    month: str | None  # partition YYYY-MM, or unknown (detections, embeddings); None for done files
     rows: int
+    first: str | None = None  # first and last UTC date of its rows (the add action's statistics)
+    last: str | None = None
+
+    def days(self) -> tuple[str, str] | None:
+        """(first, last) UTC date of its rows; None when unknown (no start time)."""
+        if self.month in (None, UNKNOWN):
+            return None
+        first = self.first if self.first and self.first != UNKNOWN else f"{self.month}-01"
+        last = self.last if self.last and self.last != UNKNOWN else f"{self.month}-31"
+        return first, last
 
 
-def file_dir(kind: str, site: str | None, day: str | None) -> str:
+def file_dir(kind: str, site: str | None, month: str | None) -> str:
     site_part = quote(site, safe="") if isinstance(site, str) and site else UNKNOWN
     if kind == DONE:
         return f"kind={DONE}/site={site_part}"
-    day_part = day if isinstance(day, str) and day else UNKNOWN
-    return f"kind={kind}/site={site_part}/date={day_part}"
+    return f"kind={kind}/site={site_part}/month={month or UNKNOWN}"
 
 
 class ResultsTable:
@@ -99,7 +132,16 @@ class ResultsTable:
             return None
         if version is not None:
             dt.load_as_version(version)
+        self.check_layout(dt)
         return dt
+
+    def check_layout(self, dt: DeltaTable) -> None:
+        """Refuse a table of the (kind, site, date) layout with one line naming the fix."""
+        if "date" in dt.metadata().partition_columns:
+            store = self.uri[:-len("/results")] if self.uri.endswith("/results") else self.uri
+            raise OldLayoutError(f"store {store} has the results table of pam before month partitions (kind, site, "
+                                 f"date); convert it with `pam store migrate {store} NEW_FOLDER` (the old store is "
+                                 "only read)")
 
     def snapshot_as_of(self, as_of: int | str | datetime) -> DeltaTable:
         """The table at a version number, or as it was at a time (an aware datetime, or ISO text; a
@@ -123,6 +165,8 @@ class ResultsTable:
             if isinstance(as_of, datetime) and created is not None and as_of < created:
                 raise ValueError("before the table was created")
             dt.load_as_version(as_of)
+        except OldLayoutError:
+            raise
         except Exception:  # delta-rs: no such version (or its log was cleaned up)
             when = created.isoformat(timespec="seconds") if created else "unknown"
             raise ValueError(f"{self.uri} has no version {'at ' if isinstance(as_of, datetime) else ''}{as_of}: "
@@ -169,14 +213,18 @@ class ResultsTable:
         if dt is None:
             return []
         actions = pa.table(dt.get_add_actions(flatten=True))
+        actions = actions.filter(pc.equal(actions.column("partition.kind"), kind))
+        n = actions.num_rows
+
+        def column(name: str) -> list:
+            return actions.column(name).to_pylist() if name in actions.column_names else [None] * n
+
         out = []
-        for path, k, site, day, rows in zip(actions.column("path").to_pylist(),
-                                            actions.column("partition.kind").to_pylist(),
-                                            actions.column("partition.site").to_pylist(),
-                                            actions.column("partition.date").to_pylist(),
-                                            actions.column("num_records").to_pylist()):
-            if k == kind:  # the log holds paths URI-encoded (Delta protocol); files carry them decoded
-                out.append(ResultFile(unquote(path), k, site, day, rows or 0))
+        for path, site, month, rows, first, last in zip(column("path"), column("partition.site"),
+                                                        column("partition.month"), column("num_records"),
+                                                        column("min.date"), column("max.date")):
+            # the log holds paths URI-encoded (Delta protocol); files carry them decoded
+            out.append(ResultFile(unquote(path), kind, site, month, rows or 0, first, last))
         out.sort(key=lambda f: f.path)
         return out
 
@@ -184,16 +232,17 @@ class ResultsTable:
     def pruned_files(dt: DeltaTable | None, kind: str, sites: Iterable[str] | None = None,
                      start: date | None = None, end: date | None = None) -> list[ResultFile]:
         """The live files of one kind in a snapshot, pruned by site and UTC date from the log
-        alone (no file is opened); files of an unknown date are kept."""
+        alone (partition month, then each file's first and last date; no file is opened);
+        files of an unknown date are kept."""
         wanted = set(sites) if sites is not None else None
+        lo, hi = (start.isoformat() if start else None), (end.isoformat() if end else None)
         out = []
         for f in ResultsTable.files(dt, kind):
             if wanted is not None and f.site not in wanted:
                 continue
-            if (start or end) and f.date != UNKNOWN:
-                d = date.fromisoformat(f.date)
-                if (start and d < start) or (end and d > end):
-                    continue
+            days = f.days() if (lo or hi) else None
+            if days is not None and ((lo and days[1] < lo) or (hi and days[0] > hi)):
+                continue
             out.append(f)
         return out
 
@@ -222,11 +271,12 @@ class ResultsTable:
         return f"{self.base}/{rel}"
 
     def dataset(self, files: list[ResultFile], kind: str) -> ds.Dataset:
-        """The files as one pyarrow dataset with ``site`` (and ``date``) from the table's log."""
+        """The files as one pyarrow dataset with ``site`` from the table's log (``date`` is a
+        column of detection and embedding files)."""
         if kind in (DETECTION, EMBEDDING):
             columns = schemas.DETECTIONS if kind == DETECTION else schemas.EMBEDDINGS
             schema = pa.schema(list(columns) + list(schemas.DETECTION_PARTITIONS))
-            parts = [(ds.field("site") == _scalar(f.site)) & (ds.field("date") == _scalar(f.date)) for f in files]
+            parts = [ds.field("site") == _scalar(f.site) for f in files]
         else:
             schema = schemas.DONE
             parts = [ds.scalar(True) for f in files]
@@ -235,15 +285,32 @@ class ResultsTable:
                                                partitions=parts)
 
     # -- writing -----------------------------------------------------------------------
-    def write_file(self, table: pa.Table, kind: str, site: str | None, day: str | None, stem: str,
-                   data_change: bool = True) -> AddAction:
-        rel = f"{file_dir(kind, site, day)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
+    def write_file(self, table: pa.Table, kind: str, site: str | None, stem: str,
+                   data_change: bool = True, row_group_size: int | None = None) -> AddAction:
+        """Write ``table`` (of ``kind``'s file schema: detection and embedding rows with their
+        ``date``, all of one UTC month) as a new file of partition (kind, site, month); the add
+        action that commits it, with the first and last date in its statistics."""
+        stats: dict = {"numRecords": table.num_rows}
+        month = None
+        if kind != DONE:
+            days = table.column("date").fill_null(UNKNOWN)
+            if table.num_rows:
+                first, last = pc.min(days).as_py(), pc.max(days).as_py()
+                month = month_of(first)
+                if month != month_of(last):
+                    raise ValueError(f"one {kind} file holds rows of {first} and {last}: write one per month")
+                stats.update(minValues={"date": first}, maxValues={"date": last}, nullCount={"date": 0})
+                table = table.set_column(table.schema.get_field_index("date"), DATE, days)
+            month = month or UNKNOWN
+        rel = f"{file_dir(kind, site, month)}/{stem}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.full_path(rel)
         # embedding vectors are stored uncompressed: zstd saves little on float16 features and
         # decompressing them would bound how fast pam apply-head reads the archive
         options = {"compression": {n: ("none" if n == "embedding" else "zstd") for n in table.column_names},
                    "use_dictionary": [n for n in table.column_names if n != "embedding"]} if kind == EMBEDDING \
             else {"compression": "zstd"}
+        if row_group_size:
+            options["row_group_size"] = row_group_size
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
@@ -256,11 +323,10 @@ class ResultsTable:
                 pq.write_table(table, out, **options)
             size = self.fs.get_file_info(path).size
         if kind != DONE:  # a missing site or date reads back as "unknown", as its folder says
-            values = {"kind": kind, "site": site if isinstance(site, str) and site else UNKNOWN,
-                      "date": day if isinstance(day, str) and day else UNKNOWN}
+            values = {"kind": kind, "site": site if isinstance(site, str) and site else UNKNOWN, "month": month}
         else:
-            values = {"kind": kind, "site": site if isinstance(site, str) and site else None, "date": None}
-        return AddAction(rel, size, values, int(time.time() * 1000), data_change, json.dumps({"numRecords": table.num_rows}))
+            values = {"kind": kind, "site": site if isinstance(site, str) and site else None, "month": None}
+        return AddAction(rel, size, values, int(time.time() * 1000), data_change, json.dumps(stats))
 
     def delete_files(self, adds: list[AddAction]) -> None:
         """Files of a commit that lost the race (never in the log, so nobody reads them)."""
@@ -276,7 +342,7 @@ class ResultsTable:
         now = int(time.time() * 1000)
         actions: list = list(adds) + [RemoveAction(path=f.path, deletion_timestamp=now, data_change=data_change,
                                                    partition_values={"kind": f.kind, "site": f.site,
-                                                                     "date": f.date})
+                                                                     "month": f.month})
                                       for f in removes]
         try:
             dt.create_write_transaction(actions, "append", table_schema(), partition_by=PARTITIONS,

@@ -36,9 +36,10 @@ MANIFEST = pa.schema(
     ]
 )
 
-# Detection rows. ``site`` and ``date`` are hive partition keys (folder names), so they are
-# not stored inside the part files; readers get them back from the path.
-DETECTIONS_VERSION = 1
+# Detection rows. ``site`` is a partition value of the results table (pam.store.results);
+# ``date`` (the row's UTC date) is stored in the files, which results.DETECTION_FILE declares.
+# Version 2: ``date`` moved from the partition values into the files (month partitions).
+DETECTIONS_VERSION = 2
 DETECTION_PARTITIONS = pa.schema([pa.field("site", pa.string()), pa.field("date", pa.string())])
 DETECTIONS = pa.schema(
     [
@@ -59,9 +60,9 @@ DETECTIONS = pa.schema(
 
 # One row per analysed window of a model that gives embeddings (``detect.embeddings: true``),
 # committed in the same transaction as the window's detections and done row. Partitioned by
-# ``site`` and UTC ``date`` like the detections. ``embedding`` holds the vector as little-endian
+# ``site`` and UTC month like the detections, with ``date`` in the files (version 2). ``embedding`` holds the vector as little-endian
 # float16 (``EMBEDDING_DTYPE``), 2 bytes per dimension: Delta Lake has no half-float type.
-EMBEDDINGS_VERSION = 1
+EMBEDDINGS_VERSION = 2
 EMBEDDING_DTYPE = "<f2"
 EMBEDDINGS = pa.schema(
     [
@@ -78,7 +79,8 @@ EMBEDDINGS = pa.schema(
 
 # One row per (recording, model, settings) committed: the work key. Written after the
 # detection parts it covers, so its presence is what makes those parts visible.
-DONE_VERSION = 1
+# Version 2 added ``commit_seq``: compaction merges done files, whose names carried it.
+DONE_VERSION = 2
 DONE = pa.schema(
     [
         pa.field("recording_id", pa.string(), nullable=False),
@@ -91,6 +93,7 @@ DONE = pa.schema(
         pa.field("audio_s", pa.float64()),
         pa.field("detections", pa.int64()),
         pa.field("committed_at", UTC_TS),
+        pa.field("commit_seq", pa.int64()),  # the commit number of the flush that committed it
     ]
 )
 

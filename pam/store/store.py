@@ -6,7 +6,7 @@ Layout::
       manifest/manifest.parquet            one row per recording path seen
       results/                             Delta Lake table: detections and done rows
         _delta_log/                        the table's versions
-        kind=detection/site=S/date=D/part-<run>-<seq>-<hex>.parquet
+        kind=detection/site=S/month=YYYY-MM/part-<run>-<seq>-<hex>.parquet
         kind=done/site=S/done-<run>-<seq>-<hex>.parquet
       runs/run-<run>.parquet               one row per run
       models/model-<id>.parquet            model registry rows
@@ -21,11 +21,8 @@ version names, which ``recover`` deletes.
 
 from __future__ import annotations
 
-import builtins
 import fcntl
-import json
 import os
-import re
 import socket
 import threading
 import time
@@ -41,23 +38,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 import pam.store.schemas as schemas
-from pam.store.atomic import TMP_NAME, write_parquet_atomic  # noqa: F401 - write_parquet_atomic: imported from here by others
-from pam.store.compaction import Compacted, compact, vacuum
+from pam.store.atomic import write_parquet_atomic  # noqa: F401 - write_parquet_atomic: imported from here by others
+from pam.store.compaction import Compacted, compact, history, vacuum
 from pam.store.location import StoreLocation
-from pam.store.results import DETECTION, DONE, KINDS, UNKNOWN, ResultFile, ResultsTable  # noqa: F401 - UNKNOWN: imported from here by others
-from pam.store.transactions import Committed, Flush, commit_flush, done_rows, retire_recordings
-
-# File names in the results table: a flush's files carry its run and commit number.
-PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
-DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
-# Files under results/ that no version of the table names (a writer killed between writing its
-# files and committing them) are deleted by recover() once they are this old: a younger one may
-# belong to a commit still in flight on another machine.
-ORPHAN_AGE_S = 3600.0
-
-
-class OldLayoutError(RuntimeError):
-    """A store of the folder layout (before the results table): it needs ``pam store migrate``."""
+from pam.store.recovery import ORPHAN_AGE_S, recover, unnamed_files
+from pam.store.results import (DETECTION, DONE, UNKNOWN, OldLayoutError, ResultFile,  # noqa: F401 - UNKNOWN,
+                               ResultsTable)  # OldLayoutError: imported from here by others
+from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, Flush,  # noqa: F401 - the names: imported
+                                    commit_flush, committed_flushes, done_rows, retire_recordings)  # from here
 
 
 class StoreBusy(RuntimeError):
@@ -78,32 +66,6 @@ SUMMARY_TABLES = ("effort", "hourly_counts", "daily_counts", "site_days", "site_
 def new_run_id() -> str:
     """Sortable, unique: UTC time plus random hex, e.g. ``20240501T020000Z-3fa9c2``."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def _remove_temporary(folder: Path) -> int:
-    """Delete temporary files (``pam.store.atomic.TMP_NAME``) under ``folder``."""
-    removed = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            if TMP_NAME.match(name):
-                os.unlink(os.path.join(dirpath, name))
-                removed += 1
-    return removed
-
-
-def _ever_named(results_dir: Path, snap) -> set[str]:
-    """Data files the table's log names, live or removed (kept for time travel until vacuumed)."""
-    named = {f.path for kind in KINDS for f in ResultsTable.files(snap, kind)}
-    log = results_dir / "_delta_log"
-    for entry in os.scandir(log):
-        if entry.name.endswith(".json"):
-            with builtins.open(entry.path) as fh:
-                for line in fh:
-                    action = json.loads(line)
-                    for kind in ("add", "remove"):
-                        if kind in action:
-                            named.add(unquote(action[kind]["path"]))
-    return named
 
 
 class Store:
@@ -329,17 +291,13 @@ class Store:
             flt = cond if flt is None else flt & cond
         return self._done_rows(flt, columns, snap)
 
-    def _committed_flushes(self, snap=None) -> set[tuple[str, int]]:
-        snap = self.snapshot() if snap is None else snap
-        out = set()
-        for f in ResultsTable.files(snap, DONE):
-            if m := DONE_NAME.match(f.path.rsplit("/", 1)[-1]):
-                out.add((m["run"], int(m["seq"])))
-        return out
+    def committed_flushes(self, snap=None) -> dict[tuple[str, int], int]:
+        """(run, commit number) -> done rows, of every flush live in one snapshot."""
+        return committed_flushes(self.results, self.snapshot() if snap is None else snap)
 
     def next_seq(self, run_id: str, lo: int = 0, hi: int = 10**9) -> int:
         """First free commit number of ``run_id`` in [lo, hi): a retried shard never reuses one."""
-        used = [seq for run, seq in self._committed_flushes() if run == run_id and lo <= seq < hi]
+        used = [seq for run, seq in self.committed_flushes() if run == run_id and lo <= seq < hi]
         return max(used) + 1 if used else lo
 
     def done_keys(self, model_id: str, settings_hash: str) -> set[str]:
@@ -378,56 +336,19 @@ class Store:
         """Files under ``results/`` that no version of the table names (a writer died between
         writing them and committing), and delta-rs's temporary log files (``_delta_log/*.tmp``,
         a writer died inside its commit). Nobody reads them."""
-        snap = self.snapshot()
-        if snap is None:
-            return []
-        if self.remote:
-            return [PurePosixPath(p) for p, _mtime in self.results.unnamed_files(snap)]
-        live = _ever_named(self.results_dir, snap)
-        out = []
-        for dirpath, _dirs, files in os.walk(self.results_dir):
-            in_log = "_delta_log" in Path(dirpath).relative_to(self.results_dir).parts
-            for name in files:
-                full = Path(dirpath) / name
-                if in_log:
-                    if name.endswith(".tmp"):
-                        out.append(full)
-                elif full.relative_to(self.results_dir).as_posix() not in live:
-                    out.append(full)
-        return sorted(out)
+        return unnamed_files(self)
 
     def recover(self, lock_timeout_s: float = 600.0, orphan_age_s: float = ORPHAN_AGE_S) -> int:
         """Delete what crashed writers left: files under ``results/`` that no version of the table
         names and that are older than ``orphan_age_s`` (younger ones may belong to a commit in
         flight on another machine), and temporary files. Returns the files deleted."""
-        removed = 0
-        cutoff = time.time() - orphan_age_s
-        if self.remote:  # no temporary files there: every file is written by one PUT
-            snap = self.snapshot()
-            for path, mtime in (self.results.unnamed_files(snap) if snap is not None else []):
-                if orphan_age_s <= 0 or mtime < cutoff:
-                    self.location.fs.delete_file(path)
-                    removed += 1
-            return removed
-        for path in self.unnamed_files():
-            try:
-                if orphan_age_s <= 0 or path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:  # another recovery got there first
-                pass
-        for d in (self.runs_dir, self.root / "manifest", self.models_dir, self.root / "labels", self.root / "config"):
-            removed += _remove_temporary(d)
-        if self.holds_run_lock():
-            # Only runs write reports and summaries, so with the run lock held no other
-            # writer can own a temporary file there.
-            removed += _remove_temporary(self.reports_dir) + _remove_temporary(self.summaries_dir)
-        return removed
+        return recover(self, orphan_age_s)
 
     # -- compaction and retention (pam.store.compaction) ------------------------------------
     def compact(self, min_files: int = 2) -> Compacted:
-        """Rewrite each detection partition (site, UTC day) holding at least ``min_files`` live
-        files as one file; no row changes. The nightly run calls it after its summaries."""
+        """Rewrite each detection partition (site, UTC month) and each site's done files holding
+        at least ``min_files`` live files as one file, then checkpoint; no row changes. The
+        nightly run calls it after its summaries."""
         self._writable()
         return compact(self.results, min_files)
 
@@ -439,16 +360,7 @@ class Store:
 
     def history(self, limit: int | None = None) -> list[dict]:
         """The results table's versions, newest first: version, timestamp (ms), operation."""
-        snap = self.snapshot()
-        if snap is None:
-            return []
-        out = []
-        for entry in snap.history(limit):
-            if entry.get("version") is None or entry["version"] < 0:
-                continue
-            out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
-                        "operation": entry.get("pam.operation") or entry.get("operation")})
-        return out
+        return history(self.snapshot(), limit)
 
     # -- reading detections -----------------------------------------------------------
     def detection_files(self, sites: Iterable[str] | None = None, start: date | None = None,
@@ -469,7 +381,7 @@ class Store:
         for p in files:
             rel = Path(p).relative_to(self.results_dir).as_posix()
             entries.append(ResultFile(rel, DETECTION, unquote(Path(p).parent.parent.name[len("site="):]),
-                                      Path(p).parent.name[len("date="):], 0))
+                                      Path(p).parent.name[len("month="):], 0))
         return self.results.dataset(entries, DETECTION)
 
     def read_detections(self, columns: list[str] | None = None, snap=None) -> pd.DataFrame:

@@ -9,6 +9,8 @@ at most some files no version names (``Store.recover`` deletes them once they ar
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,6 +23,9 @@ import pam.store.schemas as schemas
 from pam.store.results import DETECTION, DONE, EMBEDDING, FILE_SCHEMAS, ResultFile, ResultsTable
 
 KEY = ["recording_id", "model_id", "settings_hash", "run_id"]
+# File names in the results table: a flush's files carry its run and commit number.
+PART_NAME = re.compile(r"^part-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
+DONE_NAME = re.compile(r"^done-(?P<run>[^-]+-[0-9a-f]+)-(?P<seq>\d+)-[0-9a-f]{8}\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,24 @@ def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | N
     return table.dataset(files, DONE).to_table(filter=flt, columns=columns).to_pandas()
 
 
+def committed_flushes(table: ResultsTable, dt: DeltaTable | None) -> dict[tuple[str, int], int]:
+    """(run, commit number) -> done rows of every flush live in a snapshot: from the names of
+    the flushes' own done files (and their row counts in the log), and from the ``run_id`` and
+    ``commit_seq`` columns of the files compaction or a replacement wrote (-1: not known)."""
+    out: Counter = Counter()
+    others = []
+    for f in ResultsTable.files(dt, DONE):
+        if m := DONE_NAME.match(f.path.rsplit("/", 1)[-1]):
+            out[(m["run"], int(m["seq"]))] += f.rows
+        else:
+            others.append(f)
+    if others:
+        rows = table.dataset(others, DONE).to_table(columns=["run_id", "commit_seq"])
+        for run, seq in zip(rows.column("run_id").to_pylist(), rows.column("commit_seq").to_pylist()):
+            out[(run, -1 if seq is None else seq)] += 1
+    return dict(out)
+
+
 def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set) -> tuple[list, list[ResultFile]]:
     """Files holding rows of ``keys`` (recording, model, settings, run): each written again
     without them (adds) and removed (removes). Detection files are searched in ``sites`` only."""
@@ -97,8 +120,7 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
             removes.append(f)
             if kept.num_rows:
                 schema = FILE_SCHEMAS[kind]
-                adds.append(table.write_file(kept.select(schema.names).cast(schema), kind, f.site, f.date,
-                                             "rewrite"))
+                adds.append(table.write_file(kept.select(schema.names).cast(schema), kind, f.site, "rewrite"))
     return adds, removes
 
 
@@ -147,7 +169,7 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
 
 
 def _by_site_and_date(rows: pa.Table) -> list[tuple[str | None, str | None, pa.Table]]:
-    """(site, date, rows without those two columns) per partition, in a stable order."""
+    """(site, date, rows without the site column) per site and UTC day, in a stable order."""
     if not rows.num_rows:
         return []
     groups = rows.select(["site", "date"]).group_by(["site", "date"], use_threads=False).aggregate([])
@@ -155,7 +177,7 @@ def _by_site_and_date(rows: pa.Table) -> list[tuple[str | None, str | None, pa.T
     for site, day in sorted(zip(groups.column("site").to_pylist(), groups.column("date").to_pylist()),
                             key=lambda k: (k[0] is None, k[0] or "", k[1] is None, k[1] or "")):
         mask = pc.and_(_same(rows.column("site"), site), _same(rows.column("date"), day))
-        out.append((site, day, rows.filter(mask).drop_columns(["site", "date"])))
+        out.append((site, day, rows.filter(mask).drop_columns(["site"])))
     return out
 
 
@@ -165,22 +187,24 @@ def _same(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
 
 def _new_files(table: ResultsTable, run_id: str, seq: int, detections: pa.Table, done: pa.Table,
                embeddings: pa.Table | None = None) -> list:
+    """One file per site and UTC day of detections and embeddings (pruning by date needs no
+    more before compaction merges a month), one done file per site; done rows get ``seq``."""
     adds = []
     try:
         if detections.num_rows:
             frame = detections.to_pandas()
-            for (site, day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
-                part = pa.Table.from_pandas(group.drop(columns=["site", "date"]), schema=FILE_SCHEMAS[DETECTION],
+            for (site, _day), group in frame.groupby(["site", "date"], sort=True, dropna=False):
+                part = pa.Table.from_pandas(group.drop(columns=["site"]), schema=FILE_SCHEMAS[DETECTION],
                                             preserve_index=False)
-                adds.append(table.write_file(part, DETECTION, site, day, f"part-{run_id}-{seq:05d}"))
+                adds.append(table.write_file(part, DETECTION, site, f"part-{run_id}-{seq:05d}"))
         # embeddings stay Arrow (no pandas round trip of a million binary values)
-        for site, day, part in _by_site_and_date(embeddings if embeddings is not None else pa.table({})):
+        for site, _day, part in _by_site_and_date(embeddings if embeddings is not None else pa.table({})):
             adds.append(table.write_file(part.select(FILE_SCHEMAS[EMBEDDING].names).cast(FILE_SCHEMAS[EMBEDDING]),
-                                         EMBEDDING, site, day, f"emb-{run_id}-{seq:05d}"))
-        frame = done.to_pandas()
+                                         EMBEDDING, site, f"emb-{run_id}-{seq:05d}"))
+        frame = done.to_pandas().assign(commit_seq=seq)
         for site, group in frame.groupby("site", sort=True, dropna=False):
             part = pa.Table.from_pandas(group, schema=FILE_SCHEMAS[DONE], preserve_index=False)
-            adds.append(table.write_file(part, DONE, site, None, f"done-{run_id}-{seq:05d}"))
+            adds.append(table.write_file(part, DONE, site, f"done-{run_id}-{seq:05d}"))
     except BaseException:
         table.delete_files(adds)
         raise
