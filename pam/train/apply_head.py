@@ -184,7 +184,8 @@ def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, t
         "date": rows.column("date").take(pa.array(win, pa.int64())),
     }, schema=pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
     counts = pd.Series(rec_ids).value_counts() if len(win) else pd.Series(dtype=int)
-    windows_of = pd.Series(rows.column("recording_id").to_numpy(zero_copy_only=False)).value_counts()
+    per_recording = pc.value_counts(rows.column("recording_id"))  # in arrow: no Python string per window
+    windows_of = dict(zip(per_recording.field("values").to_pylist(), per_recording.field("counts").to_pylist()))
     now = datetime.now(timezone.utc)
     done = pa.Table.from_pylist([{
         "recording_id": r.recording_id, "model_id": head_id, "settings_hash": r.key, "run_id": run_id,
