@@ -82,3 +82,13 @@ def test_nulls_and_mixed_sizes_are_left_to_pyarrow(tmp_path):
     assert fast(tmp_path / "mixed.parquet") is None
     with pytest.raises(ValueError, match="different sizes"):
         binary_as_vectors(pq.read_table(tmp_path / "mixed.parquet").column("embedding"))
+
+
+def test_any_readable_file_serves_the_pages(tmp_path):
+    """An object store's file (arrow's input file, no memory map) or a Python file reads the same."""
+    want = vectors_of(200, dim=32)
+    write(tmp_path / "e.parquet", want, **PLAIN)
+    for source in (pa.OSFile(str(tmp_path / "e.parquet")), open(tmp_path / "e.parquet", "rb")):
+        with source:
+            got = read_vectors(source, pq.ParquetFile(source))
+        assert got is not None and np.array_equal(got.view(np.uint16), want.view(np.uint16))
