@@ -105,9 +105,9 @@ def main() -> None:
         if not (root / "store" / "results").exists():
             vectors = build_store(root / "store", args.windows, args.per_recording, rng)
             print(f"built a store of {len(vectors):,} windows in {time.perf_counter() - t0:.1f} s")
-        else:  # the same vectors, for the reference
+        else:  # as many vectors, for the reference (float32 draws: no float64 copy of them all)
             recordings = args.windows // args.per_recording
-            vectors = rng.standard_normal((recordings * args.per_recording, DIM)).astype(np.float16)
+            vectors = rng.standard_normal((recordings * args.per_recording, DIM), dtype=np.float32).astype(np.float16)
         w_rng = np.random.default_rng(1_000 + args.seed)
         w = w_rng.standard_normal((DIM, 1)).astype(np.float16).astype(np.float32) / 32
         head = Head(HeadCard(embedding_model_id=MODEL, embedding_dim=DIM, classes=("quail",),
