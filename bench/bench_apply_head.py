@@ -7,6 +7,12 @@ memory: what reading and committing add on top. Target (issue 13): 1,000,000 win
 
     python bench/bench_apply_head.py                    # 400,000 windows (800 MB of embeddings)
     python bench/bench_apply_head.py --windows 1000000
+
+With ``--store DIR`` the synthetic store is built once and kept; each later run applies a new
+head (``--seed``) to it, so runs of two pam trees (``--code``) alternate on the same files:
+
+    python bench/bench_apply_head.py --store /tmp/ah --seed 1 --code /tmp/old   # A
+    python bench/bench_apply_head.py --store /tmp/ah --seed 2                   # B
 """
 
 from __future__ import annotations
@@ -22,8 +28,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+def code_tree() -> str:
+    """The pam tree to measure: ``--code DIR`` (read before the imports), else this repository."""
+    for i, a in enumerate(sys.argv):
+        if a == "--code" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith("--code="):
+            return a.split("=", 1)[1]
+    return str(Path(__file__).resolve().parents[1])
+
+
+sys.path.insert(0, code_tree())
+
+import pam  # noqa: E402
 import pam.store.schemas as schemas  # noqa: E402
 from pam.detect.detection_rows import EMBEDDING_ROWS, vectors_as_binary  # noqa: E402
 from pam.store.store import Flush, Store  # noqa: E402
@@ -76,20 +94,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=400_000)
     ap.add_argument("--per-recording", type=int, default=1200, help="windows per recording (an hour at hop 3 s)")
+    ap.add_argument("--store", type=Path, help="build the store here once and keep it (default: a temporary one)")
+    ap.add_argument("--seed", type=int, default=0, help="the head's weights: a new seed is new work on a kept store")
+    ap.add_argument("--code", help="the pam tree to import (default: this repository)")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
+        root = args.store or Path(tmp)
+        rng = np.random.default_rng(0)
         t0 = time.perf_counter()
-        vectors = build_store(Path(tmp) / "store", args.windows, args.per_recording, rng)
-        print(f"built a store of {len(vectors):,} windows in {time.perf_counter() - t0:.1f} s")
-        w = rng.standard_normal((DIM, 1)).astype(np.float16).astype(np.float32) / 32
+        if not (root / "store" / "results").exists():
+            vectors = build_store(root / "store", args.windows, args.per_recording, rng)
+            print(f"built a store of {len(vectors):,} windows in {time.perf_counter() - t0:.1f} s")
+        else:  # as many vectors, for the reference (float32 draws: no float64 copy of them all)
+            recordings = args.windows // args.per_recording
+            vectors = rng.standard_normal((recordings * args.per_recording, DIM), dtype=np.float32).astype(np.float16)
+        w_rng = np.random.default_rng(1_000 + args.seed)
+        w = w_rng.standard_normal((DIM, 1)).astype(np.float16).astype(np.float32) / 32
         head = Head(HeadCard(embedding_model_id=MODEL, embedding_dim=DIM, classes=("quail",),
                              thresholds={"quail": 0.99}), {"w1": w, "b1": np.array([-2.0], np.float32)})
         path = head.save(Path(tmp) / "head.npz")
         t0 = time.perf_counter()
         head.scores(vectors, MODEL)
         ref_s = time.perf_counter() - t0
-        report = apply_head(Store(Path(tmp) / "store"), path)
+        report = apply_head(Store(root / "store"), path)
+        print(f"pam from {Path(pam.__file__).parent}")
         print(f"head alone on the vectors in memory: {len(vectors) / ref_s:,.0f} windows/s")
         print(f"pam apply-head end to end: {report.windows:,} windows, {report.detections:,} detections, "
               f"{report.wall_s:.2f} s: {report.windows_per_s:,.0f} windows/s (target 1,000,000)")

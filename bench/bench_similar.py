@@ -178,6 +178,7 @@ def data_path(args: argparse.Namespace) -> Path:
 def run_config(args: argparse.Namespace) -> dict:
     """One configuration, in this (fresh) process: build, save, search sweep."""
     lib, settings, params = CONFIGS[args.child]
+    params = [int(p) for p in args.search.split(",")] if args.search else params
     build, search, save = LIBS[lib]
     queries = np.load(args.workdir / "queries.npy")
     truth = np.load(data_path(args).with_suffix(".truth.npy"))
@@ -242,6 +243,7 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma-separated config names (default: all of --libs)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench-similar"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--search", default="", help="comma-separated search settings (default: each config's sweep)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -270,7 +272,7 @@ def main() -> None:
     for name in names:
         cmd = [sys.executable, __file__, "--child", name] + [f"--{a}={getattr(args, a)}" for a in
                                                              ("n", "dim", "k", "chunk", "threads", "workdir",
-                                                              "clusters", "seed")]
+                                                              "clusters", "seed", "search")]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{name:18} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)

@@ -75,3 +75,36 @@ def test_rerun_adds_nothing(setup):
     report = scan_and_detect(tmp / "dump", store, conf)
     assert report.recordings_done == 0
     assert store.snapshot().version() == before
+
+
+def test_files_written_the_old_way_read_the_same(setup, tmp_path):
+    """pam writes the embedding column plain and uncompressed, which is read straight from the
+    pages; files an older pam wrote (zstd, dictionaries) read the same through pyarrow."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pam.store.embedding_pages import read_vectors
+    from pam.store.embeddings import embedding_files
+
+    _, _, store, _ = setup
+    new = read_embeddings(store)
+    paths = [store.results.full_path(f.path) for f in embedding_files(store)]
+    for path in paths:
+        with pa.memory_map(path) as source:
+            assert read_vectors(source, pq.ParquetFile(source)) is not None  # the fast path is the one taken
+    old_store = Store(tmp_path / "store")
+    shutil.copytree(store.root, old_store.root)
+    for f in embedding_files(old_store):
+        path = old_store.results.full_path(f.path)
+        pq.write_table(pq.read_table(path), path, compression="zstd")  # same rows, the old layout
+        with pa.memory_map(path) as source:
+            assert read_vectors(source, pq.ParquetFile(source)) is None
+    old = read_embeddings(old_store)
+    assert old.rows.equals(new.rows)
+    assert np.array_equal(old.vectors.view(np.uint16), new.vectors.view(np.uint16))
+    some = sorted(set(new.rows.column("recording_id").to_pylist()))[:1]
+    one_old, one_new = read_embeddings(old_store, recording_ids=some), read_embeddings(store, recording_ids=some)
+    assert len(one_new) and one_old.rows.equals(one_new.rows)
+    assert np.array_equal(one_old.vectors.view(np.uint16), one_new.vectors.view(np.uint16))

@@ -1,22 +1,31 @@
 """Reading the ``embeddings`` rows of the results table (docs/store.md#embeddings-version-1):
-the live embedding files of one snapshot, pruned by model, site and UTC date from the log
-alone, and their vectors as one float16 matrix without a Python loop per row.
+the live embedding files of one snapshot, pruned by site and UTC date from the log alone,
+read file by file (the next file read by a thread while the caller works on this one), and
+their vectors as float16 matrices without a Python loop per row: straight from the Parquet
+pages for files written plain and uncompressed (``pam.store.embedding_pages``), through
+pyarrow for any other file.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
+from pam.store.embedding_pages import read_vectors
 from pam.store.results import EMBEDDING, ResultFile, ResultsTable
 
 KEY_COLUMNS = [n for n in schemas.EMBEDDINGS.names if n != "embedding"]
+# the rows of a read: the embeddings table's other columns, then the file's site and date
+ROWS = pa.schema([f for f in schemas.EMBEDDINGS if f.name != "embedding"] + list(schemas.DETECTION_PARTITIONS))
 
 
 @dataclass
@@ -65,15 +74,76 @@ def read_embeddings(store, model_id: str | None = None, sites: Iterable[str] | N
                     snap=None) -> Embeddings:
     """The committed embeddings of one snapshot (of one model: vectors of one size), filtered
     while reading."""
+    parts = list(iter_embeddings(store, model_id, sites, start, end, recording_ids, snap))
+    if not parts:
+        return Embeddings(ROWS.empty_table(), np.zeros((0, 0), dtype=np.float16))
+    if len({p.vectors.shape[1] for p in parts}) > 1:
+        raise ValueError("embeddings of different sizes in one read; read one model at a time")
+    if len(parts) == 1:
+        return parts[0]
+    return Embeddings(pa.concat_tables([p.rows for p in parts]), np.concatenate([p.vectors for p in parts]))
+
+
+def iter_embeddings(store, model_id: str | None = None, sites: Iterable[str] | None = None,
+                    start: date | None = None, end: date | None = None, recording_ids: Iterable[str] | None = None,
+                    snap=None, threads: int = 2) -> Iterator[Embeddings]:
+    """The committed embeddings of one snapshot file by file, in order (files with no wanted
+    window are skipped), read by ``threads`` threads ahead of the caller: for a caller that
+    scores each file as it comes, reading and scoring overlap (pyarrow and numpy release the
+    GIL), and only a few files' vectors are held at a time."""
     files = embedding_files(store, sites, start, end, snap)
-    if not files:
-        empty = pa.schema(list(schemas.EMBEDDINGS) + list(schemas.DETECTION_PARTITIONS)).empty_table()
-        return Embeddings(empty.drop_columns(["embedding"]), np.zeros((0, 0), dtype=np.float16))
-    flt = None
+    wanted = None if recording_ids is None else pa.array(list(recording_ids), pa.string())
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        ahead = max(1, threads)
+        pending = deque(pool.submit(read_embedding_file, store, f, model_id, wanted) for f in files[:ahead])
+        following = iter(files[ahead:])
+        while pending:
+            part = pending.popleft().result()
+            nxt = next(following, None)
+            if nxt is not None:
+                pending.append(pool.submit(read_embedding_file, store, nxt, model_id, wanted))
+            if part is not None:
+                yield part
+
+
+def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
+                        recording_ids: pa.Array | None = None) -> Embeddings | None:
+    """One embedding file's windows of ``model_id`` and ``recording_ids`` (all when None) and
+    their vectors; None when it has none of them. The vectors are read only when some window is
+    wanted, straight from the Parquet pages where the file is written plain
+    (``pam.store.embedding_pages``), else through pyarrow."""
+    path = store.results.full_path(file.path)
+    source = pa.memory_map(path) if store.results.local else store.results.fs.open_input_file(path)
+    parquet = pq.ParquetFile(source)
+    present = set(parquet.schema_arrow.names)
+    table = parquet.read(columns=[c for c in KEY_COLUMNS if c in present], use_threads=False)
+    n = table.num_rows
+    columns = {}
+    for field in ROWS:
+        if field.name in ("site", "date"):
+            columns[field.name] = pa.array(np.full(n, getattr(file, field.name), dtype=object), pa.string())
+        elif field.name in present:
+            columns[field.name] = table.column(field.name).cast(field.type)
+        else:
+            columns[field.name] = pa.nulls(n, field.type)
+    rows = pa.table(columns, schema=ROWS)
+    keep = None
     if model_id is not None:
-        flt = ds.field("model_id") == model_id
+        keep = pc.equal(rows.column("model_id"), model_id)
     if recording_ids is not None:
-        cond = ds.field("recording_id").isin(pa.array(list(recording_ids), pa.string()))  # typed: [] too
-        flt = cond if flt is None else flt & cond
-    table = store.results.dataset(files, EMBEDDING).to_table(filter=flt)
-    return Embeddings(table.drop_columns(["embedding"]), binary_as_vectors(table.column("embedding")))
+        cond = pc.is_in(rows.column("recording_id"), value_set=recording_ids)
+        keep = cond if keep is None else pc.and_(keep, cond)
+    if keep is not None:
+        keep = pc.fill_null(keep, False).to_numpy(zero_copy_only=False)
+        if not keep.any():
+            return None
+    elif n == 0:
+        return None
+    some = keep is not None and not keep.all()
+    vectors = read_vectors(source, parquet)
+    if vectors is not None:
+        vectors = vectors[keep] if some else vectors
+    else:  # not written the plain way (older files, other sizes mixed in): pyarrow decodes it
+        column = parquet.read(columns=["embedding"], use_threads=False).column("embedding")
+        vectors = binary_as_vectors(column.filter(pa.array(keep)) if some else column)
+    return Embeddings(rows.filter(pa.array(keep)) if some else rows, vectors)

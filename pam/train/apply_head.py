@@ -26,13 +26,13 @@ import pyarrow.compute as pc
 import pam.store.schemas as schemas
 from pam import __version__
 from pam.config import settings_hash
-from pam.store.embeddings import read_embeddings
+from pam.store.embeddings import ROWS, iter_embeddings
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
 from pam.train.head_registry import resolve_head
 from pam.train.heads import Head, HeadError
 
-# windows read, scored and committed together (about 2 GB of BirdNET float16 vectors)
+# windows scored and committed together (their vectors are read and scored file by file)
 WINDOWS_PER_COMMIT = 1_000_000
 
 
@@ -105,9 +105,8 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     seq = 0
     for site, group in todo.groupby(todo["site"].fillna(""), sort=True):
         for chunk in _chunks(group, windows_per_commit):
-            emb = read_embeddings(store, model_id=model_id, sites=[site or "unknown"],
-                                  recording_ids=chunk["recording_id"].tolist())
-            flush, windows = _flush(head, chunk, emb, thresholds, labels, lengths, run_id)
+            rows, calls = _score(store, head, chunk, site or "unknown")
+            flush, windows = _flush(head, chunk, rows, calls, thresholds, labels, lengths, run_id)
             committed = store.commit(run_id, seq, flush, replace=force)
             seq += 1
             report.commits.append(committed.done.num_rows)
@@ -138,19 +137,34 @@ def _chunks(group: pd.DataFrame, windows: int):
         yield chunk
 
 
-def _flush(head: Head, chunk: pd.DataFrame, emb, thresholds: np.ndarray, labels: pa.Array,
-           lengths: dict[str, float], run_id: str) -> tuple[Flush, int]:
-    """The head's detection and done rows of the recordings of ``chunk``, from their embeddings."""
-    rows = emb.rows
-    # only the windows embedded under the settings the source done row names (the live ones)
-    position = pc.index_in(rows.column("recording_id"), pa.array(chunk["recording_id"].tolist(), pa.string()))
-    wanted = pa.array(chunk["settings_hash"].tolist(), pa.string()).take(position)
-    keep = pc.fill_null(pc.equal(rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
-    vectors = emb.vectors
-    if not keep.all():
-        rows, vectors = rows.filter(pa.array(keep)), vectors[keep]
+def _score(store: Store, head: Head, chunk: pd.DataFrame, site: str) -> tuple[pa.Table, np.ndarray]:
+    """The live windows of the recordings of ``chunk`` (those embedded under the settings their
+    source done row names) and the head's scores of them [windows, classes], scored file by
+    file as the files are read (the next one is read meanwhile), no more than a file's vectors
+    held at a time."""
+    model_id = head.card.embedding_model_id
+    ids = pa.array(chunk["recording_id"].tolist(), pa.string())
+    live = pa.array(chunk["settings_hash"].tolist(), pa.string())
+    rows, calls = [], []
+    for part in iter_embeddings(store, model_id=model_id, sites=[site], recording_ids=ids):
+        wanted = live.take(pc.index_in(part.rows.column("recording_id"), ids))
+        keep = pc.fill_null(pc.equal(part.rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
+        part_rows, vectors = part.rows, part.vectors
+        if not keep.all():
+            part_rows, vectors = part_rows.filter(pa.array(keep)), vectors[keep]
+        if part_rows.num_rows:
+            rows.append(part_rows)
+            calls.append(head.scores(vectors, model_id))
+    if not rows:
+        return ROWS.empty_table(), np.zeros((0, len(head.card.classes)), np.float32)
+    return pa.concat_tables(rows), np.concatenate(calls)
+
+
+def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, thresholds: np.ndarray,
+           labels: pa.Array, lengths: dict[str, float], run_id: str) -> tuple[Flush, int]:
+    """The head's detection and done rows of the recordings of ``chunk``, from their scored windows."""
+    head_id = head.head_id  # a hash of the card: once, not per row
     n = rows.num_rows
-    calls = head.scores(vectors, head.card.embedding_model_id) if n else np.zeros((0, len(labels)), np.float32)
     win, cls = np.nonzero(calls >= thresholds)
     info = chunk.set_index("recording_id")
     rec = rows.column("recording_id").take(pa.array(win, pa.int64()))
@@ -168,17 +182,18 @@ def _flush(head: Head, chunk: pd.DataFrame, emb, thresholds: np.ndarray, labels:
         "start_s": start_s, "end_s": end_s,
         "start_time": rows.column("start_time").take(pa.array(win, pa.int64())),
         "label": labels.take(pa.array(cls, pa.int64())), "score": calls[win, cls].astype(np.float32),
-        "model_id": pa.array(np.full(len(win), head.head_id, dtype=object), pa.string()),
+        "model_id": pa.array(np.full(len(win), head_id, dtype=object), pa.string()),
         "settings_hash": pa.array(keys, pa.string()),
         "run_id": pa.array(np.full(len(win), run_id, dtype=object), pa.string()),
         "site": rows.column("site").take(pa.array(win, pa.int64())),
         "date": rows.column("date").take(pa.array(win, pa.int64())),
     }, schema=pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
     counts = pd.Series(rec_ids).value_counts() if len(win) else pd.Series(dtype=int)
-    windows_of = pd.Series(rows.column("recording_id").to_numpy(zero_copy_only=False)).value_counts()
+    per_recording = pc.value_counts(rows.column("recording_id"))  # in arrow: no Python string per window
+    windows_of = dict(zip(per_recording.field("values").to_pylist(), per_recording.field("counts").to_pylist()))
     now = datetime.now(timezone.utc)
     done = pa.Table.from_pylist([{
-        "recording_id": r.recording_id, "model_id": head.head_id, "settings_hash": r.key, "run_id": run_id,
+        "recording_id": r.recording_id, "model_id": head_id, "settings_hash": r.key, "run_id": run_id,
         "site": r.site if isinstance(r.site, str) else None, "path": r.path,
         "windows": int(windows_of.get(r.recording_id, 0)), "audio_s": float(r.audio_s),
         "detections": int(counts.get(r.recording_id, 0)), "committed_at": now,

@@ -1,0 +1,221 @@
+"""Reading the ``embedding`` column of one Parquet file straight into a float16 matrix.
+
+The embedding files are written PLAIN, uncompressed, without a dictionary (``ResultsTable
+.write_file``): a data page is then just ``[4-byte length][2 * dims bytes]`` per window, so
+the vectors are one strided copy out of the column chunk's bytes. pyarrow decodes those 2 KB
+binary values one at a time into a binary array (about 1 million windows a second on this
+machine, most of ``pam apply-head``'s time); this reads the page headers (Thrift compact
+protocol) itself and copies each page's vectors with one numpy assignment.
+
+Anything else (a compressed or dictionary-encoded column, as files written before the
+embeddings went uncompressed are; nulls; values of different lengths) returns ``None`` and
+the caller reads the file with pyarrow instead: the fast path is an optimisation, never the
+only reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import pam.store.schemas as schemas
+
+_DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
+_PLAIN = 0
+
+
+class _Unsupported(Exception):
+    """The column chunk is not plain fixed-length float16 vectors: read it with pyarrow."""
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _Unsupported("varint too long")
+
+
+def _zigzag(buf: memoryview, pos: int) -> tuple[int, int]:
+    v, pos = _varint(buf, pos)
+    return (v >> 1) ^ -(v & 1), pos
+
+
+def _skip(buf: memoryview, pos: int, ctype: int) -> int:
+    """Past one value of compact type ``ctype``."""
+    if ctype in (1, 2):  # bool, in the field header
+        return pos
+    if ctype == 3:
+        return pos + 1
+    if ctype in (4, 5, 6):
+        return _varint(buf, pos)[1]
+    if ctype == 7:
+        return pos + 8
+    if ctype == 8:
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if ctype in (9, 10):
+        head = buf[pos]
+        pos += 1
+        size, etype = head >> 4, head & 0x0F
+        if size == 15:
+            size, pos = _varint(buf, pos)
+        for _ in range(size):
+            pos = _skip_element(buf, pos, etype)
+        return pos
+    if ctype == 11:
+        size, pos = _varint(buf, pos)
+        if size:
+            kv = buf[pos]
+            pos += 1
+            for _ in range(size):
+                pos = _skip_element(buf, pos, kv >> 4)
+                pos = _skip_element(buf, pos, kv & 0x0F)
+        return pos
+    if ctype == 12:
+        return _struct(buf, pos, {})[1]
+    raise _Unsupported(f"thrift type {ctype}")
+
+
+def _skip_element(buf: memoryview, pos: int, etype: int) -> int:
+    return pos + 1 if etype in (1, 2) else _skip(buf, pos, etype)  # list booleans take a byte
+
+
+def _struct(buf: memoryview, pos: int, wanted: dict[int, dict | None]) -> tuple[dict, int]:
+    """One Thrift compact struct from ``pos``: its integer fields and the nested structs named
+    in ``wanted`` (field id: the nested struct's own ``wanted``); other fields skipped."""
+    out: dict = {}
+    last = 0
+    while True:
+        head = buf[pos]
+        pos += 1
+        if head == 0:
+            return out, pos
+        delta, ctype = head >> 4, head & 0x0F
+        if delta:
+            fid = last + delta
+        else:
+            fid, pos = _zigzag(buf, pos)
+        last = fid
+        if ctype in (4, 5, 6) and fid in wanted:
+            out[fid], pos = _zigzag(buf, pos)
+        elif ctype in (1, 2) and fid in wanted:
+            out[fid] = ctype == 1
+        elif ctype == 12 and fid in wanted:
+            out[fid], pos = _struct(buf, pos, wanted[fid] or {})
+        else:
+            pos = _skip(buf, pos, ctype)
+
+
+# PageHeader: 1 type, 2 uncompressed size, 3 compressed size, 5 DataPageHeader (1 num_values,
+# 2 encoding), 7 DictionaryPageHeader, 8 DataPageHeaderV2 (1 num_values, 2 num_nulls,
+# 4 encoding, 5 definition levels bytes, 6 repetition levels bytes, 7 is_compressed)
+_PAGE_HEADER = {1: None, 2: None, 3: None, 5: {1: None, 2: None}, 7: {},
+                8: {1: None, 2: None, 4: None, 5: None, 6: None, 7: None}}
+
+
+def _copy_values(region: np.ndarray, count: int, width: int, out: np.ndarray) -> None:
+    """``count`` PLAIN byte-array values of ``width`` bytes each from ``region`` into ``out``."""
+    stride = 4 + width
+    if len(region) != count * stride:
+        raise _Unsupported("page holds nulls or values of other lengths")
+    records = region.reshape(count, stride)
+    if not (records[:, :4].view("<i4")[:, 0] == width).all():
+        raise _Unsupported("values of different lengths")
+    out.view(np.uint8).reshape(count, width)[:] = records[:, 4:]
+
+
+def column_chunk_vectors(raw: np.ndarray, rows: int, width: int, out: np.ndarray, max_def: int) -> None:
+    """Decode one column chunk's bytes ``raw`` (uint8) of ``rows`` values into ``out``."""
+    buf = memoryview(raw)
+    pos = done = 0
+    while done < rows:
+        header, pos = _struct(buf, pos, _PAGE_HEADER)
+        kind, size = header.get(1), header.get(3)
+        if size is None or header.get(2) != size:
+            raise _Unsupported("compressed page")
+        body = raw[pos:pos + size]
+        pos += size
+        if kind == _DICTIONARY_PAGE:
+            raise _Unsupported("dictionary page")
+        if kind == _DATA_PAGE:
+            page = header.get(5) or {}
+            count, encoding = page.get(1), page.get(2)
+            if max_def:  # v1: RLE definition levels with a 4-byte length before the values
+                body = body[4 + int(body[:4].view("<i4")[0]):]
+        elif kind == _DATA_PAGE_V2:
+            page = header.get(8) or {}
+            count, encoding = page.get(1), page.get(4)
+            if page.get(2):
+                raise _Unsupported("nulls")
+            body = body[(page.get(5) or 0) + (page.get(6) or 0):]
+        else:
+            continue  # index pages carry no values
+        if encoding != _PLAIN or count is None or done + count > rows:
+            raise _Unsupported("not PLAIN")
+        _copy_values(body, count, width, out[done:done + count])
+        done += count
+
+
+def read_vectors(source, parquet: pq.ParquetFile, column: str = "embedding") -> np.ndarray | None:
+    """The vectors of ``column`` in a whole file as a float16 matrix [rows, dims], read from the
+    open file ``source`` (``read_at``/``seek``+``read``) whose footer is ``parquet``; ``None``
+    where the file is not written the plain way (the caller then reads it with pyarrow)."""
+    meta = parquet.metadata
+    index = parquet.schema_arrow.get_field_index(column)
+    if index < 0 or meta.num_rows == 0:
+        return None
+    leaf = parquet.schema.column(index)
+    if leaf.physical_type != "BYTE_ARRAY" or leaf.max_repetition_level:
+        return None
+    chunks = [meta.row_group(g).column(index) for g in range(meta.num_row_groups)]
+    if any(c.compression != "UNCOMPRESSED" or c.has_dictionary_page for c in chunks):
+        return None
+    width = _value_width(source, chunks[0], leaf.max_definition_level)
+    if width is None or width % 2:
+        return None
+    # arrow's memory pool, not numpy's malloc: it keeps freed blocks, so reading file after file
+    # does not fault in fresh pages for every one
+    out = np.frombuffer(pa.allocate_buffer(meta.num_rows * width), dtype=schemas.EMBEDDING_DTYPE)
+    out = out.reshape(meta.num_rows, width // 2)
+    done = 0
+    try:
+        for g, chunk in enumerate(chunks):
+            rows = meta.row_group(g).num_rows
+            raw = np.frombuffer(_read_at(source, chunk.data_page_offset, chunk.total_compressed_size), np.uint8)
+            column_chunk_vectors(raw, rows, width, out[done:done + rows], leaf.max_definition_level)
+            done += rows
+    except (_Unsupported, IndexError, ValueError):
+        return None
+    return out
+
+
+def _value_width(source, chunk, max_def: int) -> int | None:
+    """The byte length of the first value of a plain column chunk (from its first page)."""
+    head = np.frombuffer(_read_at(source, chunk.data_page_offset, min(chunk.total_compressed_size, 1 << 16)),
+                         np.uint8)
+    try:
+        header, pos = _struct(memoryview(head), 0, _PAGE_HEADER)
+        body = pos
+        if header.get(1) == _DATA_PAGE_V2:
+            page = header.get(8) or {}
+            body += (page.get(5) or 0) + (page.get(6) or 0)
+        elif header.get(1) != _DATA_PAGE:
+            return None
+        elif max_def:
+            body += 4 + int(head[body:body + 4].view("<i4")[0])
+        return int(head[body:body + 4].view("<i4")[0])
+    except (_Unsupported, IndexError, ValueError):
+        return None
+
+
+def _read_at(source, offset: int, nbytes: int):
+    """``nbytes`` from ``offset``: an arrow buffer (no copy from a memory map) or bytes."""
+    source.seek(offset)
+    return source.read_buffer(nbytes) if hasattr(source, "read_buffer") else source.read(nbytes)

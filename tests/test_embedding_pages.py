@@ -1,0 +1,94 @@
+"""The embedding column read straight from its Parquet pages (pam.store.embedding_pages) gives
+the vectors pyarrow decodes, for every layout pam or an older pam wrote; a layout it does not
+read plainly is left to pyarrow (None), never misread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pam.store.embedding_pages import read_vectors
+from pam.store.embeddings import binary_as_vectors
+
+
+def binary_column(vectors: np.ndarray, nullable: bool = False) -> tuple[pa.Array, pa.Field]:
+    rows = [v.tobytes() for v in vectors]
+    return pa.array(rows, pa.binary()), pa.field("embedding", pa.binary(), nullable=nullable)
+
+
+def write(path, vectors: np.ndarray, nullable: bool = False, column=None, **options) -> None:
+    arr, field = binary_column(vectors, nullable)
+    arr = arr if column is None else column
+    table = pa.table({"recording_id": pa.array([f"r{i % 7}" for i in range(len(arr))]), "embedding": arr},
+                     schema=pa.schema([pa.field("recording_id", pa.string()), field]))
+    pq.write_table(table, path, **options)
+
+
+def fast(path) -> np.ndarray | None:
+    with pa.memory_map(str(path)) as source:
+        return read_vectors(source, pq.ParquetFile(source))
+
+
+def vectors_of(n: int, dim: int = 1024, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float16)
+
+
+PLAIN = {"compression": "none", "use_dictionary": False}
+
+
+@pytest.mark.parametrize("options", [
+    PLAIN,  # as ResultsTable.write_file writes the embedding column
+    {**PLAIN, "data_page_version": "2.0"},
+    {**PLAIN, "data_page_size": 10_000, "row_group_size": 300},  # many pages, several row groups
+    {**PLAIN, "write_statistics": False},
+    {"compression": {"recording_id": "zstd", "embedding": "none"}, "use_dictionary": ["recording_id"]},
+], ids=["plain", "page-v2", "small-pages-row-groups", "no-statistics", "other-columns-zstd"])
+def test_plain_files_read_straight_from_the_pages(tmp_path, options):
+    want = vectors_of(1000)
+    write(tmp_path / "e.parquet", want, **options)
+    got = fast(tmp_path / "e.parquet")
+    assert got is not None and got.dtype == np.float16 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_an_optional_column_without_nulls_reads_the_same(tmp_path):
+    want = vectors_of(500, dim=64)
+    for version in ("1.0", "2.0"):
+        write(tmp_path / "e.parquet", want, nullable=True, data_page_version=version, **PLAIN)
+        got = fast(tmp_path / "e.parquet")
+        assert got is not None and np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("options", [
+    {"compression": "zstd"},  # how embedding files were written before they went uncompressed
+    {"compression": "none", "use_dictionary": True},
+    {"compression": "lz4"},
+], ids=["zstd", "dictionary", "lz4"])
+def test_other_layouts_are_left_to_pyarrow(tmp_path, options):
+    want = vectors_of(300, dim=128)
+    write(tmp_path / "e.parquet", np.concatenate([want, want[:10]]), **options)  # repeats: a dictionary pays
+    assert fast(tmp_path / "e.parquet") is None
+
+
+def test_nulls_and_mixed_sizes_are_left_to_pyarrow(tmp_path):
+    v = vectors_of(50, dim=16)
+    with_null = pa.array([x.tobytes() for x in v[:-1]] + [None], pa.binary())
+    write(tmp_path / "null.parquet", v, nullable=True, column=with_null, **PLAIN)
+    assert fast(tmp_path / "null.parquet") is None
+    mixed = pa.array([x.tobytes() for x in v[:-1]] + [v[-1, :8].tobytes()], pa.binary())
+    write(tmp_path / "mixed.parquet", v, column=mixed, **PLAIN)
+    assert fast(tmp_path / "mixed.parquet") is None
+    with pytest.raises(ValueError, match="different sizes"):
+        binary_as_vectors(pq.read_table(tmp_path / "mixed.parquet").column("embedding"))
+
+
+def test_any_readable_file_serves_the_pages(tmp_path):
+    """An object store's file (arrow's input file, no memory map) or a Python file reads the same."""
+    want = vectors_of(200, dim=32)
+    write(tmp_path / "e.parquet", want, **PLAIN)
+    for source in (pa.OSFile(str(tmp_path / "e.parquet")), open(tmp_path / "e.parquet", "rb")):
+        with source:
+            got = read_vectors(source, pq.ParquetFile(source))
+        assert got is not None and np.array_equal(got.view(np.uint16), want.view(np.uint16))
