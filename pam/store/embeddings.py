@@ -24,7 +24,7 @@ from pam.store.embedding_pages import read_vectors
 from pam.store.results import EMBEDDING, ResultFile, ResultsTable
 
 KEY_COLUMNS = [n for n in schemas.EMBEDDINGS.names if n != "embedding"]
-# the rows of a read: the embeddings table's other columns, then the file's site and date
+# the rows of a read: the embeddings table's other columns, then site (the file's partition) and date
 ROWS = pa.schema([f for f in schemas.EMBEDDINGS if f.name != "embedding"] + list(schemas.DETECTION_PARTITIONS))
 
 
@@ -116,12 +116,12 @@ def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
     source = pa.memory_map(path) if store.results.local else store.results.fs.open_input_file(path)
     parquet = pq.ParquetFile(source)
     present = set(parquet.schema_arrow.names)
-    table = parquet.read(columns=[c for c in KEY_COLUMNS if c in present], use_threads=False)
+    table = parquet.read(columns=[c for c in KEY_COLUMNS + ["date"] if c in present], use_threads=False)
     n = table.num_rows
     columns = {}
     for field in ROWS:
-        if field.name in ("site", "date"):
-            columns[field.name] = pa.array(np.full(n, getattr(file, field.name), dtype=object), pa.string())
+        if field.name == "site":  # the partition value, from the log; the date is a column of the file
+            columns[field.name] = pa.array(np.full(n, file.site, dtype=object), pa.string())
         elif field.name in present:
             columns[field.name] = table.column(field.name).cast(field.type)
         else:
