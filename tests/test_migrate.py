@@ -83,6 +83,14 @@ def test_migrate_keeps_every_table(tmp_path):
     for rel in ("summaries/effort/effort.parquet", "labels/training_labels.csv", "manifest/manifest.parquet"):
         assert (new / rel).read_bytes() == (old / rel).read_bytes()
     assert not (new / ".run.lock").exists() and not list(new.glob(".replace-*"))
+    # written already compacted: one detection file per site and month, rows sorted by time,
+    # and one done file per site (so a migrated season opens and scans like a compacted one)
+    files = store.detection_files()
+    assert len(files) == 2 and {p.parent.name for p in files} == {"month=2024-05"}
+    for f in files:
+        times = pq.read_table(f, columns=["start_time"]).column("start_time").to_pylist()
+        assert times == sorted(times) and len(times) > 5
+    assert len(list((new / "results").glob("kind=done/*/*.parquet"))) == 2
     # the migration's one large commit is checkpointed, so readers need not parse its JSON
     assert (new / "results" / "_delta_log" / "_last_checkpoint").is_file()
     # the migrated store goes on: commit numbers continue, and a rerun finds the work done
