@@ -133,7 +133,7 @@ def test_nightly_applies_registered_heads_to_new_embeddings_exactly_once(registe
     assert len(SimilarityIndex.open(index_folder(store, head.card.embedding_model_id))) == len(emb3)
 
 
-def test_heads_the_run_cannot_feed_stop_it_before_any_work(registered, tmp_path):
+def test_heads_the_run_cannot_feed_stop_it_before_any_work(registered, tmp_path, caplog):
     tmp, store, model, head = registered
     with pytest.raises(ConfigError, match="head feedfacefeedface is not registered in store .*pam heads"):
         plan_agile(store, config(model, heads=["feedfacefeedface"]))
@@ -148,6 +148,10 @@ def test_heads_the_run_cannot_feed_stop_it_before_any_work(registered, tmp_path)
     assert len(store.read_manifest()) == manifest  # nothing was scanned
     plan = plan_agile(store, config(model, heads="all"))  # all: the heads of this run's models
     assert plan.heads == [head.head_id]
+    empty = Store(tmp_path / "no-heads").ensure()
+    with caplog.at_level("WARNING", logger="pam.ops.agile"):
+        assert plan_agile(empty, config(model, heads="all")).heads == []  # said, not silent
+    assert "holds no registered head of this run's models" in caplog.text
     with pytest.raises(ValueError, match="detect.embeddings: true"):
         PamConfig(model=str(model), agile=AgileConfig(similarity_index=True))
 

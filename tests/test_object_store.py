@@ -275,3 +275,19 @@ def test_cli_commands_that_need_a_folder_refuse_object_storage_first(s3_store, t
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and re.match(rf"error: .* is not supported on object storage \({s3_store}\)", lines[0])
     assert not Store(s3_store).location.exists()  # nothing was written
+
+
+def test_a_store_whose_endpoint_cannot_be_resolved_is_one_line(monkeypatch):
+    """Opening an s3 store's file system already asks the network (the bucket's region): when that
+    fails, the commands that read a store say so in one line, exit 2, instead of a traceback."""
+    import pam.cli.app as cli_app
+
+    def unreachable(root):
+        raise OSError(f"When resolving region for bucket 'bucket': could not resolve host ({root})")
+
+    monkeypatch.setattr(cli_app, "Store", unreachable)
+    for args in (["query", "s3://bucket/x"], ["summarize", "s3://bucket/x"], ["apply-head", "s3://bucket/x", "h.npz"]):
+        res = runner.invoke(app, args)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, (args, res.output)
+        assert lines[0].startswith("error: store s3://bucket/x: cannot reach it: When resolving region")

@@ -106,6 +106,8 @@ def test_query_and_sql_as_of_an_earlier_version(tmp_path):
     res = runner.invoke(app, ["sql", str(tmp_path), sql, "--as-of", str(first), "--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 0, res.output
     assert pd.read_csv(tmp_path / "o.csv").iloc[0].tolist() == [len(night(0)) * 4, len(night(0))]
+    res = runner.invoke(app, ["query", str(tmp_path), "--as-of", "0"])  # the table's creation: no rows yet
+    assert res.exit_code == 0 and "held no detections at version 0" in res.output, res.output
     res = runner.invoke(app, ["query", str(tmp_path), "--as-of", "99"])
     assert res.exit_code == 2 and "has no version 99" in res.output
     res = runner.invoke(app, ["query", str(tmp_path), "--as-of", "1999-01-01T00:00"])

@@ -58,13 +58,24 @@ def store_exists(st: Store) -> bool:
         raise  # unreachable
 
 
+def reach_store(store: str | Path) -> Store:
+    """``Store(store)``; an object store whose endpoint or region cannot be resolved (opening its
+    file system already asks the network) is one line and exit 2, not a traceback."""
+    try:
+        return Store(store)
+    except OSError as exc:
+        fail(f"store {store}: cannot reach it: {exc} (the AWS_* variables give the endpoint and credentials; "
+             "docs/store.md#object-storage)")
+        raise  # unreachable
+
+
 def existing_store(store: str | Path, local_for: str | None = None) -> Store:
     """The store a command reads: a folder or an object-store URI that exists, else one line and
     exit 2. ``local_for`` names what the command does when it needs a folder: an object-store
     URI is then refused before anything is read."""
     if local_for:
         refuse_object_storage(store, local_for)
-    st = Store(store)
+    st = reach_store(store)
     if not store_exists(st):
         fail(f"store {store} does not exist")
     return st
@@ -76,7 +87,7 @@ def store_config(path: Optional[Path], store: str | Path, **overrides) -> PamCon
     (``pam.store.analysis_config``), so that no command falls back to UTC clocks unasked."""
     from pam.store.analysis_config import site_differences, stored_analysis_config
 
-    st = Store(store)
+    st = reach_store(store)
     stored = stored_analysis_config(st) if store_exists(st) else None
     if path is not None or stored is None:
         conf = cli_config(path, **overrides)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import (ConfigOpt, StoreArg, StoreOpt, app, console, err, existing_store, fail, store_config,
-                         time_texts)
+from pam.cli.app import (ConfigOpt, StoreArg, StoreOpt, app, console, err, existing_store, fail, reach_store,
+                         store_config, time_texts)
 from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
 from pam.io.preflight import check_scan_inputs
@@ -32,7 +32,7 @@ def scan(
     from pam.ops.pipeline import check_config_sites, scan_stage
 
     conf = store_config(config, store)
-    st = Store(store)
+    st = reach_store(store)
     try:
         check_scan_inputs(dumps, st)  # before anything is created
     except ConfigError as exc:
@@ -87,7 +87,7 @@ def detect(
         "detect.device": devices[0] if devices and len(devices) == 1 else None,
         "detect.devices": devices if devices is None or len(devices) > 1 else [],
         "detect.batch_size": batch_size, "detect.num_workers": workers})
-    st = Store(store)
+    st = reach_store(store)
     # Arguments are checked before Prefect starts or anything is created: a mistyped path or a
     # bad model costs seconds, not a run recorded in a new store.
     try:

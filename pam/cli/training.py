@@ -299,7 +299,7 @@ def apply_head_cmd(
     from pam.train.heads import HeadError
 
     try:
-        report = apply_head(store, head, force=force)
+        report = apply_head(existing_store(store), head, force=force)
     except HeadError as exc:
         fail(str(exc))
     console.print(f"head {report.head_id}: {report.recordings_done} recording(s) scored "

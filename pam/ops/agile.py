@@ -59,6 +59,9 @@ def plan_agile(store: Store, config: PamConfig) -> AgilePlan:
     heads: list[str] = []
     if agile.heads == "all":
         heads = [h for h, m in zip(registered["head_id"], registered["embedding_model_id"]) if m in models]
+        if not heads:  # said, not silent: the user asked for heads and none will run
+            log.warning("agile.heads: all, but store %s holds no registered head of this run's models (%s); "
+                        "`pam train-head` registers one", store.uri, ", ".join(models))
     elif agile.heads:
         reads = dict(zip(registered["head_id"], registered["embedding_model_id"]))
         for head_id in agile.heads:

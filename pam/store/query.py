@@ -173,6 +173,8 @@ def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None
                 model_id: str | None = None) -> str:
     """Why nothing matched, naming what the store does hold when a species, site or model is not in it."""
     if not store.detection_files():
+        if store.pinned_version is not None:
+            return f"the results table held no detections at version {store.pinned_version} (pam store history lists them)"
         return "the store has no committed detections yet"
     if sites:
         known_sites = {unquote(p.parent.parent.name.removeprefix("site=")) for p in store.detection_files()}

@@ -88,6 +88,11 @@ class Store:
         pinned._pinned = self.results.snapshot_as_of(as_of)
         return pinned
 
+    @property
+    def pinned_version(self) -> int | None:
+        """The version of the results table every read sees (``Store.at``), or None: the latest."""
+        return self._pinned.version() if self._pinned is not None else None
+
     # -- layout -----------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
