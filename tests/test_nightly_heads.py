@@ -173,6 +173,28 @@ def test_the_flow_tasks_call_the_stages(registered, monkeypatch):
     assert indexes[0]["added"] == indexes[0]["indexed"] == len(read_embeddings(store))
 
 
+def test_a_failing_head_or_index_does_not_stop_the_night(registered, monkeypatch, caplog):
+    """One head that raises (or an index update that does) is logged and skipped; the stages
+    return, so the run goes on to its summaries, and the next run retries."""
+    import pam.analysis.store_index
+    import pam.train.apply_head
+    from pam.ops.agile import apply_heads_stage, index_stage
+
+    _tmp, store, model, head = registered
+    plan = plan_agile(store, config(model, heads="all", similarity_index=True))
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pam.train.apply_head, "apply_head", broken)
+    monkeypatch.setattr(pam.analysis.store_index, "update_index", broken)
+    with caplog.at_level("ERROR", logger="pam.ops.agile"):
+        assert apply_heads_stage(store, plan) == [{"head_id": head.head_id, "error": "disk full"}]
+        assert index_stage(store, plan)[0]["error"] == "disk full"
+    assert f"head {head.head_id} not applied: disk full" in caplog.text
+    assert "similarity index not updated: disk full" in caplog.text
+
+
 def test_registry_on_object_storage_is_refused_before_any_work(tmp_path):
     """The head registry is a folder of the store: `pam heads s3://...` stops with one line, and a
     train-head config that would register into an object store is refused when it loads, not

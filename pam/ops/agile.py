@@ -83,7 +83,13 @@ def apply_heads_stage(store: Store, plan: AgilePlan,
 
     out = []
     for head_id in plan.heads:
-        report = apply_head(store, head_id)
+        try:
+            report = apply_head(store, head_id)
+        except Exception as exc:  # one head's failure must not cost the night its summaries
+            (logger or log).error("head %s not applied: %s (the night's detections stand; the next run applies it "
+                                  "to the windows it has not scored)", head_id, exc)
+            out.append({"head_id": head_id, "error": str(exc)})
+            continue
         (logger or log).info("head %s: %d recording(s) scored (%d windows, %d detections), %d already done",
                              head_id, report.recordings_done, report.windows, report.detections,
                              report.recordings_skipped)
@@ -107,7 +113,13 @@ def index_stage(store: Store, plan: AgilePlan,
         if model_id not in stored:
             (logger or log).info("model %s: no stored embeddings yet, no index to update", model_id)
             continue
-        update = update_index(store, model_id)
+        try:
+            update = update_index(store, model_id)
+        except Exception as exc:  # the index is derived: the next run brings it up to date
+            (logger or log).error("model %s: similarity index not updated: %s (pam similar updates it before "
+                                  "searching)", model_id, exc)
+            out.append({"model_id": model_id, "error": str(exc)})
+            continue
         (logger or log).info("model %s: index updated, %d window(s) added, %d taken out (%d read from %d new "
                              "file(s)); %d indexed", model_id, update.added, update.removed, update.windows_read,
                              update.files_read, len(update.index))
