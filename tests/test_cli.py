@@ -311,3 +311,36 @@ def test_a_dump_gone_by_scan_time_is_one_error_and_exit_1(tmp_path, dump, monkey
     assert "1 recordings scored" in res.output
     assert res.output.count("dump folder does not exist") == 1, res.output
     assert f"error: {gone}: dump folder does not exist" in res.output
+
+
+def test_tables_into_a_pipe_are_not_folded_at_80_columns(monkeypatch):
+    """Into a pipe or a log file rich would fold tables at 80 columns (species names cut
+    mid-word); pam gives them 160 there, a terminal keeps its own width, COLUMNS still decides."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pam.cli.app import PIPED_WIDTH, PipeWideConsole, output_width
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output_width(io.StringIO()) == PIPED_WIDTH == 160
+    assert output_width(Tty()) is None
+    monkeypatch.setenv("COLUMNS", "100")
+    assert output_width(io.StringIO()) is None
+    monkeypatch.delenv("COLUMNS")
+    table = Table()
+    for col in ("head", "kind", "embedding model", "classes", "thresholds", "windows", "registered (UTC)"):
+        table.add_column(col, overflow="fold")
+    table.add_row("ff0d1f57cf640e72", "linear", "birdnet-v2.4-6522", "bobwhite_covey", "bobwhite_covey 0.607", "117",
+                  "2026-11-27 19:20")
+    out = io.StringIO()
+    PipeWideConsole(file=out).print(table)
+    assert "bobwhite_covey 0.607" in out.getvalue() and "linear" in out.getvalue()
+    folded = io.StringIO()
+    Console(file=folded, width=80).print(table)
+    assert "bobwhite_covey 0.607" not in folded.getvalue()  # what 80 columns did

@@ -6,12 +6,13 @@ The commands live beside this module (one module per area) and register on ``app
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from pam.config import ConfigError, PamConfig, load_config
 from pam.store.location import NotOnObjectStorage, require_local_root
@@ -19,8 +20,37 @@ from pam.store.store import Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="pam: passive acoustic monitoring, from recorder dumps to detections.")
-console = Console()
-err = Console(stderr=True)
+# Tables go to a terminal at its width; into a pipe or a log file (cron, a nightly service)
+# rich would fold them at 80 columns, cutting species names mid-word, so they get 160 there
+# (COLUMNS, when set, still decides).
+PIPED_WIDTH = 160
+
+
+def output_width(stream) -> int | None:
+    """The width rich should use for ``stream``: None (rich decides) for a terminal or when
+    COLUMNS is set, else ``PIPED_WIDTH``."""
+    if os.environ.get("COLUMNS") or (hasattr(stream, "isatty") and stream.isatty()):
+        return None
+    return PIPED_WIDTH
+
+
+class PipeWideConsole(Console):
+    """A rich Console that, writing into a pipe or file without COLUMNS set, is ``PIPED_WIDTH``
+    wide; decided at each print (CliRunner and notebooks swap sys.stdout after import)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        base = Console.size.fget(self)
+        width = output_width(self.file)
+        return ConsoleDimensions(width, base.height) if width is not None else base
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = PipeWideConsole()
+err = PipeWideConsole(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
