@@ -25,8 +25,9 @@ from pam.detect.detection import SEQ_SPAN, resolve_device
 from pam.detect.shards import split, worker_config
 from pam.detect.worker_process import WorkerFailed, call_in_worker
 from pam.io.manifest import recordings_in
-from pam.ops.pipeline import detect_stage, scan_stage
 from pam.store.store import PART_NAME, Store
+from pam.ops.pipeline import detect_stage, scan_stage
+from pamstore import scan_and_detect
 from test_shards import make_dump, same_tables, table
 
 
@@ -35,11 +36,6 @@ def devices_conf(base: PamConfig, devices: list[str]) -> PamConfig:
     data = base.model_dump(mode="json")
     data["detect"]["devices"] = devices
     return PamConfig.model_validate(data)
-
-
-def scan_and_detect(dump, store: Store, conf: PamConfig):
-    s = scan_stage(dump, store, conf)
-    return detect_stage(store, [s.dump], conf, scan_problems=s.problems, progress=False)
 
 
 @pytest.fixture
