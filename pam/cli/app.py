@@ -75,6 +75,12 @@ def refuse_object_storage(store: str | Path, what: str) -> None:
         fail(str(exc))
 
 
+def unreachable(store: str | Path, exc: OSError) -> None:
+    """One line and exit 2 for an object store that cannot be reached (endpoint, region, credentials)."""
+    fail(f"store {store}: cannot reach it: {exc} (the AWS_* variables give the endpoint and credentials; "
+         "docs/store.md#object-storage)")
+
+
 def store_exists(st: Store) -> bool:
     """Whether the store is there: a folder, or on object storage anything under its prefix.
     An object store that cannot be reached (endpoint, credentials) is one line and exit 2."""
@@ -83,8 +89,7 @@ def store_exists(st: Store) -> bool:
     try:
         return st.location.exists()
     except OSError as exc:
-        fail(f"store {st.uri}: cannot reach it: {exc} (the AWS_* variables give the endpoint and credentials; "
-             "docs/store.md#object-storage)")
+        unreachable(st.uri, exc)
         raise  # unreachable
 
 
@@ -94,8 +99,7 @@ def reach_store(store: str | Path) -> Store:
     try:
         return Store(store)
     except OSError as exc:
-        fail(f"store {store}: cannot reach it: {exc} (the AWS_* variables give the endpoint and credentials; "
-             "docs/store.md#object-storage)")
+        unreachable(store, exc)
         raise  # unreachable
 
 
