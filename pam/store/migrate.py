@@ -34,7 +34,7 @@ from deltalake import DeltaTable
 from pam.store.compaction import SORT
 from pam.store.results import (DETECTION, DETECTION_FILE, DONE, DONE_FILE, EMBEDDING, EMBEDDING_FILE, OLD_PARTITIONS,
                                ROW_GROUP, ResultsTable, month_of)
-from pam.store.location import StoreLocation
+from pam.store.location import require_local_root
 from pam.store.store import Store
 from pam.store.transactions import DONE_NAME
 
@@ -112,7 +112,7 @@ def migrate(old_root: str | Path, new_root: str | Path) -> Migrated:
     """Write the folder-layout store at ``old_root`` as a new store at ``new_root`` (which must not
     exist or be empty). Raises MigrationError before writing anything when it cannot."""
     for root in (old_root, new_root):
-        StoreLocation(root).require_local("pam store migrate")
+        require_local_root(root, "pam store migrate")
     old, new = Path(old_root).expanduser().resolve(), Path(new_root).expanduser().resolve()
     if not old.is_dir():
         raise MigrationError(f"store {old} does not exist")
