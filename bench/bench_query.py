@@ -8,7 +8,8 @@ Then times, for one species at one site over one week:
            included: files chosen from the table's log (site, UTC month, each file's first and
            last date), then a pyarrow filter;
   open   - opening the table (the latest snapshot) and listing its live files, alone;
-  full   - every committed file read, the same filter applied afterwards in pandas;
+  full   - pam.store.query.full_scan: every row of every committed file read (strings as
+           dictionaries), the same filter applied afterwards to the Arrow table;
 
 checks both return the same rows, and prints both times and their ratio. With --compact it
 then compacts the store (pam store compact) and times the pruned query, the open and the

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -74,6 +75,18 @@ def test_full_scan_baseline_agrees(store):
     full = full_scan(store, **question)
     assert len(full) > 0 and key(full) == key(pruned)
     assert full["start_time"].tolist() == pruned["start_time"].tolist()
+
+
+def test_full_scan_reads_strings_as_dictionaries_and_returns_plain_columns(store):
+    table = store.detections_dataset(dictionary_strings=True).to_table()
+    assert pa.types.is_dictionary(table.schema.field("label").type)
+    assert table.num_rows == len(store.read_detections())
+    model = table.column("model_id")[0].as_py()
+    full = full_scan(store, sites=["S3", "Ridge 2/north"], model_id=model)
+    expected = pd.concat([brute(store, site="S3", model=model), brute(store, site="Ridge 2/north", model=model)])
+    assert len(full) > 0 and key(full) == key(expected)
+    assert full.columns.tolist() == store.read_detections().columns.tolist()
+    assert not any(isinstance(t, pd.CategoricalDtype) for t in full.dtypes)
 
 
 def test_pruned_files_are_never_opened(store, tmp_path):

@@ -196,24 +196,22 @@ def _empty_note(store: Store, species: list[str] | None, sites: list[str] | None
 def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: str | Sequence[str] | None = None,
               start: str | None = None, end: str | None = None, min_score: float | None = None,
               model_id: str | None = None) -> pd.DataFrame:
-    """Read every committed file, then filter: the baseline that ``query_detections`` is measured against."""
+    """Read every row of every committed file, then filter in memory: the baseline that
+    ``query_detections`` (which skips files by the log and row groups by their statistics) is
+    measured against. Strings are read as dictionaries and the filter runs on the Arrow table,
+    so only the matching rows become Python objects."""
     t0, t1 = parse_time(start), parse_time(end, end=True)
     species, sites = _as_list(species), _as_list(sites)
-    frame = store.detections_dataset().to_table().to_pandas()
-    keep = pd.Series(True, index=frame.index)
-    if species:
-        keep &= frame["label"].isin(list(species))
+    table = store.detections_dataset(dictionary_strings=True).to_table()  # every row decoded, nothing pruned
+    keep = detection_filter(species or None, t0, t1, min_score, model_id)
     if sites:
-        keep &= frame["site"].isin(list(sites))
-    if t0 is not None:
-        keep &= frame["start_time"] >= t0
-    if t1 is not None:
-        keep &= frame["start_time"] < t1
-    if min_score is not None:
-        keep &= frame["score"] >= score_threshold(min_score).as_py()
-    if model_id is not None:
-        keep &= frame["model_id"] == model_id
-    return frame[keep].sort_values(["start_time", "site", "path", "start_s", "label"], ignore_index=True)
+        site_match = ds.field("site").isin(list(sites))
+        keep = site_match if keep is None else keep & site_match
+    if keep is not None:
+        table = table.filter(keep)
+    plain = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema])
+    frame = table.cast(plain).to_pandas()
+    return frame.sort_values(["start_time", "site", "path", "start_s", "label"], ignore_index=True)
 
 
 # -- SQL ---------------------------------------------------------------------------------------

@@ -270,9 +270,11 @@ class ResultsTable:
     def full_path(self, rel: str) -> str:
         return f"{self.base}/{rel}"
 
-    def dataset(self, files: list[ResultFile], kind: str) -> ds.Dataset:
+    def dataset(self, files: list[ResultFile], kind: str, dictionary_strings: bool = False) -> ds.Dataset:
         """The files as one pyarrow dataset with ``site`` from the table's log (``date`` is a
-        column of detection and embedding files)."""
+        column of detection and embedding files). With ``dictionary_strings`` the string
+        columns of the files are read as dictionaries (the Parquet pages already are), which
+        spares building millions of strings when a whole table is scanned."""
         if kind in (DETECTION, EMBEDDING):
             columns = schemas.DETECTIONS if kind == DETECTION else schemas.EMBEDDINGS
             schema = pa.schema(list(columns) + list(schemas.DETECTION_PARTITIONS))
@@ -280,9 +282,14 @@ class ResultsTable:
         else:
             schema = schemas.DONE
             parts = [ds.scalar(True) for f in files]
+        file_format = ds.ParquetFileFormat()
+        if dictionary_strings:
+            names = [f.name for f in schema if pa.types.is_string(f.type) and f.name != "site"]
+            schema = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in names else f
+                                for f in schema])
+            file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=names))
         return ds.FileSystemDataset.from_paths([self.full_path(f.path) for f in files], schema=schema,
-                                               format=ds.ParquetFileFormat(), filesystem=self.fs,
-                                               partitions=parts)
+                                               format=file_format, filesystem=self.fs, partitions=parts)
 
     # -- writing -----------------------------------------------------------------------
     def write_file(self, table: pa.Table, kind: str, site: str | None, stem: str,

@@ -380,14 +380,14 @@ class Store:
         snap = self.snapshot() if snap is None else snap
         return [self.results_dir / f.path for f in ResultsTable.files(snap, DONE)]
 
-    def detections_dataset(self, files: list[Path] | None = None) -> ds.Dataset:
+    def detections_dataset(self, files: list[Path] | None = None, dictionary_strings: bool = False) -> ds.Dataset:
         files = self.detection_files() if files is None else files
         entries = []
         for p in files:
             rel = Path(p).relative_to(self.results_dir).as_posix()
             entries.append(ResultFile(rel, DETECTION, unquote(Path(p).parent.parent.name[len("site="):]),
                                       Path(p).parent.name[len("month="):], 0))
-        return self.results.dataset(entries, DETECTION)
+        return self.results.dataset(entries, DETECTION, dictionary_strings=dictionary_strings)
 
     def read_detections(self, columns: list[str] | None = None, snap=None) -> pd.DataFrame:
         """All committed detections as a DataFrame (site and date included)."""
