@@ -16,7 +16,10 @@ def history(store: str = StoreArg, limit: int = typer.Option(20, "--limit", min=
     """The results table's versions, newest first (for `pam query --as-of VERSION`)."""
     for h in existing_store(store).history(limit):
         when = datetime.fromtimestamp(h["timestamp"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        console.print(f"{h['version']:>6}  {when}  {h['operation']}", highlight=False)
+        what = f"{h['operation']:<8}"
+        if h.get("run_id"):
+            what += f"  run {h['run_id']}: {h['recordings']} recordings, {h['detections']} detections"
+        console.print(f"{h['version']:>6}  {when}  {what}".rstrip(), highlight=False)
 
 
 @store_app.command("compact")

@@ -123,7 +123,8 @@ def vacuum(table: ResultsTable, retention_days: float) -> list[str]:
 
 
 def history(dt: DeltaTable | None, limit: int | None = None) -> list[dict]:
-    """The table's versions, newest first: version, timestamp (ms), operation."""
+    """The table's versions, newest first: version, timestamp (ms), operation, and for a commit
+    of results its run id and counts of recordings and detection rows (None where not recorded)."""
     if dt is None:
         return []
     out = []
@@ -131,5 +132,11 @@ def history(dt: DeltaTable | None, limit: int | None = None) -> list[dict]:
         if entry.get("version") is None or entry["version"] < 0:
             continue
         out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
-                    "operation": entry.get("pam.operation") or entry.get("operation")})
+                    "operation": entry.get("pam.operation") or entry.get("operation"),
+                    "run_id": entry.get("pam.run_id"), "recordings": _count(entry.get("pam.recordings")),
+                    "detections": _count(entry.get("pam.detections"))})
     return out
+
+
+def _count(text) -> int | None:
+    return int(text) if text not in (None, "") else None

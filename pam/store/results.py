@@ -344,8 +344,9 @@ class ResultsTable:
                 pass
 
     def commit(self, dt: DeltaTable, adds: list[AddAction], removes: list[ResultFile], operation: str,
-               data_change: bool = True) -> bool:
-        """Offer the actions as the version after ``dt``; False when another writer took it."""
+               data_change: bool = True, details: dict[str, str] | None = None) -> bool:
+        """Offer the actions as the version after ``dt``; False when another writer took it.
+        ``details`` go into the commit's metadata as ``pam.<name>`` (``pam store history`` shows them)."""
         now = int(time.time() * 1000)
         actions: list = list(adds) + [RemoveAction(path=f.path, deletion_timestamp=now, data_change=data_change,
                                                    partition_values={"kind": f.kind, "site": f.site,
@@ -354,7 +355,9 @@ class ResultsTable:
         try:
             dt.create_write_transaction(actions, "append", table_schema(), partition_by=PARTITIONS,
                                         commit_properties=CommitProperties(
-                                            max_commit_retries=0, custom_metadata={"pam.operation": operation}))
+                                            max_commit_retries=0, custom_metadata={"pam.operation": operation,
+                                                                                **{f"pam.{k}": str(v) for k, v in
+                                                                                   (details or {}).items()}}))
         except CommitFailedError:
             self.delete_files(adds)
             return False

@@ -161,7 +161,9 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         except BaseException:
             table.delete_files(adds)
             raise
-        if table.commit(dt, adds, removes, "commit"):
+        details = {"run_id": run_id, "recordings": len(set(done.column("recording_id").to_pylist())),
+                   "detections": detections.num_rows}
+        if table.commit(dt, adds, removes, "commit", details=details):
             return Committed(done, len(stale))
         return None
 
