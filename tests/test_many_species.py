@@ -51,6 +51,7 @@ def test_unknown_species_message_names_the_closest():
     message = unknown_species_message(["Nothern Bobwite"], labels)
     assert "\n" not in message and "'Nothern Bobwite' (closest: Northern Bobwhite" in message
     assert "200 species have detections" in message
+    assert "(1 species has detections;" in unknown_species_message(["dodo"], [BOBWHITE])
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,9 @@ def test_nightly_applies_registered_heads_to_new_embeddings_exactly_once(registe
     assert head_runs.empty or int(head_runs["recordings_done"].sum()) == 0
 
     night(tmp / "night3", 3, n=1)  # a third night: only its recording is new to the head
-    run_nightly(dumps + [str(tmp / "night3")], store, conf, progress=False)
+    third = run_nightly(dumps + [str(tmp / "night3")], store, conf, progress=False)
+    assert [(h["head_id"], h["recordings_done"]) for h in third.heads] == [(head.head_id, 1)]
+    assert third.indexes and third.indexes[0]["added"] > 0
     runs = store.read_runs()
     last = runs[runs["flow"] == "apply-head"].sort_values("started_at").iloc[-1]
     assert (last["recordings_done"], last["recordings_skipped"]) == (1, 4)
@@ -171,6 +173,23 @@ def test_the_flow_tasks_call_the_stages(registered, monkeypatch):
     assert apply_heads_task.fn(str(store.root), plain)[0]["recordings_done"] == 0
     indexes = index_task.fn(str(store.root), plain)
     assert indexes[0]["added"] == indexes[0]["indexed"] == len(read_embeddings(store))
+
+
+def test_the_nights_last_lines_name_each_heads_detections(registered):
+    """`pam detect` (no --verbose) ends with a line per head applied, as it does for the models."""
+    import yaml
+
+    tmp, store, model, head = registered
+    night(tmp / "night2", 2)
+    conf = config(model, heads=[head.head_id]).model_dump(mode="json")
+    (tmp / "pam.yaml").write_text(yaml.safe_dump(conf))
+    res = CliRunner().invoke(app, ["detect", str(tmp / "night1"), str(tmp / "night2"), "--store", str(store.root),
+                                   "--config", str(tmp / "pam.yaml"), "--no-prefect", "--show", "0"])
+    assert res.exit_code == 0, res.output
+    det = store.read_detections()
+    applied = det[det["model_id"] == head.head_id]
+    assert f"head {head.head_id}: 4 recordings scored" in res.output
+    assert f"{len(applied)} new detections" in res.output.split(f"head {head.head_id}:")[1].splitlines()[0]
 
 
 def test_a_failing_head_or_index_does_not_stop_the_night(registered, monkeypatch, caplog):

@@ -122,6 +122,14 @@ def detect(
         f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
         f"{report['detections']} new detections", highlight=False, soft_wrap=True,
     )
+    for head in report.get("heads", []):  # the nightly agile stage (config agile.heads)
+        if head.get("error"):
+            console.print(f"head {head['head_id']}: not applied ({head['error']}); the next run applies it",
+                          highlight=False, soft_wrap=True)
+        else:
+            console.print(f"head {head['head_id']}: {head['recordings_done']} recordings scored "
+                          f"({head['windows']} windows), {head['detections']} new detections",
+                          highlight=False, soft_wrap=True)
     if report.get("failure_report"):
         console.print(f"failed and skipped files per site: {report['failure_report']}", highlight=False,
                       soft_wrap=True)
@@ -154,7 +162,7 @@ def _run_flow(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verbos
             result = nightly([str(d) for d in dumps], st.uri, conf.model_dump(mode="json"), force)
     if result.get("busy"):
         raise StoreBusy(result["busy"])
-    return {**result["detect"], "warnings": warnings.messages}, result["scans"]
+    return {**result["detect"], "warnings": warnings.messages, "heads": result["heads"]}, result["scans"]
 
 
 def _run_direct(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verbose: bool) -> tuple[dict, list[dict]]:
@@ -170,10 +178,11 @@ def _run_direct(dumps: list[Path], st: Store, conf: PamConfig, force: bool, verb
         warnings = stack.enter_context(pam_warnings_apart())
         if verbose:
             stack.enter_context(pam_info_to_stderr())
-        scans, rep = run_nightly([str(d) for d in dumps], st, conf, force=force)
+        night = run_nightly([str(d) for d in dumps], st, conf, force=force)
+    rep = night.report
     report = {**asdict(rep), "recordings_failed": rep.recordings_failed, "speed": rep.speed,
-              "warnings": warnings.messages}
-    return report, [asdict(s) for s in scans]
+              "warnings": warnings.messages, "heads": night.heads}
+    return report, [asdict(s) for s in night.scans]
 
 
 def _print_warnings(messages: list[str], listed: list[dict], errors: list[str]) -> None:

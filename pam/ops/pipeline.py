@@ -144,8 +144,21 @@ def maintain_store(store: Store, config: PamConfig,
                     config.store.retention_days, store.uri)
 
 
+@dataclass
+class NightlyRun:
+    """What ``run_nightly`` did: the scans, the detection report, and one small dict per head
+    applied and per similarity index updated (``pam.ops.agile``). Unpacks as ``scans, report``."""
+    scans: list[ScanSummary]
+    report: DetectionReport
+    heads: list[dict] = field(default_factory=list)
+    indexes: list[dict] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.scans, self.report))
+
+
 def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: bool = False,
-                progress: bool = True) -> tuple[list[ScanSummary], DetectionReport]:
+                progress: bool = True) -> NightlyRun:
     """scan -> detect -> (registered heads, similarity indexes: ``config.agile``) -> summarise, in
     this process, without Prefect.
 
@@ -162,10 +175,10 @@ def run_nightly(dumps: list[str], store: Store, config: PamConfig, *, force: boo
         problems = [p for s in scans for p in s.problems]
         ok_dumps = [s.dump for s in scans if s.error is None]
         report = detect_stage(store, ok_dumps, config, force=force, progress=progress, scan_problems=problems)
-        apply_heads_stage(store, agile)  # before the summaries, which count the heads' detections
-        index_stage(store, agile)
+        heads = apply_heads_stage(store, agile)  # before the summaries, which count the heads' detections
+        indexes = index_stage(store, agile)
         summarize_stage(store, config)
-    return scans, report
+    return NightlyRun(scans, report, heads, indexes)
 
 
 def check_detect_settings(config: PamConfig, *, prefect: bool) -> None:

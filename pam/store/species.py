@@ -112,5 +112,5 @@ def unknown_species_message(missing: Sequence[str], labels: Iterable[str]) -> st
         else:
             parts.append(f"{name!r}")
     return (f"unknown species {'; '.join(parts)}: no detections in the store have that label, scientific or "
-            f"common name ({len(labels)} species have detections; `pam sql STORE \"SELECT DISTINCT label FROM "
+            f"common name ({len(labels)} species {'has' if len(labels) == 1 else 'have'} detections; `pam sql STORE \"SELECT DISTINCT label FROM "
             "detections\"` lists them)")
