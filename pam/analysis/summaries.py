@@ -392,11 +392,11 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
     if len(several) > 3:  # a broad model's hundreds of species: one line, not one per species
         notes.append(f"{len(several)} species have detections of several models; site totals and the report count "
                      f"each species' latest run's model ({', '.join(sorted({counting[s] for s in several}))}), the "
-                     "per-model tables keep each; --model chooses one")
+                     "per-model tables keep each; `pam summarize --model ID` chooses one")
     for label in several if len(several) <= 3 else []:
         notes.append(f"{label} has detections of {shared[label]} models; site totals and the report count "
                      f"model {counting[label]} (the latest run's), the per-model tables keep each; "
-                     "--model chooses one")
+                     "`pam summarize --model ID` chooses one")
     once = one_model_per_label(hourly, counting)
     site_days = site_days_table(effort, once)
     model_hours = _plain(analysed_by_model(done, manifest, config))
