@@ -98,6 +98,39 @@ def test_two_cpu_workers_give_the_rows_of_one_process_and_a_rerun_adds_nothing(t
     pd.testing.assert_frame_equal(table(store), before)
 
 
+class RecordedBar:
+    """Stands in for the run's tqdm bar: what the shards passed to it."""
+
+    def __init__(self, total_ms: int, enabled: bool = True):
+        self.total, self.n, self.updates, self.closed = total_ms, 0, 0, False
+
+    def update(self, ms: int) -> None:
+        self.n += ms
+        self.updates += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("how", ["worker processes", "threads"])
+def test_the_shards_of_a_run_fill_one_progress_bar(tmp_path, conf, monkeypatch, how):
+    import pam.detect.shards
+
+    bars: list[RecordedBar] = []
+    monkeypatch.setattr(pam.detect.shards, "audio_bar", lambda *a, **k: bars.append(RecordedBar(*a, **k)) or bars[-1])
+    dump = make_dump(tmp_path / "dump", n=4)
+    store = Store(tmp_path / "s")
+    two = devices_conf(conf, ["cpu", "cpu"]) if how == "worker processes" else \
+        PamConfig.model_validate({**conf.model_dump(mode="json"), "runner": {"shards": 2}})
+    s = scan_stage(dump, store, two)
+    report = detect_stage(store, [s.dump], two, progress=True)
+    assert report.recordings_done == 4
+    [bar] = bars
+    audio_ms = int(round(recordings_in(store, [s.dump])["duration_s"].sum() * 1000))
+    assert bar.closed and bar.total == audio_ms
+    assert abs(bar.n - audio_ms) <= 4 and bar.updates >= 4  # each recording's windows, from both shards
+
+
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing_after_a_rerun(tmp_path, conf):
     dump = make_dump(tmp_path / "dump", n=8)
     single = Store(tmp_path / "single")

@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from tqdm.auto import tqdm
 
 from pam import __version__
 from pam.config import ConfigError, DetectConfig, RetriesConfig, SiteConfig
 from pam.detect.contract import DetectionModel
+from pam.detect.progress import AudioBar, Progress
 from pam.detect.dataset import RecordingTask, WindowBatches, make_loader
 from pam.detect.detection_rows import build_flush, optional_text
 from pam.detect.span_batches import SpanBatches
@@ -273,7 +273,7 @@ def detect_recordings(
     seq_start: int = 0,
     seq_end: int = SEQ_SPAN,
     device: torch.device | None = None,
-    progress: bool = True,
+    progress: Progress = True,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> DetectionReport:
     """Score ``todo`` (manifest rows) with each model that needs them and commit them under
@@ -302,38 +302,6 @@ def detect_recordings(
     return run.report
 
 
-class _AudioBar:
-    """Progress in hours of audio: a recording advances with its scored windows, jumps to its
-    length when it is finished, and is taken off again when it fails.
-
-    Counted in whole milliseconds per recording (so the bar never passes its total through
-    float rounding) and shown in hours through unit_scale.
-    """
-
-    def __init__(self, durations: pd.Series, progress: bool):
-        self.file_ms = {int(i): int(round(float(d) * 1000)) if d == d else 0 for i, d in durations.items()}
-        self.shown: dict[int, int] = {}
-        self.bar = tqdm(total=sum(self.file_ms.values()), unit="h", unit_scale=1 / 3_600_000, desc="audio",
-                        disable=not progress,
-                        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
-
-    def _show(self, i: int, ms: int) -> None:
-        self.bar.update(ms - self.shown.get(i, 0))
-        self.shown[i] = ms
-
-    def scored(self, i: int, windows: int, hop_s: float) -> None:
-        self._show(i, min(self.file_ms[i], int(windows * hop_s * 1000)))
-
-    def finished(self, i: int) -> None:
-        self._show(i, self.file_ms[i])
-
-    def failed(self, i: int) -> None:
-        self.bar.update(-self.shown.pop(i, 0))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class _DetectionRun:
     """One ``detect_recordings`` call: the models of the window group being read (``lanes``),
     each recording's attempts, the finished recordings not yet committed (``ready``), the
@@ -341,7 +309,7 @@ class _DetectionRun:
 
     def __init__(self, store: Store, todo: pd.DataFrame, models: list[ModelPlan], conf: DetectConfig, *,
                  run_id: str, force: bool, retries: RetriesConfig, seq_range: tuple[int, int],
-                 device: torch.device, progress: bool, logger: logging.Logger | logging.LoggerAdapter):
+                 device: torch.device, progress: Progress, logger: logging.Logger | logging.LoggerAdapter):
         self.store, self.models, self.conf = store, models, conf
         self.run_id, self.force, self.retries, self.device, self.logger = run_id, force, retries, device, logger
         self.report = DetectionReport(run_id, ";".join(m.model_id for m in models), ";".join(m.key for m in models))
@@ -357,7 +325,7 @@ class _DetectionRun:
         self.seq_start, self.seq_end = seq_range
         self.seq = store.next_seq(run_id, self.seq_start, self.seq_end)
         self.last_flush = time.monotonic()
-        self.bar = _AudioBar(self.todo["duration_s"], progress)
+        self.bar = AudioBar(self.todo["duration_s"], progress)
         self.attempts = [0] * len(self.todo)
         self.windows = [0] * len(self.todo)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import logging
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -39,7 +40,8 @@ from pam.detect.detection import (SEQ_SPAN, DetectionReport, data_path, default_
                                   usable_statuses)
 from pam.detect.scoring import ModelPlan
 from pam.detect.settings import settings_of
-from pam.detect.worker_process import call_in_worker, cores_per_worker
+from pam.detect.progress import Progress, audio_bar
+from pam.detect.worker_process import call_in_worker, cores_per_worker, progress_to_parent
 from pam.io.manifest import check_store_outside, recordings_in
 from pam.store.store import Store
 
@@ -119,13 +121,15 @@ def begin_run(store: Store, dumps: list[str], config: PamConfig, *, force: bool 
 
 
 def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], config: PamConfig | dict,
-              run_id: str, index: int, *, force: bool = False, progress: bool = False,
+              run_id: str, index: int, *, force: bool = False, progress: Progress = False,
               logger: Logger | None = None, models: list[DetectionModel] | None = None) -> dict:
     """Score one shard's recordings and commit them under ``run_id``; safe to call again.
 
     Recordings already committed (by anyone, or with ``force`` by this run) are skipped, so
     a retried shard only does what its failed attempt left. With ``detect.devices`` the shard
     is scored in a worker process of its own on device ``index`` (``models`` unused there).
+    ``progress``: a bar of the shard's own, none, or a callable that takes the audio scored in
+    milliseconds (the run's one bar; from a worker process it comes back through the pipe).
     """
     conf = config if isinstance(config, PamConfig) else PamConfig.model_validate(config)
     if conf.detect.devices:
@@ -133,8 +137,9 @@ def run_shard(store_root: str, dumps: list[str], recording_ids: list[str], confi
         (logger or log).info("shard %d: %d recordings on %s in a worker process (%d threads)", index,
                              len(recording_ids), mine.detect.device, threads)
         return call_in_worker(run_shard, (store_root, dumps, recording_ids, mine.model_dump(mode="json"), run_id,
-                                          index), {"force": force}, name=f"pam-detect-shard-{index}",
-                              threads=threads, logger=logger)
+                                          index), {"force": force, "progress": progress_to_parent if progress else False},
+                              name=f"pam-detect-shard-{index}", threads=threads, logger=logger,
+                              on_progress=progress if callable(progress) else None)
     store = Store(store_root)
     device = resolve_device(conf.detect.device)
     models = models or load_models(conf.model_specs(), device=device)
@@ -228,13 +233,27 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
         logger.info("run %s: %d recordings, %d already done, %d to do in %d shard(s)", start["run_id"],
                     start["recordings_total"], start["recordings_skipped"], start["todo"], len(shards))
 
+        # one bar for the run: shards in threads or worker processes pass it what they score
+        shared = progress and (len(shards) > 1 or bool(config.detect.devices))
+        bar = audio_bar(int(round(start["audio_s"] * 1000))) if shared else None
+        bar_lock = threading.Lock()
+
         def one(index: int) -> dict:
             for attempt in range(config.retries.count + 1):
+                shown = [0]  # this attempt's share of the bar, taken off again if it fails
+
+                def advance(ms: int) -> None:
+                    with bar_lock:
+                        shown[0] += ms
+                        bar.update(ms)
+
                 try:
                     return run_shard(store.uri, dumps, shards[index], config, start["run_id"], index,
-                                     force=force, progress=progress and len(shards) == 1, logger=logger,
+                                     force=force, progress=advance if shared else progress, logger=logger,
                                      models=models if len(shards) == 1 else None)
                 except Exception as exc:  # noqa: BLE001 - reported, the other shards go on
+                    if shown[0]:
+                        advance(-shown[0])
                     if attempt == config.retries.count:
                         logger.error("shard %d failed: %s", index, exc)
                         return {"error": shard_error(index, shards[index], exc)}
@@ -242,12 +261,16 @@ def detect_sharded(store: Store, dumps: list[str], config: PamConfig, *, force: 
                     time.sleep(config.retries.delay_s)
             raise AssertionError("unreachable")
 
-        if len(shards) <= 1:
-            outcomes = [one(k) for k in range(len(shards))]
-        else:
-            with ThreadPoolExecutor(max_workers=config.runner.max_workers or len(shards),
-                                    thread_name_prefix="pam-shard") as pool:
-                outcomes = list(pool.map(one, range(len(shards))))
+        try:
+            if len(shards) <= 1:
+                outcomes = [one(k) for k in range(len(shards))]
+            else:
+                with ThreadPoolExecutor(max_workers=config.runner.max_workers or len(shards),
+                                        thread_name_prefix="pam-shard") as pool:
+                    outcomes = list(pool.map(one, range(len(shards))))
+        finally:
+            if bar is not None:
+                bar.close()
         results = [o for o in outcomes if "error" not in o]
         errors = [o["error"] for o in outcomes if "error" in o]
         report = end_run(store, start["run_id"], results, scan_failures=scan_failures, shard_errors=errors,

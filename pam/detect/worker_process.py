@@ -36,10 +36,12 @@ def cores_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def call_in_worker(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *, name: str,
-                   threads: int, logger: Logger | None = None) -> Any:
+                   threads: int, logger: Logger | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> Any:
     """``fn(*args, **kwargs)`` in a new spawned process with ``threads`` torch threads; its result.
 
     ``fn`` and its arguments travel by pickle (``fn`` by name: a module-level function).
+    What the worker passes to ``progress_to_parent`` is given to ``on_progress`` here.
     Raises ``WorkerFailed`` when the worker raises or dies.
     """
     logger = logger or log
@@ -58,6 +60,9 @@ def call_in_worker(fn: Callable[..., Any], args: tuple = (), kwargs: dict | None
                 break
             if message[0] == "log":
                 logger.log(message[1], "%s", message[2])
+            elif message[0] == "progress":
+                if on_progress is not None:
+                    on_progress(message[1])
             else:
                 result = message
     finally:
@@ -86,6 +91,18 @@ class _PipeHandler(logging.Handler):
             pass
 
 
+_to_parent: list[Callable[[tuple], None]] = []  # in a worker: how to send the parent a message
+
+
+def progress_to_parent(amount: int) -> None:
+    """In a worker process: pass ``amount`` to the parent's ``on_progress`` (nothing elsewhere)."""
+    for send in _to_parent:
+        try:
+            send(("progress", amount))
+        except Exception:  # noqa: BLE001 - a parent gone away; the work goes on
+            pass
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
@@ -104,6 +121,7 @@ def _worker_main(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, thread
     pam_log.addHandler(_PipeHandler(send))
     pam_log.setLevel(logging.INFO)
     pam_log.propagate = False
+    _to_parent.append(send)
     import torch
 
     torch.set_num_threads(threads)
