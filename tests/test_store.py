@@ -167,7 +167,7 @@ def _interrupt_commits(monkeypatch) -> list[str]:
     """Every transaction dies (power cut) just before its commit; returns the files it had written."""
     written = []
 
-    def crash(self, dt, adds, removes, operation, data_change=True):
+    def crash(self, dt, adds, removes, operation, data_change=True, details=None):
         written.extend(str(store_path(self, a.path)) for a in adds)
         raise KeyboardInterrupt("power cut")
 
