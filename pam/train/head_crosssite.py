@@ -5,13 +5,16 @@ clips of one site group, how well does it rank and call the clips of another it 
 and how many labelled clips of the new site does it need to get there? This module measures
 it on clips whose windows were embedded once (``ClipEmbeddings``: [clips, windows, dim]):
 
-* **pooling** turns a clip's window embeddings into one clip score: ``mean`` (the head reads
-  the mean of the window embeddings) or ``max`` (the head is trained on every window with its
-  clip's label and the clip scores the maximum over its windows, as ``pam evaluate`` scores
-  clips). ``choose_pooling`` picks one by cross-validation inside the training site group only.
-* ``fit_clip_head`` trains a head on some clips with ``pam.train.heads.train_head`` (its
-  recording split, stratified by site and label) and calibrates the clip threshold on the
-  pooled scores of its validation clips.
+* a **recipe** (``HeadRecipe``) says how a head reads a clip and is calibrated: which
+  windows, their pooling into one clip score (``mean`` embedding, or every window trained
+  with its clip's label and scored by its ``max`` or ``mean-logit``), L2 normalisation,
+  weight decay, linear or MLP, and the calibration (``holdout``: one head, threshold on 25%
+  of the recordings; ``cv``: a committee of fold heads, threshold on out-of-fold scores).
+  ``inside_score`` cross-validates a recipe inside the training site group only, and
+  ``choose_recipe`` (``choose_pooling`` for the pooling alone) keeps the best of a list.
+* ``fit_clip_head`` trains a recipe's head(s) on some clips (through
+  ``pam.train.heads.train_head``'s recording split, or ``fit_head`` per fold) and
+  calibrates the clip threshold.
 * ``cross_site`` trains on one site group and scores every clip of the other; ``few_shot``
   adds k labelled clips of the new site and scores the rest of it.
 
