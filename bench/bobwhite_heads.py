@@ -22,7 +22,10 @@ trains, the other is scored), pam.train.head_crosssite:
 3. adds k labelled clips of the new site group (--shots; half calls, half absences, --draws
    draws) and scores its remaining clips: threshold recalibrated on the k clips (head
    unchanged), and head retrained with them (new recipe: also with the k clips weighted as
-   much as the whole training group, ``balanced``, declared before the run, not chosen).
+   much as the whole training group, ``balanced``; and, with ``cv`` calibration, retrained
+   but thresholded on the k clips' out-of-fold scores alone, ``site threshold``; both
+   declared before they were run, neither chosen: no site group can choose them without
+   another site's labels).
 """
 
 from __future__ import annotations
@@ -150,7 +153,9 @@ def main() -> None:
         for k in args.shots:
             for name, recipe, adaptation in (("before", before, "threshold"), ("before", before, "retrain"),
                                              ("new", new, "threshold"), ("new", new, "retrain"),
-                                             ("new, balanced", replace(new, new_site_weight="balanced"), "retrain")):
+                                             ("new, balanced", replace(new, new_site_weight="balanced"), "retrain"),
+                                             ("new with cv, site threshold", replace(new, calibration="cv"),
+                                              "retrain-site-threshold")):
                 rows = [few_shot(data, train, test, k, recipe, adaptation, draw=d) for d in range(args.draws)]
                 print(f"| {train[0]} -> {test[0]} | {k} | {name} | {adaptation} | " + " | ".join(
                     mean_sd(rows, key) for key in ("ap", "recall_at_precision", "precision", "recall"))

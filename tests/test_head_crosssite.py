@@ -115,3 +115,20 @@ def test_window_choice_and_l2_normalisation():
     assert np.allclose(e[:, 1], data.embeddings[:3, 2] / np.linalg.norm(data.embeddings[:3, 2], axis=-1, keepdims=True))
     with pytest.raises(ValueError, match="pooling"):
         HeadRecipe(pooling="median")
+
+
+def test_site_threshold_is_set_on_the_new_clips_out_of_fold_scores_only(monkeypatch):
+    data = clip_embeddings()
+    sizes = []
+    real = head_crosssite.calibrate
+
+    def spy(y, scores, *args, **kwargs):
+        sizes.append(len(y))
+        return real(y, scores, *args, **kwargs)
+
+    monkeypatch.setattr(head_crosssite, "calibrate", spy)
+    m = few_shot(data, ["A"], ["B"], 6, HeadRecipe(calibration="cv", folds=3), "retrain-site-threshold", draw=2)
+    assert sizes == [16 + 6, 6]  # the committee's own calibration on all clips, then the 6 new clips alone
+    assert m["clips"] == 16 - 6
+    with pytest.raises(ValueError, match="calibration 'cv'"):
+        few_shot(data, ["A"], ["B"], 6, HeadRecipe(), "retrain-site-threshold", draw=2)

@@ -37,7 +37,7 @@ POOLINGS = ("mean", "max", "mean-logit")
 NORMALISATIONS = ("none", "l2")
 CALIBRATIONS = ("holdout", "cv")
 NEW_SITE_WEIGHTS = ("equal", "balanced")
-ADAPTATIONS = ("threshold", "retrain")
+ADAPTATIONS = ("threshold", "retrain", "retrain-site-threshold")
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,15 @@ def window_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> 
 @dataclass(frozen=True)
 class ClipHead:
     """Heads (one, or one per calibration fold, scored by their mean logit), the recipe, the
-    clip threshold and the clips the heads were trained and calibrated on."""
+    clip threshold, the clips the heads were trained and calibrated on, and the calibration
+    clips' scores (out-of-fold for ``cv``)."""
 
     heads: tuple[Head, ...]
     recipe: HeadRecipe
     threshold: float
     train_clips: np.ndarray
     val_clips: np.ndarray
+    val_scores: np.ndarray | None = None
 
     @property
     def pooling(self) -> str:
@@ -184,7 +186,7 @@ def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe | 
             oof[[position[int(i)] for i in held]] = _clip_logits(heads[-1], data, held, recipe)
         y = data.positive[clips].astype(float)[:, None]
         chosen = calibrate(y, _sigmoid(oof)[:, None], [data.label], target_precision)[data.label]
-        return ClipHead(tuple(heads), recipe, chosen.threshold, clips, clips)
+        return ClipHead(tuple(heads), recipe, chosen.threshold, clips, clips, _sigmoid(oof))
     x, owner = _rows(data, clips, recipe)
     labels = [(data.label,) if data.positive[i] else () for i in owner]
     w = None if clip_weight is None else np.array([clip_weight.get(int(i), 1.0) for i in owner])
@@ -196,8 +198,9 @@ def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe | 
     train = np.unique(owner[np.array(split) == "train"])
     fitted = ClipHead((head,), recipe, 0.5, train, val)
     y = data.positive[val].astype(float)[:, None]
-    chosen = calibrate(y, fitted.scores(data, val)[:, None], [data.label], target_precision)[data.label]
-    return dataclasses.replace(fitted, threshold=chosen.threshold)
+    val_scores = fitted.scores(data, val)
+    chosen = calibrate(y, val_scores[:, None], [data.label], target_precision)[data.label]
+    return dataclasses.replace(fitted, threshold=chosen.threshold, val_scores=val_scores)
 
 
 def scored(fitted: ClipHead, data: ClipEmbeddings, clips: np.ndarray, target_precision: float = 0.9) -> dict:
@@ -295,11 +298,15 @@ def few_shot(data: ClipEmbeddings, train_sites: list[str], new_sites: list[str],
     (as ``pam calibrate`` does for a model). ``retrain``: the k clips join the training site
     group's clips (weighted as the recipe's ``new_site_weight`` says) and the head is trained
     and calibrated again on them (some of them, by site and label, go to the validation
-    clips, or to every calibration fold, that set the threshold).
+    clips, or to every calibration fold, that set the threshold). ``retrain-site-threshold``
+    (``cv`` calibration only): retrained so, but the threshold is set on the k clips'
+    out-of-fold scores alone.
     """
     if adaptation not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adaptation!r}: use one of {', '.join(ADAPTATIONS)}")
     recipe = as_recipe(recipe)
+    if adaptation == "retrain-site-threshold" and recipe.calibration != "cv":
+        raise ValueError("retrain-site-threshold needs out-of-fold scores of the new clips: use calibration 'cv'")
     added = draw_new_site_clips(data, new_sites, k, seed=draw)
     rest = np.setdiff1d(data.clips_of(new_sites), added)
     own = data.clips_of(train_sites)
@@ -311,4 +318,9 @@ def few_shot(data: ClipEmbeddings, train_sites: list[str], new_sites: list[str],
     else:
         weight = None if recipe.new_site_weight == "equal" else {int(i): len(own) / len(added) for i in added}
         fitted = fit_clip_head(data, np.r_[own, added], recipe, seed=draw, clip_weight=weight)
+        if adaptation == "retrain-site-threshold":
+            new = np.isin(fitted.val_clips, added)
+            y = data.positive[fitted.val_clips[new]].astype(float)[:, None]
+            chosen = calibrate(y, fitted.val_scores[new][:, None], [data.label], target_precision)[data.label]
+            fitted = dataclasses.replace(fitted, threshold=chosen.threshold)
     return scored(fitted, data, rest, target_precision)
