@@ -4,18 +4,28 @@ it needs (docs/model.md, "A head on BirdNET embeddings").
     python bench/bobwhite_heads.py ../shared/data/bobwhite/labels.csv --label bobwhite_covey --threads 1
 
 Every clip is read at 48 kHz as pam's evaluation reads it (pam.train.clips) and cut into
-BirdNET's 3-s windows every --hop seconds (a 4-s clip: windows at 0 and 1 s); each window's
-1024-d embedding is cached under /tmp (keyed by BirdNET's model id, the clip table and the
-hop), so later runs skip BirdNET. Then, for each direction (one site group trains, the
-other is scored), pam.train.head_crosssite:
+BirdNET's 3-s windows every --hop seconds (a 4-s clip at the default 0.5 s: windows at 0, 0.5
+and 1 s); each window's 1024-d embedding is cached under /tmp (keyed by BirdNET's model id, the
+clip table and the hop), so later runs skip BirdNET. Then, for each direction (one site group
+trains, the other is scored), pam.train.head_crosssite:
 
-1. chooses the pooling (mean embedding, or maximum window score) by cross-validation inside
-   the training site group only;
-2. trains a linear head on the training site group (calibrated on its held-out recordings)
-   and scores every clip of the other group, for --seeds;
+1. chooses the head's recipe by cross-validation inside the training site group only, in
+   declared stages (``STAGES``; 5 folds by recording, fold draws 0 and 1). ``before`` is the
+   earlier procedure: windows at 0 and 1 s, pooling mean or max. The new recipe starts from
+   it and each stage keeps the best candidate of its list: windows, pooling and L2
+   normalisation; weight decay; linear or MLP; then the calibration rule (one head and a 25%
+   hold-out, or a committee of 5 fold heads calibrated on out-of-fold scores). The first
+   three stages are judged by the mean of AP and recall at precision 0.9, the last by the F1
+   of the calls at each fold's calibrated threshold;
+2. trains a head with each recipe on the training site group and scores every clip of the
+   other group, for --seeds;
 3. adds k labelled clips of the new site group (--shots; half calls, half absences, --draws
    draws) and scores its remaining clips: threshold recalibrated on the k clips (head
-   unchanged), and head retrained with them.
+   unchanged), and head retrained with them (new recipe: also with the k clips weighted as
+   much as the whole training group, ``balanced``; and, with ``cv`` calibration, retrained
+   but thresholded on the k clips' out-of-fold scores alone, ``site threshold``; both
+   declared before they were run, neither chosen: no site group can choose them without
+   another site's labels).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +42,33 @@ import torch
 from pam.detect.birdnet import load_birdnet
 from pam.train.clips import load_clip_set, load_clip_table
 from pam.train.fit import clip_windows
-from pam.train.head_crosssite import ADAPTATIONS, ClipEmbeddings, choose_pooling, cross_site, few_shot
+from pam.train.head_crosssite import ClipEmbeddings, HeadRecipe, choose_recipe, cross_site, few_shot
+
+TWO_WINDOWS = (0, 2)  # the windows at 0 and 1 s of the 0.5-s hop: the earlier recipe's two windows
+
+
+STAGES = [  # (name, inside_score key, candidates built from the best recipe so far), in this order
+    ("windows, pooling, normalisation", "rank",
+     lambda best: [replace(best, windows=w, pooling=p, normalise=n) for w in (TWO_WINDOWS, None)
+                   for p in ("mean", "max", "mean-logit") for n in ("none", "l2")]),
+    ("weight decay", "rank", lambda best: [replace(best, weight_decay=wd) for wd in (1e-4, 1e-3, 1e-2, 1e-1)]),
+    ("kind", "rank", lambda best: [replace(best, kind=k) for k in ("linear", "mlp")]),
+    ("calibration", "f1", lambda best: [replace(best, calibration=c) for c in ("holdout", "cv")]),
+]
+
+
+def choose(data: ClipEmbeddings, train: list[str]) -> tuple[HeadRecipe, HeadRecipe]:
+    """(before, new) recipes, chosen inside ``train`` only; prints every candidate's scores."""
+    before, scores = choose_recipe(data, train, [HeadRecipe(pooling=p, windows=TWO_WINDOWS) for p in ("mean", "max")])
+    print(f"\n{train[0]}, before: {before.describe()} (rank scores {[round(s['rank'], 4) for s in scores]})")
+    best = before
+    for name, key, build in STAGES:
+        candidates = build(best)
+        best, scores = choose_recipe(data, train, candidates, key=key)
+        print(f"  stage {name} (by {key}):")
+        for r, sc in zip(candidates, scores):
+            print(f"    {'*' if r == best else ' '} {r.describe()}: " + ", ".join(f"{k} {v:.4f}" for k, v in sc.items()))
+    return before, best
 
 
 def embed_clips(labels: Path, label: str, hop_s: float, cache_dir: Path) -> ClipEmbeddings:
@@ -78,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("labels", type=Path, help="clip table (path,label,site)")
     ap.add_argument("--label", default="bobwhite_covey")
-    ap.add_argument("--hop", type=float, default=1.0, help="seconds between a clip's 3-s windows")
+    ap.add_argument("--hop", type=float, default=0.5, help="seconds between a clip's 3-s windows")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=10)
@@ -88,35 +125,41 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = embed_clips(args.labels, args.label, args.hop, args.cache_dir)
+    if data.embeddings.shape[1] != 3:
+        raise SystemExit(f"--hop {args.hop} gives {data.embeddings.shape[1]} windows per clip; the recipes need 3 (--hop 0.5)")
     groups = sorted({str(s) for s in data.sites})
     print(f"{len(data.positive)} clips, {data.embeddings.shape[1]} windows each, sites {groups}")
     t0 = time.perf_counter()
     directions = [([a], [b]) for a in groups for b in groups if a != b]
-    pooling = {}
+    recipes = {}
     for train, _ in directions:
-        pooling[train[0]], score = choose_pooling(data, train)
-        print(f"pooling chosen inside {train[0]}: {pooling[train[0]]} "
-              f"(5-fold score, mean of AP and recall at precision 0.9: {score})")
-    print("\n| train -> test | pooling | AP | ROC-AUC | recall at precision 0.9 | "
+        recipes[train[0]] = choose(data, train)
+    print(f"\nrecipe choice: {time.perf_counter() - t0:.1f} s")
+    print("\n| train -> test | recipe | AP | ROC-AUC | recall at precision 0.9 | "
           "calibrated threshold: precision | recall | F1 | runs at target |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for train, test in directions:
-        rows = [cross_site(data, train, test, pooling[train[0]], seed=s) for s in args.seeds]
-        print(f"| {train[0]} -> {test[0]} | {pooling[train[0]]} | " + " | ".join(
-            mean_sd(rows, k) for k in ("ap", "roc_auc", "recall_at_precision", "precision", "recall", "f1"))
-              + f" | {at_target(rows)} |")
+        for name, recipe in zip(("before", "new"), recipes[train[0]]):
+            rows = [cross_site(data, train, test, recipe, seed=s) for s in args.seeds]
+            print(f"| {train[0]} -> {test[0]} | {name} | " + " | ".join(
+                mean_sd(rows, k) for k in ("ap", "roc_auc", "recall_at_precision", "precision", "recall", "f1"))
+                  + f" | {at_target(rows)} |")
     print(f"\nk labelled clips of the test site group ({args.draws} draws), scored on its other clips:\n")
-    print("| train -> test | k | adaptation | AP | recall at precision 0.9 | "
+    print("| train -> test | k | recipe | adaptation | AP | recall at precision 0.9 | "
           "calibrated threshold: precision | recall | draws at target |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for train, test in directions:
+        before, new = recipes[train[0]]
         for k in args.shots:
-            for adaptation in ADAPTATIONS:
-                rows = [few_shot(data, train, test, k, pooling[train[0]], adaptation, draw=d)
-                        for d in range(args.draws)]
-                print(f"| {train[0]} -> {test[0]} | {k} | {adaptation} | " + " | ".join(
+            for name, recipe, adaptation in (("before", before, "threshold"), ("before", before, "retrain"),
+                                             ("new", new, "threshold"), ("new", new, "retrain"),
+                                             ("new, balanced", replace(new, new_site_weight="balanced"), "retrain"),
+                                             ("new with cv, site threshold", replace(new, calibration="cv"),
+                                              "retrain-site-threshold")):
+                rows = [few_shot(data, train, test, k, recipe, adaptation, draw=d) for d in range(args.draws)]
+                print(f"| {train[0]} -> {test[0]} | {k} | {name} | {adaptation} | " + " | ".join(
                     mean_sd(rows, key) for key in ("ap", "recall_at_precision", "precision", "recall"))
-                      + f" | {at_target(rows)} |")
+                      + f" | {at_target(rows)} |", flush=True)
     print(f"\nheads: {time.perf_counter() - t0:.1f} s")
 
 

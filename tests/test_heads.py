@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pam.train.heads import Head, HeadError, HeadModelMismatch, load_head, train_head
+from pam.train.heads import Head, HeadError, HeadModelMismatch, fit_head, load_head, train_head
 from pam.train.metrics import precision_recall_f1
 
 MODEL = "birdnet-2.4-test"
@@ -108,3 +108,17 @@ def test_bad_inputs_are_refused_before_training(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(HeadError, match="not a pam head file"):
         load_head(tmp_path / "junk.npz")
+
+
+def test_sample_weights_decide_between_contradicting_rows():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    x = np.r_[x, x]  # every row twice: once a call, once not
+    y = np.r_[np.ones(40), np.zeros(40)][:, None]
+    for heavy, above in ((slice(0, 40), True), (slice(40, 80), False)):
+        w = np.ones(80)
+        w[heavy] = 10.0
+        head = fit_head(x, y, ["quail"], MODEL, sample_weight=w)
+        assert (np.median(head.scores(x[:40], MODEL)) > 0.5) == above
+    with pytest.raises(HeadError, match="sample weights"):
+        fit_head(x, y, ["quail"], MODEL, sample_weight=np.ones(3))

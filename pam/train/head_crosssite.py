@@ -5,13 +5,16 @@ clips of one site group, how well does it rank and call the clips of another it 
 and how many labelled clips of the new site does it need to get there? This module measures
 it on clips whose windows were embedded once (``ClipEmbeddings``: [clips, windows, dim]):
 
-* **pooling** turns a clip's window embeddings into one clip score: ``mean`` (the head reads
-  the mean of the window embeddings) or ``max`` (the head is trained on every window with its
-  clip's label and the clip scores the maximum over its windows, as ``pam evaluate`` scores
-  clips). ``choose_pooling`` picks one by cross-validation inside the training site group only.
-* ``fit_clip_head`` trains a head on some clips with ``pam.train.heads.train_head`` (its
-  recording split, stratified by site and label) and calibrates the clip threshold on the
-  pooled scores of its validation clips.
+* a **recipe** (``HeadRecipe``) says how a head reads a clip and is calibrated: which
+  windows, their pooling into one clip score (``mean`` embedding, or every window trained
+  with its clip's label and scored by its ``max`` or ``mean-logit``), L2 normalisation,
+  weight decay, linear or MLP, and the calibration (``holdout``: one head, threshold on 25%
+  of the recordings; ``cv``: a committee of fold heads, threshold on out-of-fold scores).
+  ``inside_score`` cross-validates a recipe inside the training site group only, and
+  ``choose_recipe`` (``choose_pooling`` for the pooling alone) keeps the best of a list.
+* ``fit_clip_head`` trains a recipe's head(s) on some clips (through
+  ``pam.train.heads.train_head``'s recording split, or ``fit_head`` per fold) and
+  calibrates the clip threshold.
 * ``cross_site`` trains on one site group and scores every clip of the other; ``few_shot``
   adds k labelled clips of the new site and scores the rest of it.
 
@@ -27,11 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from pam.train.calibrate import calibrate
-from pam.train.heads import Head, train_head
+from pam.train.heads import Head, fit_head, train_head
 from pam.train.metrics import average_precision, precision_recall_f1, recall_at_precision, roc_auc
 
-POOLINGS = ("mean", "max")
-ADAPTATIONS = ("threshold", "retrain")
+POOLINGS = ("mean", "max", "mean-logit")
+NORMALISATIONS = ("none", "l2")
+CALIBRATIONS = ("holdout", "cv")
+NEW_SITE_WEIGHTS = ("equal", "balanced")
+ADAPTATIONS = ("threshold", "retrain", "retrain-site-threshold")
 
 
 @dataclass(frozen=True)
@@ -57,51 +63,144 @@ class ClipEmbeddings:
 
 
 @dataclass(frozen=True)
-class ClipHead:
-    """A head, its pooling, its clip threshold and the clips it was trained and calibrated on."""
+class HeadRecipe:
+    """How a clip head is trained and calibrated.
 
-    head: Head
-    pooling: str
+    ``pooling``: ``mean`` (the head reads the mean window embedding), ``max`` or ``mean-logit``
+    (the head is trained on every window with its clip's label; the clip gets the highest
+    window score, or the sigmoid of the mean window logit). ``windows``: which of a clip's
+    windows are used (indices; None: all). ``normalise``: ``l2`` scales each window embedding to
+    unit length first. ``calibration``: ``holdout`` trains one head on 75% of the recordings and
+    sets the threshold on the other 25%; ``cv`` trains ``folds`` heads, each on the other
+    folds' recordings, scores clips by their mean logit, and sets the threshold on the
+    out-of-fold scores of every clip. ``new_site_weight`` (retrain adaptation only): ``equal``
+    weighs every clip alike, ``balanced`` gives the k new-site clips the same total weight as
+    the training group's clips.
+    """
+
+    pooling: str = "mean"
+    windows: tuple[int, ...] | None = None
+    normalise: str = "none"
+    weight_decay: float = 1e-3
+    kind: str = "linear"
+    calibration: str = "holdout"
+    folds: int = 5
+    new_site_weight: str = "equal"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("pooling", POOLINGS), ("normalise", NORMALISATIONS), ("calibration", CALIBRATIONS),
+                              ("new_site_weight", NEW_SITE_WEIGHTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
+
+    def describe(self) -> str:
+        windows = "all" if self.windows is None else ",".join(map(str, self.windows))
+        return (f"pooling {self.pooling}, windows {windows}, normalise {self.normalise}, "
+                f"weight decay {self.weight_decay:g}, {self.kind}, calibration {self.calibration}")
+
+
+def as_recipe(recipe: HeadRecipe | str) -> HeadRecipe:
+    """A recipe, or a pooling name meaning the default recipe with that pooling."""
+    return recipe if isinstance(recipe, HeadRecipe) else HeadRecipe(pooling=recipe)
+
+
+def window_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
+    """[clips, windows, dim] embeddings of ``clips`` as ``recipe`` reads them."""
+    e = data.embeddings[clips]
+    if recipe.windows is not None:
+        e = e[:, list(recipe.windows)]
+    if recipe.normalise == "l2":
+        e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+    return e
+
+
+@dataclass(frozen=True)
+class ClipHead:
+    """Heads (one, or one per calibration fold, scored by their mean logit), the recipe, the
+    clip threshold, the clips the heads were trained and calibrated on, and the calibration
+    clips' scores (out-of-fold for ``cv``)."""
+
+    heads: tuple[Head, ...]
+    recipe: HeadRecipe
     threshold: float
     train_clips: np.ndarray
     val_clips: np.ndarray
+    val_scores: np.ndarray | None = None
+
+    @property
+    def pooling(self) -> str:
+        return self.recipe.pooling
 
     def scores(self, data: ClipEmbeddings, clips: np.ndarray) -> np.ndarray:
         """One score per clip in ``clips``."""
-        e = data.embeddings[clips]
-        if self.pooling == "mean":
-            return self.head.scores(e.mean(1), data.model_id)[:, 0]
-        per_window = self.head.scores(e.reshape(-1, e.shape[-1]), data.model_id)[:, 0]
-        return per_window.reshape(len(clips), e.shape[1]).max(1)
+        return _sigmoid(np.mean([_clip_logits(h, data, clips, self.recipe) for h in self.heads], axis=0))
 
 
-def _rows(data: ClipEmbeddings, clips: np.ndarray, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
+def _clip_logits(head: Head, data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
+    e = window_rows(data, np.asarray(clips), recipe)
+    if recipe.pooling == "mean":
+        return head.logits(e.mean(1), data.model_id)[:, 0]
+    z = head.logits(e.reshape(-1, e.shape[-1]), data.model_id)[:, 0].reshape(len(e), e.shape[1])
+    return z.max(1) if recipe.pooling == "max" else z.mean(1)
+
+
+def _rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> tuple[np.ndarray, np.ndarray]:
     """Training rows of ``clips`` and the clip each row comes from."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-    e = data.embeddings[clips]
-    if pooling == "mean":
+    e = window_rows(data, clips, recipe)
+    if recipe.pooling == "mean":
         return e.mean(1), np.asarray(clips)
     return e.reshape(-1, e.shape[-1]), np.repeat(clips, e.shape[1])
 
 
-def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, pooling: str, seed: int = 0, val_fraction: float = 0.25,
-                  target_precision: float = 0.9, kind: str = "linear") -> ClipHead:
-    """A head trained on ``clips`` only: split by recording (stratified by site and label),
-    fitted on the training part, its clip threshold calibrated for ``target_precision`` on the
-    pooled scores of the validation clips."""
+def _fit_on(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe, seed: int,
+            clip_weight: dict[int, float] | None) -> Head:
+    x, owner = _rows(data, clips, recipe)
+    y = data.positive[owner].astype(np.float32)[:, None]
+    w = None if clip_weight is None else np.array([clip_weight.get(int(i), 1.0) for i in owner])
+    return fit_head(x, y, [data.label], data.model_id, kind=recipe.kind, weight_decay=recipe.weight_decay,
+                    seed=seed, sample_weight=w)
+
+
+def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe | str, seed: int = 0,
+                  val_fraction: float = 0.25, target_precision: float = 0.9,
+                  clip_weight: dict[int, float] | None = None) -> ClipHead:
+    """A head trained on ``clips`` only, its clip threshold calibrated for ``target_precision``.
+
+    ``holdout``: split by recording (stratified by site and label), fitted on the training
+    part, calibrated on the pooled scores of the validation clips. ``cv``: one head per fold
+    of recordings (stratified by site and label), calibrated on every clip's out-of-fold
+    score. ``clip_weight`` weighs the named clips' rows in the loss (default 1)."""
+    recipe = as_recipe(recipe)
     clips = np.asarray(clips)
-    x, owner = _rows(data, clips, pooling)
+    if recipe.calibration == "cv":
+        parts = folds_by_recording(data, clips, recipe.folds, seed, by_site=True)
+        heads, oof = [], np.zeros(len(clips))
+        position = {int(c): j for j, c in enumerate(clips)}
+        for f, held in enumerate(parts):
+            rest = np.concatenate([p for g, p in enumerate(parts) if g != f])
+            heads.append(_fit_on(data, rest, recipe, seed, clip_weight))
+            oof[[position[int(i)] for i in held]] = _clip_logits(heads[-1], data, held, recipe)
+        y = data.positive[clips].astype(float)[:, None]
+        chosen = calibrate(y, _sigmoid(oof)[:, None], [data.label], target_precision)[data.label]
+        return ClipHead(tuple(heads), recipe, chosen.threshold, clips, clips, _sigmoid(oof))
+    x, owner = _rows(data, clips, recipe)
     labels = [(data.label,) if data.positive[i] else () for i in owner]
+    w = None if clip_weight is None else np.array([clip_weight.get(int(i), 1.0) for i in owner])
     head, split = train_head(x, labels, [str(data.recordings[i]) for i in owner], [str(data.sites[i]) for i in owner],
-                             data.model_id, classes=[data.label], kind=kind, val_fraction=val_fraction,
-                             target_precision=target_precision, seed=seed)
+                             data.model_id, classes=[data.label], kind=recipe.kind, val_fraction=val_fraction,
+                             target_precision=target_precision, weight_decay=recipe.weight_decay, seed=seed,
+                             sample_weight=w)
     val = np.unique(owner[np.array(split) == "val"])
     train = np.unique(owner[np.array(split) == "train"])
-    fitted = ClipHead(head, pooling, 0.5, train, val)
+    fitted = ClipHead((head,), recipe, 0.5, train, val)
     y = data.positive[val].astype(float)[:, None]
-    chosen = calibrate(y, fitted.scores(data, val)[:, None], [data.label], target_precision)[data.label]
-    return dataclasses.replace(fitted, threshold=chosen.threshold)
+    val_scores = fitted.scores(data, val)
+    chosen = calibrate(y, val_scores[:, None], [data.label], target_precision)[data.label]
+    return dataclasses.replace(fitted, threshold=chosen.threshold, val_scores=val_scores)
 
 
 def scored(fitted: ClipHead, data: ClipEmbeddings, clips: np.ndarray, target_precision: float = 0.9) -> dict:
@@ -109,48 +208,74 @@ def scored(fitted: ClipHead, data: ClipEmbeddings, clips: np.ndarray, target_pre
     y = data.positive[clips].astype(float)
     s = fitted.scores(data, clips)
     point = precision_recall_f1(y, s, fitted.threshold)
+    calls = s >= fitted.threshold
     return {"ap": average_precision(y, s), "roc_auc": roc_auc(y, s),
             "recall_at_precision": recall_at_precision(y, s, target_precision),
             "threshold": fitted.threshold, "precision": point.precision, "recall": point.recall, "f1": point.f1,
-            "clips": int(len(clips)), "positives": int(y.sum())}
+            "clips": int(len(clips)), "positives": int(y.sum()), "tp": int(np.sum(calls & (y == 1))),
+            "fp": int(np.sum(calls & (y == 0))), "fn": int(np.sum(~calls & (y == 1)))}
 
 
-def folds_by_recording(data: ClipEmbeddings, clips: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """``folds`` disjoint parts of ``clips``, whole recordings, stratified by label."""
+def folds_by_recording(data: ClipEmbeddings, clips: np.ndarray, folds: int, seed: int,
+                       by_site: bool = False) -> list[np.ndarray]:
+    """``folds`` disjoint parts of ``clips``, whole recordings, stratified by label (and by site)."""
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
-    for positive in (True, False):
-        recs = sorted({str(data.recordings[i]) for i in clips if bool(data.positive[i]) == positive})
-        for j, rec in enumerate(rng.permutation(recs)):
-            fold_of.setdefault(str(rec), j % folds)
+    strata = sorted({str(data.sites[i]) for i in clips}) if by_site else [None]
+    for site in strata:
+        for positive in (True, False):
+            recs = sorted({str(data.recordings[i]) for i in clips if bool(data.positive[i]) == positive
+                           and (site is None or str(data.sites[i]) == site)})
+            for j, rec in enumerate(rng.permutation(recs)):
+                fold_of.setdefault(str(rec), j % folds)
     return [np.array([i for i in clips if fold_of[str(data.recordings[i])] == f]) for f in range(folds)]
+
+
+def inside_score(data: ClipEmbeddings, train_sites: list[str], recipe: HeadRecipe | str, folds: int = 5,
+                 seeds: tuple[int, ...] = (0, 1), target_precision: float = 0.9) -> dict[str, float]:
+    """``recipe`` cross-validated inside ``train_sites`` (``folds`` folds by recording, one fold
+    draw per seed; only clips of ``train_sites`` are read): ``rank``, the mean over held-out
+    folds of (AP + recall at ``target_precision``) / 2; and ``precision``, ``recall`` and ``f1``
+    of the calls each fold's head makes at its own calibrated threshold, pooled over the folds
+    of a draw, then averaged over draws."""
+    clips = data.clips_of(train_sites)
+    rank, calls = [], []
+    for seed in seeds:
+        tp = fp = fn = 0
+        for f, held in enumerate(parts := folds_by_recording(data, clips, folds, seed)):
+            rest = np.concatenate([p for g, p in enumerate(parts) if g != f])
+            m = scored(fit_clip_head(data, rest, recipe, seed=seed), data, held, target_precision)
+            rank.append((m["ap"] + m["recall_at_precision"]) / 2)
+            tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
+        p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        calls.append((p, r, 2 * p * r / (p + r) if p + r else 0.0))
+    p, r, f1 = np.mean(calls, axis=0)
+    return {"rank": float(np.mean(rank)), "precision": float(p), "recall": float(r), "f1": float(f1)}
 
 
 def choose_pooling(data: ClipEmbeddings, train_sites: list[str], folds: int = 5, seeds: tuple[int, ...] = (0, 1),
                    target_precision: float = 0.9) -> tuple[str, dict[str, float]]:
-    """The pooling with the best mean of (AP + recall at ``target_precision``) / 2 over
-    ``folds``-fold cross-validation inside ``train_sites`` (one fold draw per seed), and every
-    pooling's score. Only clips of ``train_sites`` are read."""
-    clips = data.clips_of(train_sites)
-    score = {}
-    for pooling in POOLINGS:
-        runs = []
-        for seed in seeds:
-            parts = folds_by_recording(data, clips, folds, seed)
-            for f, held in enumerate(parts):
-                rest = np.concatenate([p for g, p in enumerate(parts) if g != f])
-                m = scored(fit_clip_head(data, rest, pooling, seed=seed), data, held, target_precision)
-                runs.append((m["ap"] + m["recall_at_precision"]) / 2)
-        score[pooling] = float(np.mean(runs))
-    return max(POOLINGS, key=lambda p: score[p]), score
+    """The pooling (of the default recipe, two windows' worth: ``mean`` or ``max``) with the best
+    ``rank`` score of ``inside_score``, and every pooling's score."""
+    score = {p: inside_score(data, train_sites, p, folds, seeds, target_precision)["rank"] for p in ("mean", "max")}
+    return max(score, key=lambda p: score[p]), score
 
 
-def cross_site(data: ClipEmbeddings, train_sites: list[str], test_sites: list[str], pooling: str,
+def choose_recipe(data: ClipEmbeddings, train_sites: list[str], candidates: list[HeadRecipe], key: str = "rank",
+                  folds: int = 5, seeds: tuple[int, ...] = (0, 1)) -> tuple[HeadRecipe, list[dict[str, float]]]:
+    """The candidate with the best ``inside_score`` ``key`` inside ``train_sites`` (the first of
+    equals), and every candidate's scores."""
+    scores = [inside_score(data, train_sites, r, folds, seeds) for r in candidates]
+    best = max(range(len(candidates)), key=lambda j: (round(scores[j][key], 6), -j))
+    return candidates[best], scores
+
+
+def cross_site(data: ClipEmbeddings, train_sites: list[str], test_sites: list[str], recipe: HeadRecipe | str,
                seed: int = 0) -> dict:
     """A head trained and calibrated on ``train_sites``, scored on every clip of ``test_sites``."""
     if set(train_sites) & set(test_sites):
         raise ValueError(f"site groups {train_sites} and {test_sites} overlap")
-    fitted = fit_clip_head(data, data.clips_of(train_sites), pooling, seed=seed)
+    fitted = fit_clip_head(data, data.clips_of(train_sites), recipe, seed=seed)
     return scored(fitted, data, data.clips_of(test_sites))
 
 
@@ -165,25 +290,37 @@ def draw_new_site_clips(data: ClipEmbeddings, new_sites: list[str], k: int, seed
     return np.sort(np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
 
 
-def few_shot(data: ClipEmbeddings, train_sites: list[str], new_sites: list[str], k: int, pooling: str,
+def few_shot(data: ClipEmbeddings, train_sites: list[str], new_sites: list[str], k: int, recipe: HeadRecipe | str,
              adaptation: str, draw: int, target_precision: float = 0.9) -> dict:
     """One draw of ``k`` labelled clips of ``new_sites``, scored on the rest of ``new_sites``.
 
     ``threshold``: the cross-site head unchanged, its threshold recalibrated on the k clips
     (as ``pam calibrate`` does for a model). ``retrain``: the k clips join the training site
-    group's clips and the head is trained and calibrated again on them (the split sends some
-    of them, by site and label, to the validation clips that set the threshold).
+    group's clips (weighted as the recipe's ``new_site_weight`` says) and the head is trained
+    and calibrated again on them (some of them, by site and label, go to the validation
+    clips, or to every calibration fold, that set the threshold). ``retrain-site-threshold``
+    (``cv`` calibration only): retrained so, but the threshold is set on the k clips'
+    out-of-fold scores alone.
     """
     if adaptation not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adaptation!r}: use one of {', '.join(ADAPTATIONS)}")
+    recipe = as_recipe(recipe)
+    if adaptation == "retrain-site-threshold" and recipe.calibration != "cv":
+        raise ValueError("retrain-site-threshold needs out-of-fold scores of the new clips: use calibration 'cv'")
     added = draw_new_site_clips(data, new_sites, k, seed=draw)
     rest = np.setdiff1d(data.clips_of(new_sites), added)
     own = data.clips_of(train_sites)
     if adaptation == "threshold":
-        fitted = fit_clip_head(data, own, pooling, seed=draw)
+        fitted = fit_clip_head(data, own, recipe, seed=draw)
         y = data.positive[added].astype(float)[:, None]
         chosen = calibrate(y, fitted.scores(data, added)[:, None], [data.label], target_precision)[data.label]
         fitted = dataclasses.replace(fitted, threshold=chosen.threshold, val_clips=added)
     else:
-        fitted = fit_clip_head(data, np.r_[own, added], pooling, seed=draw)
+        weight = None if recipe.new_site_weight == "equal" else {int(i): len(own) / len(added) for i in added}
+        fitted = fit_clip_head(data, np.r_[own, added], recipe, seed=draw, clip_weight=weight)
+        if adaptation == "retrain-site-threshold":
+            new = np.isin(fitted.val_clips, added)
+            y = data.positive[fitted.val_clips[new]].astype(float)[:, None]
+            chosen = calibrate(y, fitted.val_scores[new][:, None], [data.label], target_precision)[data.label]
+            fitted = dataclasses.replace(fitted, threshold=chosen.threshold)
     return scored(fitted, data, rest, target_precision)

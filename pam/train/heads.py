@@ -184,8 +184,9 @@ def training_fingerprint(embeddings: np.ndarray, labels: Sequence[Sequence[str]]
 
 
 def _fit(x: np.ndarray, y: np.ndarray, kind: str, hidden: int, weight_decay: float, steps: int,
-         seed: int) -> dict[str, np.ndarray]:
-    """Full-batch Adam on z-scored inputs, class-balanced logistic loss; scaling folded into w1, b1."""
+         seed: int, sample_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Full-batch Adam on z-scored inputs, class-balanced logistic loss (rows weighted by
+    ``sample_weight``, scaled to mean 1); scaling folded into w1, b1."""
     import torch
 
     mean = x.mean(0)
@@ -209,7 +210,11 @@ def _fit(x: np.ndarray, y: np.ndarray, kind: str, hidden: int, weight_decay: flo
             else:
                 p.zero_()
     opt = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    row_weight = None
+    if sample_weight is not None:
+        w = torch.from_numpy(np.asarray(sample_weight, dtype=np.float32))
+        row_weight = (w / w.mean())[:, None].expand_as(yt)
+    loss_fn = torch.nn.BCEWithLogitsLoss(weight=row_weight, pos_weight=pos_weight)
     for _ in range(steps):
         opt.zero_grad()
         loss_fn(net(xt), yt).backward()
@@ -224,6 +229,22 @@ def _fit(x: np.ndarray, y: np.ndarray, kind: str, hidden: int, weight_decay: flo
     if kind == "mlp":
         out |= {"w2": net[2].weight.detach().numpy().T.copy(), "b2": net[2].bias.detach().numpy().copy()}
     return out
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, classes: Sequence[str], embedding_model_id: str, kind: str = "linear",
+             hidden: int = 64, weight_decay: float = 1e-3, steps: int = 300, seed: int = 0,
+             sample_weight: np.ndarray | None = None) -> Head:
+    """A head fitted on all of (x, y) ([n, dim] embeddings, [n, classes] 0/1), thresholds not yet
+    calibrated (0.5); ``train_head`` splits, fits with this and calibrates."""
+    if kind not in KINDS:
+        raise HeadError(f"unknown head kind {kind!r}: use one of {', '.join(KINDS)}")
+    if sample_weight is not None and (len(sample_weight) != len(x) or not np.all(np.asarray(sample_weight) >= 0)
+                                      or not np.sum(sample_weight) > 0):
+        raise HeadError(f"{len(sample_weight)} sample weights for {len(x)} rows: give one non-negative weight per row")
+    x = np.asarray(x, dtype=np.float32)
+    weights = _fit(x, np.asarray(y, dtype=np.float32), kind, hidden, weight_decay, steps, seed, sample_weight)
+    return Head(HeadCard(embedding_model_id, int(x.shape[1]), tuple(classes), {c: 0.5 for c in classes},
+                         kind, hidden if kind == "mlp" else 0), weights)
 
 
 def split_metrics(head: Head, x: np.ndarray, y: np.ndarray, model_id: str, thresholds: dict[str, float]) -> dict:
@@ -256,13 +277,15 @@ def train_head(
     weight_decay: float = 1e-3,
     steps: int = 300,
     seed: int = 0,
+    sample_weight: Sequence[float] | None = None,
 ) -> tuple[Head, list[str]]:
     """A head on labelled windows' embeddings, and the split ('train' | 'val' | 'test') of each window.
 
     ``labels``: the classes present in each window (empty: a negative). Windows are split as
     ``pam train`` splits clips (whole recordings, or sites, stratified), the head is fitted on
     the training windows, thresholds are calibrated on the validation windows for
-    ``target_precision``, and the card records validation (and test) metrics.
+    ``target_precision``, and the card records validation (and test) metrics. ``sample_weight``
+    (one per window) weighs the training windows in the loss.
     """
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
@@ -290,9 +313,10 @@ def train_head(
     missing = [c for k, c in enumerate(classes) if not y[part["train"], k].any()]
     if missing:
         raise HeadError(f"no training positives for {missing}: label more windows of them, from more recordings")
-    weights = _fit(x[part["train"]], y[part["train"]], kind, hidden, weight_decay, steps, seed)
-    provisional = Head(HeadCard(embedding_model_id, x.shape[1], tuple(classes), {c: 0.5 for c in classes},
-                                kind, hidden if kind == "mlp" else 0), weights)
+    provisional = fit_head(x[part["train"]], y[part["train"]], classes, embedding_model_id, kind, hidden,
+                           weight_decay, steps, seed,
+                           None if sample_weight is None else np.asarray(sample_weight, dtype=float)[part["train"]])
+    weights = provisional.weights
     val_scores = provisional.scores(x[part["val"]], embedding_model_id)
     chosen = calibrate(y[part["val"]], val_scores, classes, target_precision)
     thresholds = {c: chosen[c].threshold for c in classes}
