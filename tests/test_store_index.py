@@ -113,3 +113,22 @@ def test_an_index_from_before_the_sidecar_is_rebuilt(first_night):
     (index_folder(store, model_id) / "sources.parquet").unlink()
     rebuilt = update_index(store, model_id)
     assert rebuilt.windows_read == rebuilt.added == len(rebuilt.index) == n
+
+
+def test_an_index_built_under_the_earlier_search_default_searches_with_the_current_one(first_night):
+    import json
+
+    from pam.analysis.similarity import EXPANSION_SEARCH
+
+    _tmp, store, _model, model_id = first_night
+    update_index(store, model_id)
+    card_file = index_folder(store, model_id) / "index.json"
+    card = json.loads(card_file.read_text())
+    card["expansion_search"] = 1024  # as pam wrote it before the default became 16,384
+    card_file.write_text(json.dumps(card))
+    assert SimilarityIndex.open(index_folder(store, model_id)).card.expansion_search == 1024
+    again = update_index(store, model_id)
+    assert again.added == 0 and again.index.card.expansion_search == EXPANSION_SEARCH
+    assert json.loads(card_file.read_text())["expansion_search"] == EXPANSION_SEARCH
+    assert len(SimilarityIndex.open(index_folder(store, model_id))) == len(again.index)
+

@@ -269,6 +269,15 @@ class SimilarityIndex:
         self._removed = False
         self._remove_stray_files()
 
+    def set_expansion_search(self, expansion_search: int) -> None:
+        """Search with this breadth from now on; written to the card at once (the vectors stay)."""
+        if self._view:
+            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to change it")
+        self.card = IndexCard(**{**self.card.__dict__, "expansion_search": int(expansion_search)})
+        self._index.expansion_search = int(expansion_search)
+        if self.card.generation:
+            self._write_card(self.card)
+
     def _write_card(self, card: IndexCard) -> None:
         tmp = self.folder / f".{CARD}.tmp"
         tmp.write_text(card.to_json())

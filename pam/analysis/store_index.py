@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pam.analysis.similarity import CARD, SimilarityIndex, SimilarityIndexError
+from pam.analysis.similarity import CARD, EXPANSION_SEARCH, SimilarityIndex, SimilarityIndexError
 from pam.store.atomic import write_parquet_atomic
 from pam.store.embeddings import binary_as_vectors, embedding_files
 from pam.store.results import EMBEDDING
@@ -114,6 +114,9 @@ def update_index(store: Store, model_id: str) -> IndexUpdate:
         if not has_index:
             sources = SOURCES_SCHEMA.empty_table().to_pandas()
         index = SimilarityIndex.open(folder) if has_index else None
+        if index is not None and index.card.expansion_search < EXPANSION_SEARCH:
+            # pam keeps this index: one built under the earlier default (1,024) searches as a new one would
+            index.set_expansion_search(EXPANSION_SEARCH)
         live_paths = {f.path for f in live}
         read_before = set(sources["file"])
         gone = read_before - live_paths
