@@ -76,6 +76,39 @@ def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | N
     return table.dataset(files, DONE).to_table(filter=flt, columns=columns).to_pandas()
 
 
+class DoneFiles:
+    """The done rows of some models, per done file, for a caller that commits flush after flush
+    (``pam apply-head``): a file's rows never change (a commit adds new files and removes old
+    ones; names are unique), so each done file is read once, not at every commit. What a commit
+    checks is still the rows of every file live in the snapshot it is built on: the files
+    another writer added meanwhile are read then, the ones it removed are left out."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
+
+    def rows(self, table: ResultsTable, dt: DeltaTable, models: list[str], columns: list[str]) -> pd.DataFrame:
+        """The ``columns`` of the rows of ``models`` in the live done files of ``dt``."""
+        models_key = tuple(sorted(models))
+        files = ResultsTable.files(dt, DONE)
+        new = [f for f in files if (f.path, models_key) not in self._rows]
+        if new:
+            flt = ds.field("model_id").isin(list(models_key)) if len(models_key) != 1 else \
+                ds.field("model_id") == models_key[0]  # other models' files skipped from their statistics
+            read = table.dataset(new, DONE).to_table(filter=flt, columns=columns + ["__filename"]).to_pandas()
+            by_file = dict(tuple(read.groupby("__filename", sort=False))) if len(read) else {}
+            for f in new:
+                part = by_file.get(table.full_path(f.path))
+                self._rows[(f.path, models_key)] = (part.drop(columns="__filename") if part is not None
+                                                   else read.iloc[0:0].drop(columns="__filename"))
+        live = {(f.path, models_key) for f in files}
+        for key in [k for k in self._rows if k[1] == models_key and k not in live]:
+            del self._rows[key]  # removed from the table: never live again
+        parts = [self._rows[(f.path, models_key)] for f in files]
+        parts = [p for p in parts if len(p)] or [parts[0] if parts else schemas.DONE.empty_table().select(
+            columns).to_pandas()]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
 def committed_flushes(table: ResultsTable, dt: DeltaTable | None) -> dict[tuple[str, int], int]:
     """(run, commit number) -> done rows of every flush live in a snapshot: from the names of
     the flushes' own done files (and their row counts in the log), and from the ``run_id`` and
@@ -124,8 +157,11 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
     return adds, removes
 
 
-def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool) -> Committed:
-    """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces)."""
+def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool,
+                 snap: DeltaTable | None = None, done_files: DoneFiles | None = None) -> Committed:
+    """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces); ``snap``:
+    a snapshot of the table to bring up to date and build it on (``ResultsTable.transact``);
+    ``done_files``: the done rows read by the caller's earlier commits (``DoneFiles``)."""
 
     embeddings = flush.embeddings
 
@@ -135,8 +171,16 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
             return None  # the table's log now declares the embedding columns: read it again
         ids = set(done.column("recording_id").to_pylist())
         paths = {p for p in done.column("path").to_pylist() if p}
-        existing = done_rows(table, dt, ds.field("recording_id").isin(list(ids)) | ds.field("path").isin(list(paths)),
-                             KEY + ["path", "site"])
+        # only the flush's models' rows can clash or go out of date (see out_of_date): a done
+        # file of other models is skipped from its footer's statistics, its rows never read
+        models = sorted(set(done.column("model_id").to_pylist()))
+        if done_files is not None:
+            existing = done_files.rows(table, dt, models, KEY + ["path", "site"])
+            existing = existing.loc[existing["recording_id"].isin(ids) | existing["path"].isin(paths)]
+        else:
+            of_models = ds.field("model_id").isin(models) if len(models) != 1 else ds.field("model_id") == models[0]
+            existing = done_rows(table, dt, (ds.field("recording_id").isin(list(ids)) |
+                                             ds.field("path").isin(list(paths))) & of_models, KEY + ["path", "site"])
         keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
         mine = [(m, k) in keys and r in ids for r, m, k in
                 zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
@@ -165,7 +209,7 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
             return Committed(done, len(stale))
         return None
 
-    return table.transact(attempt)
+    return table.transact(attempt, snap=snap)
 
 
 def _by_site_and_date(rows: pa.Table) -> list[tuple[str | None, str | None, pa.Table]]:
