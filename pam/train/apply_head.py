@@ -166,36 +166,33 @@ def _scored_chunks(store: Store, head: Head, chunks: list[tuple[str, pd.DataFram
     model_id = head.card.embedding_model_id
     classes = len(head.card.classes)
     files_of: dict[str, list] = {site: [] for site, _chunk in chunks}
-    for f in embedding_files(store, files_of, snap=snap):  # the log's file list once, not per site
+    for f in embedding_files(store, list(files_of), snap=snap):  # the log's file list once, not per site
         files_of[f.site].append(f)
     ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for _site, chunk in chunks]
+    live = [pa.array(chunk["settings_hash"].tolist(), pa.string()) for _site, chunk in chunks]
     tasks = [(i, f) for i, (site, _chunk) in enumerate(chunks) for f in files_of[site]]
 
     def score(v: np.ndarray) -> np.ndarray:
         return head.scores(v, model_id, threads=1)  # one core per reading thread
 
-    results = read_ahead(lambda t: score_embedding_file(store, t[1], score, model_id, ids[t[0]]), tasks, threads,
-                         2 * threads + 2)
-    for i, (site, chunk) in enumerate(chunks):
-        live = pa.array(chunk["settings_hash"].tolist(), pa.string())
-        rows, calls = [], []
-        for _ in files_of[site]:
-            _task, part = next(results)
-            if part is None:
-                continue
-            wanted = live.take(pc.index_in(part.rows.column("recording_id"), ids[i]))
-            keep = pc.fill_null(pc.equal(part.rows.column("settings_hash"), wanted), False).to_numpy(
-                zero_copy_only=False)
-            part_rows, part_calls = part.rows, part.results
-            if not keep.all():
-                part_rows, part_calls = part_rows.filter(pa.array(keep)), part_calls[keep]
-            if part_rows.num_rows:
-                rows.append(part_rows)
-                calls.append(part_calls)
-        if not rows:
+    def read(task) -> tuple[pa.Table, np.ndarray] | None:
+        i, f = task
+        part = score_embedding_file(store, f, score, model_id, ids[i])
+        if part is None:
+            return None
+        wanted = live[i].take(pc.index_in(part.rows.column("recording_id"), ids[i]))
+        keep = pc.fill_null(pc.equal(part.rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
+        if keep.all():
+            return part.rows, part.results
+        return (part.rows.filter(pa.array(keep)), part.results[keep]) if keep.any() else None
+
+    results = read_ahead(read, tasks, threads, 2 * threads + 2)
+    for site, _chunk in chunks:
+        parts = [part for _ in files_of[site] if (part := next(results)[1]) is not None]
+        if not parts:
             yield ROWS.empty_table(), np.zeros((0, classes), np.float32)
         else:
-            yield pa.concat_tables(rows), np.concatenate(calls)
+            yield pa.concat_tables([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, thresholds: np.ndarray,
