@@ -3,7 +3,8 @@ the live embedding files of one snapshot, pruned by site and UTC date from the l
 read file by file (the next file read by a thread while the caller works on this one), and
 their vectors as float16 matrices without a Python loop per row: straight from the Parquet
 pages for files written plain and uncompressed (``pam.store.embedding_pages``), through
-pyarrow for any other file.
+pyarrow for any other file. ``score_embedding_file`` gives a function of a file's vectors (a
+head's scores) instead, run on the pages where they lie, without a copy of the vectors.
 """
 
 from __future__ import annotations
@@ -107,23 +108,6 @@ def iter_embeddings(store, model_id: str | None = None, sites: Iterable[str] | N
     files = embedding_files(store, sites, start, end, snap)
     wanted = None if recording_ids is None else pa.array(list(recording_ids), pa.string())
     for _file, part in read_ahead(lambda f: read_embedding_file(store, f, model_id, wanted), files, threads):
-        if part is not None:
-            yield part
-
-
-def score_embeddings(store, fn: Callable[[np.ndarray], np.ndarray], model_id: str | None = None,
-                     sites: Iterable[str] | None = None, start: date | None = None, end: date | None = None,
-                     recording_ids: Iterable[str] | None = None, snap=None, threads: int = 2) -> Iterator[Scored]:
-    """``fn`` of the committed embeddings of one snapshot (float16 [n, dims] -> [n, k], e.g. a
-    head's scores), file by file in order, files with no wanted window skipped. Each of
-    ``threads`` threads reads a file and runs ``fn`` on its vectors where they lie in the
-    memory map (``score_embedding_file``), so reading and scoring share the cores and no
-    vector is copied; ``fn`` is called from those threads (it should use one core itself) and
-    gets views it must not keep."""
-    files = embedding_files(store, sites, start, end, snap)
-    wanted = None if recording_ids is None else pa.array(list(recording_ids), pa.string())
-    for _file, part in read_ahead(lambda f: score_embedding_file(store, f, fn, model_id, wanted), files, threads,
-                                  2 * threads):
         if part is not None:
             yield part
 
