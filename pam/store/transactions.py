@@ -77,36 +77,44 @@ def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | N
 
 
 class DoneFiles:
-    """The done rows of some models, per done file, for a caller that commits flush after flush
-    (``pam apply-head``): a file's rows never change (a commit adds new files and removes old
-    ones; names are unique), so each done file is read once, not at every commit. What a commit
-    checks is still the rows of every file live in the snapshot it is built on: the files
-    another writer added meanwhile are read then, the ones it removed are left out."""
+    """The done rows of some models, per done file, for a caller that reads them again and again
+    (``pam apply-head``: its plan, then each of its commits): a file's rows never change (a
+    commit adds new files and removes old ones; names are unique), so each done file is read
+    once for a model, not at every commit. What a commit checks is still the rows of every file
+    live in the snapshot it is built on: the files another writer added meanwhile are read
+    then, the ones it removed are left out."""
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, tuple[str, ...]], pd.DataFrame] = {}
+        self._rows: dict[tuple[str, str], pd.DataFrame] = {}  # (file, model) -> its done rows
 
-    def rows(self, table: ResultsTable, dt: DeltaTable, models: list[str], columns: list[str]) -> pd.DataFrame:
-        """The ``columns`` of the rows of ``models`` in the live done files of ``dt``."""
-        models_key = tuple(sorted(models))
+    def rows(self, table: ResultsTable, dt: DeltaTable | None, models: list[str],
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """The ``columns`` (default all) of the rows of ``models`` in the live done files of ``dt``."""
+        models = sorted(set(models))
         files = ResultsTable.files(dt, DONE)
-        new = [f for f in files if (f.path, models_key) not in self._rows]
+        missing = sorted({m for f in files for m in models if (f.path, m) not in self._rows})
+        new = [f for f in files if any((f.path, m) not in self._rows for m in missing)]
         if new:
-            flt = ds.field("model_id").isin(list(models_key)) if len(models_key) != 1 else \
-                ds.field("model_id") == models_key[0]  # other models' files skipped from their statistics
-            read = table.dataset(new, DONE).to_table(filter=flt, columns=columns + ["__filename"]).to_pandas()
-            by_file = dict(tuple(read.groupby("__filename", sort=False))) if len(read) else {}
+            flt = ds.field("model_id").isin(missing) if len(missing) != 1 else \
+                ds.field("model_id") == missing[0]  # other models' files skipped from their statistics
+            read = table.dataset(new, DONE).to_table(filter=flt, columns=schemas.DONE.names + ["__filename"])
+            read = read.to_pandas()
+            groups = dict(tuple(read.groupby(["__filename", "model_id"], sort=False))) if len(read) else {}
+            empty = read.iloc[0:0].drop(columns="__filename")
             for f in new:
-                part = by_file.get(table.full_path(f.path))
-                self._rows[(f.path, models_key)] = (part.drop(columns="__filename") if part is not None
-                                                   else read.iloc[0:0].drop(columns="__filename"))
-        live = {(f.path, models_key) for f in files}
-        for key in [k for k in self._rows if k[1] == models_key and k not in live]:
+                for m in missing:
+                    part = groups.get((table.full_path(f.path), m))
+                    self._rows[(f.path, m)] = part.drop(columns="__filename") if part is not None else empty
+        live = {f.path for f in files}
+        for key in [k for k in self._rows if k[0] not in live]:
             del self._rows[key]  # removed from the table: never live again
-        parts = [self._rows[(f.path, models_key)] for f in files]
-        parts = [p for p in parts if len(p)] or [parts[0] if parts else schemas.DONE.empty_table().select(
-            columns).to_pandas()]
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        parts = [self._rows[(f.path, m)] for f in files for m in models]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            out = schemas.DONE.empty_table().to_pandas()
+        else:
+            out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        return out[columns] if columns is not None else out
 
 
 def committed_flushes(table: ResultsTable, dt: DeltaTable | None) -> dict[tuple[str, int], int]:

@@ -29,7 +29,7 @@ from pam.config import settings_hash
 from pam.store.embeddings import ROWS, embedding_files, read_ahead, score_embedding_file
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
-from pam.store.transactions import KEY, DoneFiles
+from pam.store.transactions import DoneFiles
 from pam.train.head_registry import resolve_head
 from pam.train.heads import Head, HeadError
 
@@ -69,14 +69,15 @@ def plan(store: Store, head: Head, force: bool = False, snap=None,
     model_id = head.card.embedding_model_id
     snap = store.snapshot() if snap is None else snap
     done_files = DoneFiles() if done_files is None else done_files
-    source = store.done_table(model_id=model_id, columns=["recording_id", "settings_hash", "site", "path",
-                                                           "windows", "audio_s"], snap=snap)
+    both = done_files.rows(store.results, snap, [model_id, head.head_id])  # one read of the done files for both
+    source = both.loc[both["model_id"] == model_id, ["recording_id", "settings_hash", "site", "path", "windows",
+                                                     "audio_s"]].reset_index(drop=True)
     if source.empty:
         raise HeadError(f"store {store.uri} has no windows of model {model_id} (the model head {head.head_id} reads); "
                         f"run `pam detect` with that model and detect.embeddings: true first")
     keys = {k: head_settings_key(head, k) for k in set(source["settings_hash"])}  # the head id is a hash: not per row
     source["key"] = source["settings_hash"].map(keys)
-    done = done_files.rows(store.results, snap, [head.head_id], KEY + ["path", "site"])  # the columns a commit checks
+    done = both.loc[both["model_id"] == head.head_id]
     have = set(zip(done["recording_id"], done["settings_hash"]))
     todo = source if force else source[[(r, k) not in have for r, k in zip(source["recording_id"], source["key"])]]
     return todo.reset_index(drop=True), len(source) - len(todo)
