@@ -35,6 +35,8 @@ from pam.train.heads import Head, HeadError
 
 # windows scored and committed together (their vectors are read and scored file by file)
 WINDOWS_PER_COMMIT = 1_000_000
+# windows of files read and scored ahead of the commits (their rows and scores held meanwhile)
+AHEAD_WINDOWS = 200_000
 
 
 @dataclass
@@ -187,7 +189,11 @@ def _scored_chunks(store: Store, head: Head, chunks: list[tuple[str, pd.DataFram
             return part.rows, part.results
         return (part.rows.filter(pa.array(keep)), part.results[keep]) if keep.any() else None
 
-    results = read_ahead(read, tasks, threads, 2 * threads + 2)
+    # ahead: enough files to keep the threads busy while a commit is built (about AHEAD_WINDOWS
+    # windows: only rows and scores are held, a few MB), but never fewer than two per thread
+    rows_per_file = int(np.median([f.rows for _i, f in tasks])) if tasks else 1
+    ahead = min(64, max(2 * threads + 2, AHEAD_WINDOWS // max(1, rows_per_file)))
+    results = read_ahead(read, tasks, threads, ahead)
     for site, _chunk in chunks:
         parts = [part for _ in files_of[site] if (part := next(results)[1]) is not None]
         if not parts:
