@@ -121,7 +121,8 @@ class Head:
             x = x.astype(np.float32)
         if not rows_in_place(x):
             x = np.ascontiguousarray(x)
-        z = first_layer(x, self.weights["w1"], threads or os.cpu_count() or 1, self._packed_w1)
+        z = first_layer(x, self.weights["w1"], threads or os.cpu_count() or 1,
+                        self._packed_w1 if x.dtype == np.float16 else None)
         z += self.weights["b1"]
         if "w2" in self.weights:
             np.maximum(z, 0.0, out=z)
