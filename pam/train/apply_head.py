@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,20 +105,26 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     store = store if isinstance(store, Store) else Store(store)
     head = resolve_head(store, head_path)
     t0 = time.perf_counter()
+    model_id = head.card.embedding_model_id
     snap = store.snapshot()
     done_files = DoneFiles()
-    todo, skipped = plan(store, head, force, snap, done_files)
-    report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
-    if todo.empty:
-        report.wall_s = time.perf_counter() - t0
-        return report
-    model_id = head.card.embedding_model_id
-    lengths = window_lengths(store, model_id)
+    side = ThreadPoolExecutor(1)  # the runs table and the manifest are read while the plan reads done rows
+    try:
+        lengths_read = side.submit(window_lengths, store, model_id)
+        manifest_read = side.submit(store.read_manifest)
+        todo, skipped = plan(store, head, force, snap, done_files)
+        report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
+        if todo.empty:  # nothing to do: no waiting for those reads
+            report.wall_s = time.perf_counter() - t0
+            return report
+        lengths, manifest = lengths_read.result(), manifest_read.result()
+    finally:
+        side.shutdown(wait=False)
     missing = set(todo["settings_hash"]) - set(lengths)
     if missing:
         raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under settings "
                         f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
-    manifest = store.read_manifest()[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
+    manifest = manifest[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
     todo = todo.merge(manifest, on="recording_id", how="left")
     report.run_id = run_id = new_run_id()
     started = datetime.now(timezone.utc)
