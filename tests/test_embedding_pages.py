@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pam.store.embedding_pages import read_vectors
+from pam.store.embedding_pages import map_vectors, read_vectors
 from pam.store.embeddings import binary_as_vectors
 
 
@@ -29,6 +29,11 @@ def write(path, vectors: np.ndarray, nullable: bool = False, column=None, **opti
 def fast(path) -> np.ndarray | None:
     with pa.memory_map(str(path)) as source:
         return read_vectors(source, pq.ParquetFile(source))
+
+
+def mapped(path, fn) -> np.ndarray | None:
+    with pa.memory_map(str(path)) as source:
+        return map_vectors(source, pq.ParquetFile(source), fn)
 
 
 def vectors_of(n: int, dim: int = 1024, seed: int = 0) -> np.ndarray:
@@ -92,3 +97,64 @@ def test_any_readable_file_serves_the_pages(tmp_path):
         with source:
             got = read_vectors(source, pq.ParquetFile(source))
         assert got is not None and np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("options", [
+    PLAIN,
+    {**PLAIN, "data_page_version": "2.0"},
+    {**PLAIN, "data_page_size": 10_000, "row_group_size": 300},
+    {"compression": {"recording_id": "zstd", "embedding": "none"}, "use_dictionary": ["recording_id"]},
+], ids=["plain", "page-v2", "small-pages-row-groups", "other-columns-zstd"])
+def test_a_function_of_the_vectors_runs_on_the_pages_where_they_lie(tmp_path, options):
+    """map_vectors hands each page's vectors to the function (in the memory map where aligned,
+    else a copy): the results are those of the function on the decoded vectors, in row order."""
+    want = vectors_of(1000)
+    w = np.random.default_rng(1).standard_normal((1024, 3)).astype(np.float32)
+    write(tmp_path / "e.parquet", want, **options)
+    pages = []
+
+    def fn(v: np.ndarray) -> np.ndarray:
+        assert v.dtype == np.float16 and v.flags.aligned and v.strides[1] == 2
+        pages.append(v.strides[0])
+        return v.astype(np.float32) @ w
+
+    got = mapped(tmp_path / "e.parquet", fn)
+    assert got is not None and got.shape == (1000, 3)
+    np.testing.assert_allclose(got, want.astype(np.float32) @ w, rtol=1e-5, atol=1e-4)
+    if "row_group_size" in options:  # a page per row group: some lie at an even address, read in place
+        assert len(pages) >= 4 and 4 + 2048 in pages  # in place: rows 4 + 2048 bytes apart (the length prefix)
+
+
+def test_a_head_scores_the_pages_in_place_as_it_scores_a_copy(tmp_path):
+    from pam.train.heads import Head, HeadCard, rows_in_place
+
+    want = vectors_of(600)
+    head = Head(HeadCard(embedding_model_id="m", embedding_dim=1024, classes=("a", "b"), thresholds={"a": .5, "b": .5}),
+                {"w1": np.random.default_rng(2).standard_normal((1024, 2)).astype(np.float32) / 32,
+                 "b1": np.zeros(2, np.float32)})
+    write(tmp_path / "e.parquet", want, row_group_size=100, **PLAIN)  # a page each, at various addresses
+    in_place = []
+
+    def fn(v):
+        in_place.append(rows_in_place(v) and not v.flags.c_contiguous)
+        return head.scores(v, "m", threads=1)
+
+    got = mapped(tmp_path / "e.parquet", fn)
+    assert any(in_place)
+    np.testing.assert_allclose(got, head.scores(np.ascontiguousarray(want), "m"), rtol=1e-6, atol=1e-7)
+
+
+def test_other_layouts_give_no_page_results_and_the_functions_errors_are_its_own(tmp_path):
+    v = vectors_of(300, dim=128)
+    write(tmp_path / "z.parquet", v, compression="zstd")
+    assert mapped(tmp_path / "z.parquet", lambda x: x[:, :1].astype(np.float32)) is None
+    with_null = pa.array([x.tobytes() for x in v[:-1]] + [None], pa.binary())
+    write(tmp_path / "null.parquet", v, nullable=True, column=with_null, **PLAIN)
+    assert mapped(tmp_path / "null.parquet", lambda x: x[:, :1].astype(np.float32)) is None
+    write(tmp_path / "e.parquet", v, **PLAIN)
+
+    def wrong(x):
+        raise ValueError("the function's own error")
+
+    with pytest.raises(ValueError, match="own error"):  # not taken for a layout to leave to pyarrow
+        mapped(tmp_path / "e.parquet", wrong)

@@ -9,6 +9,7 @@ import pytest
 import pam.store.schemas as schemas
 from pam.store.results import DETECTION_FILE, ResultsTable
 from pam.store.store import Flush, Store, StoreBusy, new_run_id
+from pam.store.transactions import DoneFiles
 
 NOW = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -299,3 +300,29 @@ def test_undated_recordings_land_in_the_unknown_partition_and_summaries_cope(tmp
     assert [p.parent.name for p in store.detection_files()] == ["month=unknown"]
     assert len(store.read_detections()) == 3 and set(store.read_detections()["date"]) == {"unknown"}
     summarize(store, PamConfig())  # the undated rows are counted apart, not parsed as a day
+
+
+def test_commits_on_a_kept_snapshot_see_what_other_writers_did_since(tmp_path):
+    """A caller that keeps one snapshot and one DoneFiles across its commits (pam apply-head)
+    still sees a writer that committed or retired rows after the snapshot: nothing is doubled,
+    and a retired recording can be committed again."""
+    store = Store(tmp_path / "s").ensure()
+    store.commit("20240501T000000Z-000000", 0, make_flush(["a"], "20240501T000000Z-000000"))
+    snap, seen = store.snapshot(), DoneFiles()
+    assert len(seen.rows(store.results, snap, ["m1"], ["recording_id", "path"])) == 1
+    other = Store(tmp_path / "s")
+    other.commit("20240501T000000Z-111111", 0, make_flush(["b", "c"], "20240501T000000Z-111111"))
+    mine = store.commit("20240501T000000Z-222222", 0, make_flush(["c", "d"], "20240501T000000Z-222222"),
+                        snap=snap, done_files=seen)
+    assert mine.done.column("recording_id").to_pylist() == ["d"]  # c: committed meanwhile by the other writer
+    again = store.commit("20240501T000000Z-222222", 1, make_flush(["d"], "20240501T000000Z-222222"),
+                         snap=snap, done_files=seen)
+    assert again.done.num_rows == 0  # its own commit before, read from the log's new entries
+    assert other.retire(["a"]) == 1
+    back = store.commit("20240501T000000Z-222222", 2, make_flush(["a"], "20240501T000000Z-222222"),
+                        snap=snap, done_files=seen)
+    assert back.done.column("recording_id").to_pylist() == ["a"]  # its old done file is no longer live
+    done = store.done_table()
+    assert sorted(done["recording_id"]) == ["a", "b", "c", "d"]
+    det = store.read_detections()
+    assert det.groupby("recording_id").size().to_dict() == {"a": 3, "b": 3, "c": 3, "d": 3}

@@ -7,6 +7,11 @@ binary values one at a time into a binary array (about 1 million windows a secon
 machine, most of ``pam apply-head``'s time); this reads the page headers (Thrift compact
 protocol) itself and copies each page's vectors with one numpy assignment.
 
+``map_vectors`` goes one step further for a caller that only needs a function of the vectors
+(a head's scores): it hands each page's vectors to the function where they lie in the memory
+map, so not even that copy is made (a page whose values start at an odd address is copied
+into a small buffer first, since float16 kernels refuse unaligned rows).
+
 Anything else (a compressed or dictionary-encoded column, as files written before the
 embeddings went uncompressed are; nulls; values of different lengths) returns ``None`` and
 the caller reads the file with pyarrow instead: the fast path is an optimisation, never the
@@ -120,19 +125,21 @@ _PAGE_HEADER = {1: None, 2: None, 3: None, 5: {1: None, 2: None}, 7: {},
                 8: {1: None, 2: None, 4: None, 5: None, 6: None, 7: None}}
 
 
-def _copy_values(region: np.ndarray, count: int, width: int, out: np.ndarray) -> None:
-    """``count`` PLAIN byte-array values of ``width`` bytes each from ``region`` into ``out``."""
+def _records(region: np.ndarray, count: int, width: int) -> np.ndarray:
+    """``count`` PLAIN byte-array values of ``width`` bytes each in ``region``, as a uint8
+    matrix [count, 4 + width] (each row: the value's 4-byte length, then its bytes)."""
     stride = 4 + width
     if len(region) != count * stride:
         raise _Unsupported("page holds nulls or values of other lengths")
     records = region.reshape(count, stride)
     if not (records[:, :4].view("<i4")[:, 0] == width).all():
         raise _Unsupported("values of different lengths")
-    out.view(np.uint8).reshape(count, width)[:] = records[:, 4:]
+    return records
 
 
-def column_chunk_vectors(raw: np.ndarray, rows: int, width: int, out: np.ndarray, max_def: int) -> None:
-    """Decode one column chunk's bytes ``raw`` (uint8) of ``rows`` values into ``out``."""
+def _chunk_pages(raw: np.ndarray, rows: int, width: int, max_def: int):
+    """(first row, records [count, 4 + width]) of each data page of one column chunk's bytes
+    ``raw`` (uint8) of ``rows`` values; _Unsupported where it is not plain fixed-length values."""
     buf = memoryview(raw)
     pos = done = 0
     while done < rows:
@@ -159,14 +166,29 @@ def column_chunk_vectors(raw: np.ndarray, rows: int, width: int, out: np.ndarray
             continue  # index pages carry no values
         if encoding != _PLAIN or count is None or done + count > rows:
             raise _Unsupported("not PLAIN")
-        _copy_values(body, count, width, out[done:done + count])
+        yield done, _records(body, count, width)
         done += count
 
 
-def read_vectors(source, parquet: pq.ParquetFile, column: str = "embedding") -> np.ndarray | None:
-    """The vectors of ``column`` in a whole file as a float16 matrix [rows, dims], read from the
-    open file ``source`` (``read_at``/``seek``+``read``) whose footer is ``parquet``; ``None``
-    where the file is not written the plain way (the caller then reads it with pyarrow)."""
+def _checked_pages(raw: np.ndarray, rows: int, width: int, max_def: int):
+    """``_chunk_pages``, with malformed bytes (an index or value out of range) as _Unsupported."""
+    try:
+        yield from _chunk_pages(raw, rows, width, max_def)
+    except (IndexError, ValueError) as e:
+        raise _Unsupported(str(e)) from e
+
+
+def column_chunk_vectors(raw: np.ndarray, rows: int, width: int, out: np.ndarray, max_def: int) -> None:
+    """Decode one column chunk's bytes ``raw`` (uint8) of ``rows`` values into ``out``."""
+    flat = out.view(np.uint8).reshape(rows, width)
+    for first, records in _chunk_pages(raw, rows, width, max_def):
+        flat[first:first + len(records)] = records[:, 4:]
+
+
+def _plain_chunks(source, parquet: pq.ParquetFile, column: str):
+    """(rows of the file, value width in bytes, [(rows, column chunk metadata)] per row group,
+    max definition level) of a column that may be plain fixed-length float16 vectors; None
+    where the file's metadata already says it is not."""
     meta = parquet.metadata
     index = parquet.schema_arrow.get_field_index(column)
     if index < 0 or meta.num_rows == 0:
@@ -174,22 +196,70 @@ def read_vectors(source, parquet: pq.ParquetFile, column: str = "embedding") -> 
     leaf = parquet.schema.column(index)
     if leaf.physical_type != "BYTE_ARRAY" or leaf.max_repetition_level:
         return None
-    chunks = [meta.row_group(g).column(index) for g in range(meta.num_row_groups)]
-    if any(c.compression != "UNCOMPRESSED" or c.has_dictionary_page for c in chunks):
+    chunks = [(meta.row_group(g).num_rows, meta.row_group(g).column(index)) for g in range(meta.num_row_groups)]
+    if any(c.compression != "UNCOMPRESSED" or c.has_dictionary_page for _, c in chunks):
         return None
-    width = _value_width(source, chunks[0], leaf.max_definition_level)
+    width = _value_width(source, chunks[0][1], leaf.max_definition_level)
     if width is None or width % 2:
         return None
-    # arrow's memory pool, not numpy's malloc: it keeps freed blocks, so reading file after file
-    # does not fault in fresh pages for every one
-    out = np.frombuffer(pa.allocate_buffer(meta.num_rows * width), dtype=schemas.EMBEDDING_DTYPE)
-    out = out.reshape(meta.num_rows, width // 2)
+    return meta.num_rows, width, chunks, leaf.max_definition_level
+
+
+def map_vectors(source, parquet: pq.ParquetFile, fn, column: str = "embedding") -> np.ndarray | None:
+    """``fn`` applied to the vectors of ``column`` page by page, its float32 results [rows, k]
+    in row order; ``None`` where the file is not written the plain way (the caller then reads
+    the vectors with pyarrow and applies ``fn`` to them itself).
+
+    ``fn`` gets a float16 matrix [count, dims] with unit stride along dims but not between rows:
+    a view straight into ``source``'s bytes (a memory map: no copy at all) where the page's
+    values start at an even address, else a copy of the page in a small buffer reused page
+    after page. It is valid only during the call, and ``fn`` must not keep it."""
+    plain = _plain_chunks(source, parquet, column)
+    if plain is None:
+        return None
+    total, width, chunks, max_def = plain
+    out = None
+    scratch = np.zeros(0, np.uint8)
     done = 0
     try:
-        for g, chunk in enumerate(chunks):
-            rows = meta.row_group(g).num_rows
+        for rows, chunk in chunks:
             raw = np.frombuffer(_read_at(source, chunk.data_page_offset, chunk.total_compressed_size), np.uint8)
-            column_chunk_vectors(raw, rows, width, out[done:done + rows], leaf.max_definition_level)
+            for first, records in _checked_pages(raw, rows, width, max_def):
+                count = len(records)
+                vectors = records[:, 4:].view(schemas.EMBEDDING_DTYPE)
+                if not vectors.flags.aligned:  # odd address: float16 kernels refuse it
+                    if len(scratch) < count * width:
+                        scratch = np.empty(count * width, np.uint8)
+                    page = scratch[:count * width].reshape(count, width)
+                    page[:] = records[:, 4:]
+                    vectors = page.view(schemas.EMBEDDING_DTYPE)
+                result = np.asarray(fn(vectors), dtype=np.float32)
+                if out is None:
+                    out = np.empty((total,) + result.shape[1:], np.float32)
+                out[done + first:done + first + count] = result
+            done += rows
+    except _Unsupported:  # only the file's layout: what fn raises is the caller's
+        return None
+    return out if out is not None and done == total else None
+
+
+def read_vectors(source, parquet: pq.ParquetFile, column: str = "embedding") -> np.ndarray | None:
+    """The vectors of ``column`` in a whole file as a float16 matrix [rows, dims], read from the
+    open file ``source`` (``read_at``/``seek``+``read``) whose footer is ``parquet``; ``None``
+    where the file is not written the plain way (the caller then reads it with pyarrow)."""
+    plain = _plain_chunks(source, parquet, column)
+    if plain is None:
+        return None
+    total, width, chunks, max_def = plain
+    # arrow's memory pool, not numpy's malloc: it keeps freed blocks, so reading file after file
+    # does not fault in fresh pages for every one
+    out = np.frombuffer(pa.allocate_buffer(total * width), dtype=schemas.EMBEDDING_DTYPE)
+    out = out.reshape(total, width // 2)
+    done = 0
+    try:
+        for rows, chunk in chunks:
+            raw = np.frombuffer(_read_at(source, chunk.data_page_offset, chunk.total_compressed_size), np.uint8)
+            column_chunk_vectors(raw, rows, width, out[done:done + rows], max_def)
             done += rows
     except (_Unsupported, IndexError, ValueError):
         return None

@@ -3,16 +3,18 @@ the live embedding files of one snapshot, pruned by site and UTC date from the l
 read file by file (the next file read by a thread while the caller works on this one), and
 their vectors as float16 matrices without a Python loop per row: straight from the Parquet
 pages for files written plain and uncompressed (``pam.store.embedding_pages``), through
-pyarrow for any other file.
+pyarrow for any other file. ``score_embedding_file`` gives a function of a file's vectors (a
+head's scores) instead, run on the pages where they lie, without a copy of the vectors.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import pam.store.schemas as schemas
-from pam.store.embedding_pages import read_vectors
+from pam.store.embedding_pages import map_vectors, read_vectors
 from pam.store.results import EMBEDDING, ResultFile, ResultsTable
 
 KEY_COLUMNS = [n for n in schemas.EMBEDDINGS.names if n != "embedding"]
@@ -35,6 +37,18 @@ class Embeddings:
 
     rows: pa.Table
     vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return self.rows.num_rows
+
+
+@dataclass
+class Scored:
+    """Windows (``rows``, as in ``Embeddings``) and a function of their vectors (``results``,
+    float32 [windows, k]: a head's scores), in the same order."""
+
+    rows: pa.Table
+    results: np.ndarray
 
     def __len__(self) -> int:
         return self.rows.num_rows
@@ -93,17 +107,25 @@ def iter_embeddings(store, model_id: str | None = None, sites: Iterable[str] | N
     GIL), and only a few files' vectors are held at a time."""
     files = embedding_files(store, sites, start, end, snap)
     wanted = None if recording_ids is None else pa.array(list(recording_ids), pa.string())
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        ahead = max(1, threads)
-        pending = deque(pool.submit(read_embedding_file, store, f, model_id, wanted) for f in files[:ahead])
-        following = iter(files[ahead:])
+    for _file, part in read_ahead(lambda f: read_embedding_file(store, f, model_id, wanted), files, threads):
+        if part is not None:
+            yield part
+
+
+def read_ahead(read: Callable, items: list, threads: int = 2, ahead: int | None = None) -> Iterator[tuple]:
+    """(item, ``read(item)``) for each of ``items`` in order, ``read`` run by ``threads`` threads
+    up to ``ahead`` items (default ``threads``) ahead of the caller."""
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        following = iter(items)
+        pending = deque((item, pool.submit(read, item)) for item in itertools.islice(following, max(threads, ahead or 0)))
         while pending:
-            part = pending.popleft().result()
+            item, future = pending.popleft()
+            result = future.result()
             nxt = next(following, None)
             if nxt is not None:
-                pending.append(pool.submit(read_embedding_file, store, nxt, model_id, wanted))
-            if part is not None:
-                yield part
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield item, result
 
 
 def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
@@ -112,8 +134,49 @@ def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
     their vectors; None when it has none of them. The vectors are read only when some window is
     wanted, straight from the Parquet pages where the file is written plain
     (``pam.store.embedding_pages``), else through pyarrow."""
-    path = store.results.full_path(file.path)
-    source = pa.memory_map(path) if store.results.local else store.results.fs.open_input_file(path)
+    opened = _wanted_rows(store, file, model_id, recording_ids)
+    if opened is None:
+        return None
+    source, parquet, rows, keep = opened
+    vectors = read_vectors(source, parquet)
+    if vectors is not None:
+        vectors = vectors[keep] if keep is not None else vectors
+    else:  # not written the plain way (older files, other sizes mixed in): pyarrow decodes it
+        vectors = _pyarrow_vectors(parquet, keep)
+    return Embeddings(rows.filter(pa.array(keep)) if keep is not None else rows, vectors)
+
+
+def score_embedding_file(store, file: ResultFile, fn: Callable[[np.ndarray], np.ndarray],
+                         model_id: str | None = None, recording_ids: pa.Array | None = None) -> Scored | None:
+    """One embedding file's windows of ``model_id`` and ``recording_ids`` (all when None) and
+    ``fn`` of their vectors (float16 [n, dims] -> [n, k]); None when it has none of them. Where
+    the file is written plain, ``fn`` runs page by page on the vectors where they lie in the
+    memory map (``pam.store.embedding_pages.map_vectors``: no copy of them), on every window of
+    the file, and the results of the unwanted ones are dropped; else on the wanted vectors as
+    pyarrow decodes them."""
+    opened = _wanted_rows(store, file, model_id, recording_ids)
+    if opened is None:
+        return None
+    source, parquet, rows, keep = opened
+    results = map_vectors(source, parquet, fn)
+    if results is not None:
+        results = results[keep] if keep is not None else results
+    else:
+        results = np.asarray(fn(_pyarrow_vectors(parquet, keep)), dtype=np.float32)
+    return Scored(rows.filter(pa.array(keep)) if keep is not None else rows, results)
+
+
+def _pyarrow_vectors(parquet: pq.ParquetFile, keep: np.ndarray | None) -> np.ndarray:
+    column = parquet.read(columns=["embedding"], use_threads=False).column("embedding")
+    return binary_as_vectors(column.filter(pa.array(keep)) if keep is not None else column)
+
+
+def _wanted_rows(store, file: ResultFile, model_id: str | None, recording_ids: pa.Array | None):
+    """(open source, its Parquet footer, the file's rows (``ROWS``), the wanted ones as a bool
+    mask or None for all) of one embedding file; None when none is wanted."""
+    results = store.results
+    path = results.full_path(file.path)
+    source = pa.memory_map(path) if results.local else results.fs.open_input_file(path)
     parquet = pq.ParquetFile(source)
     present = set(parquet.schema_arrow.names)
     table = parquet.read(columns=[c for c in KEY_COLUMNS + ["date"] if c in present], use_threads=False)
@@ -121,7 +184,7 @@ def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
     columns = {}
     for field in ROWS:
         if field.name == "site":  # the partition value, from the log; the date is a column of the file
-            columns[field.name] = pa.array(np.full(n, file.site, dtype=object), pa.string())
+            columns[field.name] = pa.repeat(pa.scalar(file.site, pa.string()), n)
         elif field.name in present:
             columns[field.name] = table.column(field.name).cast(field.type)
         else:
@@ -137,13 +200,8 @@ def read_embedding_file(store, file: ResultFile, model_id: str | None = None,
         keep = pc.fill_null(keep, False).to_numpy(zero_copy_only=False)
         if not keep.any():
             return None
+        if keep.all():
+            keep = None
     elif n == 0:
         return None
-    some = keep is not None and not keep.all()
-    vectors = read_vectors(source, parquet)
-    if vectors is not None:
-        vectors = vectors[keep] if some else vectors
-    else:  # not written the plain way (older files, other sizes mixed in): pyarrow decodes it
-        column = parquet.read(columns=["embedding"], use_threads=False).column("embedding")
-        vectors = binary_as_vectors(column.filter(pa.array(keep)) if some else column)
-    return Embeddings(rows.filter(pa.array(keep)) if some else rows, vectors)
+    return source, parquet, rows, keep

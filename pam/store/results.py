@@ -366,10 +366,21 @@ class ResultsTable:
             raise
         return True
 
-    def transact(self, attempt: Callable[[DeltaTable], object], tries: int = 50):
-        """Run ``attempt(snapshot)`` until it commits (returns non-None) or says there is nothing to do."""
+    def transact(self, attempt: Callable[[DeltaTable], object], tries: int = 50, snap: DeltaTable | None = None):
+        """Run ``attempt(snapshot)`` until it commits (returns non-None) or says there is nothing to do.
+
+        Each attempt gets the table's latest version: opened afresh, or ``snap`` (a snapshot of
+        this table the caller keeps across several transactions) brought up to date in place
+        with ``update_incremental``, which reads only the log entries since its version instead
+        of replaying the whole log. Either way a writer that commits after that point makes the
+        attempt's commit fail (``commit``), and the next attempt sees its work."""
         for k in range(tries):
-            dt = self.ensure()
+            if snap is not None:
+                snap.update_incremental()
+                self.check_layout(snap)
+                dt = snap
+            else:
+                dt = self.ensure()
             result = attempt(dt)
             if result is not None:
                 return result

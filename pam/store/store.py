@@ -44,7 +44,7 @@ from pam.store.location import StoreLocation
 from pam.store.recovery import ORPHAN_AGE_S, recover, unnamed_files
 from pam.store.results import (DETECTION, DONE, UNKNOWN, OldLayoutError, ResultFile,  # noqa: F401 - UNKNOWN,
                                ResultsTable)  # OldLayoutError: imported from here by others
-from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, Flush,  # noqa: F401 - the names: imported
+from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, DoneFiles, Flush,  # noqa: F401 - the names: imported
                                     commit_flush, committed_flushes, done_rows, retire_recordings)  # from here
 
 
@@ -310,7 +310,7 @@ class Store:
         return set(self.done_table(model_id, settings_hash, columns=["recording_id"])["recording_id"])
 
     def commit(self, run_id: str, seq: int, flush: Flush, replace: bool = False,
-               lock_timeout_s: float = 600.0) -> Committed:
+               lock_timeout_s: float = 600.0, snap=None, done_files: DoneFiles | None = None) -> Committed:
         """Make a flush visible atomically, as one Delta transaction; returns the done rows committed.
 
         Recordings that another writer committed meanwhile are dropped (never doubled), unless
@@ -320,11 +320,16 @@ class Store:
         rewritten after it was analysed). So each recording path holds one set of rows per
         model, and counts never add up two analyses of one piece of audio. Concurrent writers
         need no lock: a commit that loses the race rereads the table and tries again.
-        ``lock_timeout_s`` is kept for callers; it is not used.
+        ``lock_timeout_s`` is kept for callers; it is not used. ``snap``: a snapshot (of
+        ``snapshot()``) that the caller keeps across its commits; it is brought up to date in
+        place (only the log entries since its version are read) and the commit built on it,
+        instead of opening the table afresh: the same check, without replaying the whole log.
+        ``done_files``: a ``DoneFiles`` the caller passes to each of its commits, so that the
+        check reads each done file once (its rows never change), not at every commit.
         """
         self._writable()
         self.ensure()
-        return commit_flush(self.results, run_id, seq, flush, replace)
+        return commit_flush(self.results, run_id, seq, flush, replace, snap, done_files)
 
     def retire(self, recording_ids: Iterable[str], lock_timeout_s: float = 600.0) -> int:
         """Remove every model's done and detection rows of these recordings, so that the next

@@ -76,6 +76,47 @@ def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | N
     return table.dataset(files, DONE).to_table(filter=flt, columns=columns).to_pandas()
 
 
+class DoneFiles:
+    """The done rows of some models, per done file, for a caller that reads them again and again
+    (``pam apply-head``: its plan, then each of its commits): a file's rows never change (a
+    commit adds new files and removes old ones; names are unique), so each done file is read
+    once for a model, not at every commit. What a commit checks is still the rows of every file
+    live in the snapshot it is built on: the files another writer added meanwhile are read
+    then, the ones it removed are left out."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], pd.DataFrame] = {}  # (file, model) -> its done rows
+
+    def rows(self, table: ResultsTable, dt: DeltaTable | None, models: list[str],
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """The ``columns`` (default all) of the rows of ``models`` in the live done files of ``dt``."""
+        models = sorted(set(models))
+        files = ResultsTable.files(dt, DONE)
+        missing = sorted({m for f in files for m in models if (f.path, m) not in self._rows})
+        new = [f for f in files if any((f.path, m) not in self._rows for m in missing)]
+        if new:
+            flt = ds.field("model_id").isin(missing) if len(missing) != 1 else \
+                ds.field("model_id") == missing[0]  # other models' files skipped from their statistics
+            read = table.dataset(new, DONE).to_table(filter=flt, columns=schemas.DONE.names + ["__filename"])
+            read = read.to_pandas()
+            groups = dict(tuple(read.groupby(["__filename", "model_id"], sort=False))) if len(read) else {}
+            empty = read.iloc[0:0].drop(columns="__filename")
+            for f in new:
+                for m in missing:
+                    part = groups.get((table.full_path(f.path), m))
+                    self._rows[(f.path, m)] = part.drop(columns="__filename") if part is not None else empty
+        live = {f.path for f in files}
+        for key in [k for k in self._rows if k[0] not in live]:
+            del self._rows[key]  # removed from the table: never live again
+        parts = [self._rows[(f.path, m)] for f in files for m in models]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            out = schemas.DONE.empty_table().to_pandas()
+        else:
+            out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        return out[columns] if columns is not None else out
+
+
 def committed_flushes(table: ResultsTable, dt: DeltaTable | None) -> dict[tuple[str, int], int]:
     """(run, commit number) -> done rows of every flush live in a snapshot: from the names of
     the flushes' own done files (and their row counts in the log), and from the ``run_id`` and
@@ -124,8 +165,11 @@ def _rewrites(table: ResultsTable, dt: DeltaTable, keys: set[tuple], sites: set)
     return adds, removes
 
 
-def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool) -> Committed:
-    """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces)."""
+def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, replace: bool,
+                 snap: DeltaTable | None = None, done_files: DoneFiles | None = None) -> Committed:
+    """Commit ``flush`` as one transaction (see ``Store.commit`` for what it replaces); ``snap``:
+    a snapshot of the table to bring up to date and build it on (``ResultsTable.transact``);
+    ``done_files``: the done rows read by the caller's earlier commits (``DoneFiles``)."""
 
     embeddings = flush.embeddings
 
@@ -135,8 +179,16 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
             return None  # the table's log now declares the embedding columns: read it again
         ids = set(done.column("recording_id").to_pylist())
         paths = {p for p in done.column("path").to_pylist() if p}
-        existing = done_rows(table, dt, ds.field("recording_id").isin(list(ids)) | ds.field("path").isin(list(paths)),
-                             KEY + ["path", "site"])
+        # only the flush's models' rows can clash or go out of date (see out_of_date): a done
+        # file of other models is skipped from its footer's statistics, its rows never read
+        models = sorted(set(done.column("model_id").to_pylist()))
+        if done_files is not None:
+            existing = done_files.rows(table, dt, models, KEY + ["path", "site"])
+            existing = existing.loc[existing["recording_id"].isin(ids) | existing["path"].isin(paths)]
+        else:
+            of_models = ds.field("model_id").isin(models) if len(models) != 1 else ds.field("model_id") == models[0]
+            existing = done_rows(table, dt, (ds.field("recording_id").isin(list(ids)) |
+                                             ds.field("path").isin(list(paths))) & of_models, KEY + ["path", "site"])
         keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
         mine = [(m, k) in keys and r in ids for r, m, k in
                 zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
@@ -167,7 +219,7 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
             return Committed(done, len(stale))
         return None
 
-    return table.transact(attempt)
+    return table.transact(attempt, snap=snap)
 
 
 def _by_site_and_date(rows: pa.Table) -> list[tuple[str | None, str | None, pa.Table]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,14 +27,17 @@ import pyarrow.compute as pc
 import pam.store.schemas as schemas
 from pam import __version__
 from pam.config import settings_hash
-from pam.store.embeddings import ROWS, iter_embeddings
+from pam.store.embeddings import ROWS, embedding_files, read_ahead, score_embedding_file
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
+from pam.store.transactions import DoneFiles
 from pam.train.head_registry import resolve_head
 from pam.train.heads import Head, HeadError
 
 # windows scored and committed together (their vectors are read and scored file by file)
 WINDOWS_PER_COMMIT = 1_000_000
+# windows of files read and scored ahead of the commits (their rows and scores held meanwhile)
+AHEAD_WINDOWS = 200_000
 
 
 @dataclass
@@ -59,17 +63,24 @@ def head_settings_key(head: Head, source_settings: str) -> str:
                           "schema": schemas.DETECTIONS_VERSION})
 
 
-def plan(store: Store, head: Head, force: bool = False) -> tuple[pd.DataFrame, int]:
+def plan(store: Store, head: Head, force: bool = False, snap=None,
+         done_files: DoneFiles | None = None) -> tuple[pd.DataFrame, int]:
     """The recordings whose embeddings the head still has to score (their source done rows with
-    the head's settings hash as ``key``), and how many are done already."""
+    the head's settings hash as ``key``), and how many are done already, in one snapshot
+    (``snap``, default the latest). The head's own done rows are read through ``done_files``
+    (a ``DoneFiles`` the commits then reuse)."""
     model_id = head.card.embedding_model_id
-    source = store.done_table(model_id=model_id, columns=["recording_id", "settings_hash", "site", "path",
-                                                           "windows", "audio_s"])
+    snap = store.snapshot() if snap is None else snap
+    done_files = DoneFiles() if done_files is None else done_files
+    both = done_files.rows(store.results, snap, [model_id, head.head_id])  # one read of the done files for both
+    source = both.loc[both["model_id"] == model_id, ["recording_id", "settings_hash", "site", "path", "windows",
+                                                     "audio_s"]].reset_index(drop=True)
     if source.empty:
         raise HeadError(f"store {store.uri} has no windows of model {model_id} (the model head {head.head_id} reads); "
                         f"run `pam detect` with that model and detect.embeddings: true first")
-    source["key"] = [head_settings_key(head, k) for k in source["settings_hash"]]
-    done = store.done_table(model_id=head.head_id, columns=["recording_id", "settings_hash"])
+    keys = {k: head_settings_key(head, k) for k in set(source["settings_hash"])}  # the head id is a hash: not per row
+    source["key"] = source["settings_hash"].map(keys)
+    done = both.loc[both["model_id"] == head.head_id]
     have = set(zip(done["recording_id"], done["settings_hash"]))
     todo = source if force else source[[(r, k) not in have for r, k in zip(source["recording_id"], source["key"])]]
     return todo.reset_index(drop=True), len(source) - len(todo)
@@ -81,38 +92,57 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     and commit the head's detections and done rows. A second call adds nothing.
 
     ``head_path``: a head file, the id of a head registered in the store
-    (``pam.train.head_registry``), or a Head."""
+    (``pam.train.head_registry``), or a Head. ``threads``: files read and scored at a time
+    (default: one per core).
+
+    One snapshot of the results table is opened (one log replay) for the plan and the reads;
+    each commit brings it up to date (only the log's new entries) and is built on it, so a
+    writer that committed meanwhile is still seen, and never doubled; its check of the done
+    rows reads only the done files it has not read before (``DoneFiles``). The files are read and
+    scored by ``threads`` threads, the head run on each page of vectors where it lies in the
+    file (``pam.store.embeddings.score_embedding_file``), while this thread builds and commits
+    the detections of the files scored before."""
     store = store if isinstance(store, Store) else Store(store)
     head = resolve_head(store, head_path)
     t0 = time.perf_counter()
-    todo, skipped = plan(store, head, force)
-    report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
-    if todo.empty:
-        report.wall_s = time.perf_counter() - t0
-        return report
     model_id = head.card.embedding_model_id
-    lengths = window_lengths(store, model_id)
+    snap = store.snapshot()
+    done_files = DoneFiles()
+    side = ThreadPoolExecutor(1)  # the runs table and the manifest are read while the plan reads done rows
+    try:
+        lengths_read = side.submit(window_lengths, store, model_id)
+        manifest_read = side.submit(store.read_manifest)
+        todo, skipped = plan(store, head, force, snap, done_files)
+        report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
+        if todo.empty:  # nothing to do: no waiting for those reads
+            report.wall_s = time.perf_counter() - t0
+            return report
+        lengths, manifest = lengths_read.result(), manifest_read.result()
+    finally:
+        side.shutdown(wait=False)
     missing = set(todo["settings_hash"]) - set(lengths)
     if missing:
         raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under settings "
                         f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
-    manifest = store.read_manifest()[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
+    manifest = manifest[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
     todo = todo.merge(manifest, on="recording_id", how="left")
     report.run_id = run_id = new_run_id()
     started = datetime.now(timezone.utc)
     thresholds = np.array([head.card.thresholds[c] for c in head.card.classes], dtype=np.float32)
     labels = pa.array(list(head.card.classes), pa.string())
-    seq = 0
-    for site, group in todo.groupby(todo["site"].fillna(""), sort=True):
-        for chunk in _chunks(group, windows_per_commit):
-            rows, calls = _score(store, head, chunk, site or "unknown")
+    chunks = [(site or "unknown", chunk) for site, group in todo.groupby(todo["site"].fillna(""), sort=True)
+              for chunk in _chunks(group, windows_per_commit)]
+    scored = _scored_chunks(store, head, chunks, snap, max(1, threads or os.cpu_count() or 1))
+    try:
+        for seq, ((_site, chunk), (rows, calls)) in enumerate(zip(chunks, scored)):
             flush, windows = _flush(head, chunk, rows, calls, thresholds, labels, lengths, run_id)
-            committed = store.commit(run_id, seq, flush, replace=force)
-            seq += 1
+            committed = store.commit(run_id, seq, flush, replace=force, snap=snap, done_files=done_files)
             report.commits.append(committed.done.num_rows)
             report.recordings_done += committed.done.num_rows
             report.windows += windows
             report.detections += int(pc.sum(committed.done.column("detections")).as_py() or 0)
+    finally:
+        scored.close()  # a failed commit stops the reading threads before it propagates
     report.wall_s = time.perf_counter() - t0
     store.write_run({
         "run_id": run_id, "flow": "apply-head", "status": "completed", "started_at": started,
@@ -137,27 +167,46 @@ def _chunks(group: pd.DataFrame, windows: int):
         yield chunk
 
 
-def _score(store: Store, head: Head, chunk: pd.DataFrame, site: str) -> tuple[pa.Table, np.ndarray]:
-    """The live windows of the recordings of ``chunk`` (those embedded under the settings their
-    source done row names) and the head's scores of them [windows, classes], scored file by
-    file as the files are read (the next one is read meanwhile), no more than a file's vectors
-    held at a time."""
+def _scored_chunks(store: Store, head: Head, chunks: list[tuple[str, pd.DataFrame]], snap, threads: int):
+    """Per chunk (site, recordings), in order: its live windows (those embedded under the
+    settings their source done row names) and the head's scores of them [windows, classes].
+    The files of every chunk stream through one pool of ``threads`` threads, each reading a
+    file and scoring its pages where they lie, some files ahead of the caller: so the threads
+    keep working while the caller commits a chunk."""
     model_id = head.card.embedding_model_id
-    ids = pa.array(chunk["recording_id"].tolist(), pa.string())
-    live = pa.array(chunk["settings_hash"].tolist(), pa.string())
-    rows, calls = [], []
-    for part in iter_embeddings(store, model_id=model_id, sites=[site], recording_ids=ids):
-        wanted = live.take(pc.index_in(part.rows.column("recording_id"), ids))
+    classes = len(head.card.classes)
+    files_of: dict[str, list] = {site: [] for site, _chunk in chunks}
+    for f in embedding_files(store, list(files_of), snap=snap):  # the log's file list once, not per site
+        files_of[f.site].append(f)
+    ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for _site, chunk in chunks]
+    live = [pa.array(chunk["settings_hash"].tolist(), pa.string()) for _site, chunk in chunks]
+    tasks = [(i, f) for i, (site, _chunk) in enumerate(chunks) for f in files_of[site]]
+
+    def score(v: np.ndarray) -> np.ndarray:
+        return head.scores(v, model_id, threads=1)  # one core per reading thread
+
+    def read(task) -> tuple[pa.Table, np.ndarray] | None:
+        i, f = task
+        part = score_embedding_file(store, f, score, model_id, ids[i])
+        if part is None:
+            return None
+        wanted = live[i].take(pc.index_in(part.rows.column("recording_id"), ids[i]))
         keep = pc.fill_null(pc.equal(part.rows.column("settings_hash"), wanted), False).to_numpy(zero_copy_only=False)
-        part_rows, vectors = part.rows, part.vectors
-        if not keep.all():
-            part_rows, vectors = part_rows.filter(pa.array(keep)), vectors[keep]
-        if part_rows.num_rows:
-            rows.append(part_rows)
-            calls.append(head.scores(vectors, model_id))
-    if not rows:
-        return ROWS.empty_table(), np.zeros((0, len(head.card.classes)), np.float32)
-    return pa.concat_tables(rows), np.concatenate(calls)
+        if keep.all():
+            return part.rows, part.results
+        return (part.rows.filter(pa.array(keep)), part.results[keep]) if keep.any() else None
+
+    # ahead: enough files to keep the threads busy while a commit is built (about AHEAD_WINDOWS
+    # windows: only rows and scores are held, a few MB), but never fewer than two per thread
+    rows_per_file = int(np.median([f.rows for _i, f in tasks])) if tasks else 1
+    ahead = min(64, max(2 * threads + 2, AHEAD_WINDOWS // max(1, rows_per_file)))
+    results = read_ahead(read, tasks, threads, ahead)
+    for site, _chunk in chunks:
+        parts = [part for _ in files_of[site] if (part := next(results)[1]) is not None]
+        if not parts:
+            yield ROWS.empty_table(), np.zeros((0, classes), np.float32)
+        else:
+            yield pa.concat_tables([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, thresholds: np.ndarray,

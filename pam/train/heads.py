@@ -23,6 +23,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -86,6 +87,17 @@ class Head:
         h.update(self.card.to_json().encode())
         return h.hexdigest()[:16]
 
+    def __getstate__(self) -> dict:  # pickle and copy without the packed weights (numkong's own type)
+        return {k: v for k, v in self.__dict__.items() if k != "_packed_w1"}
+
+    @cached_property
+    def _packed_w1(self):
+        """w1 packed for numkong's float16 kernel, once per head (not once per call: apply-head
+        scores page by page)."""
+        import numkong
+
+        return numkong.dots_pack(np.ascontiguousarray(self.weights["w1"].T, dtype=np.float16))
+
     def check_model(self, model_id: str) -> None:
         if model_id != self.card.embedding_model_id:
             raise HeadModelMismatch(
@@ -105,8 +117,12 @@ class Head:
         if x.ndim != 2 or x.shape[1] != self.card.embedding_dim:
             raise HeadError(f"embeddings of shape {x.shape}; head {self.head_id} reads "
                             f"{self.card.embedding_dim}-d vectors of model {model_id}")
-        x = np.ascontiguousarray(x if x.dtype in (np.float16, np.float32) else x.astype(np.float32))
-        z = first_layer(x, self.weights["w1"], threads or os.cpu_count() or 1)
+        if x.dtype not in (np.float16, np.float32):
+            x = x.astype(np.float32)
+        if not rows_in_place(x):
+            x = np.ascontiguousarray(x)
+        z = first_layer(x, self.weights["w1"], threads or os.cpu_count() or 1,
+                        self._packed_w1 if x.dtype == np.float16 else None)
         z += self.weights["b1"]
         if "w2" in self.weights:
             np.maximum(z, 0.0, out=z)
@@ -137,23 +153,31 @@ class Head:
         return path
 
 
-def first_layer(x: np.ndarray, w1: np.ndarray, threads: int) -> np.ndarray:
+def rows_in_place(x: np.ndarray) -> bool:
+    """Whether the kernels read ``x`` [n, d] as it is: aligned, each row contiguous, rows at a
+    positive stride (the rows of a Parquet page, between their length prefixes), no copy."""
+    return bool(x.flags.aligned and (x.shape[1] <= 1 or x.strides[1] == x.itemsize)
+                and (x.shape[0] <= 1 or x.strides[0] >= x.shape[1] * x.itemsize))
+
+
+def first_layer(x: np.ndarray, w1: np.ndarray, threads: int, packed=None) -> np.ndarray:
     """``x @ w1`` in float32. Float16 rows go through numkong's mixed-precision kernel (no float32
     copy of the embeddings; float32 accumulation), split in row ranges over ``threads`` threads;
-    float32 rows through BLAS."""
+    float32 rows through BLAS. ``packed``: w1 already packed for numkong (``numkong.dots_pack``
+    of w1.T in float16)."""
     if x.dtype == np.float32:
         return x @ w1.astype(np.float32)
     import numkong
 
-    packed = numkong.dots_pack(np.ascontiguousarray(w1.T, dtype=np.float16))
+    if packed is None:
+        packed = numkong.dots_pack(np.ascontiguousarray(w1.T, dtype=np.float16))
+    if threads <= 1 or len(x) < 2 * 16384:
+        return np.asarray(numkong.dots_packed(x, packed))
     out = numkong.empty((len(x), w1.shape[1]), dtype="float32")
     bounds = np.linspace(0, len(x), min(threads, max(1, len(x) // 16384)) + 1).astype(int)
     ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    if len(ranges) <= 1:
-        numkong.dots_packed(x, packed, out=out)
-    else:
-        with ThreadPoolExecutor(len(ranges)) as pool:
-            list(pool.map(lambda r: numkong.dots_packed(x, packed, out=out, start_row=r[0], end_row=r[1]), ranges))
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        list(pool.map(lambda r: numkong.dots_packed(x, packed, out=out, start_row=r[0], end_row=r[1]), ranges))
     return np.asarray(out)
 
 
