@@ -267,6 +267,20 @@ def test_commands_on_a_missing_store_say_so_and_create_nothing(tmp_path, command
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["store", "compact"], ["store", "history"], ["store", "vacuum"], ["query"],
+                                     ["summarize"], ["runs"]])
+def test_commands_on_a_folder_that_is_not_a_store_say_so_and_write_nothing(tmp_path, command):
+    """A mistyped --store that names a dump: one line, and nothing written into the recordings."""
+    dump = tmp_path / "dump"
+    write_wav(dump / "S1" / "20240501_020000.WAV", noise(1.0, 16000), 16000)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    res = runner.invoke(app, [*command, str(dump)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (f"error: {dump} is not a pam store (no results/, runs/ or manifest/ in it): give "
+                                  "the folder that `pam detect --store` wrote")
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
 def test_pam_warnings_come_once_in_a_block_of_their_own(tmp_path):
     """A Song Meter site without a clock: pam warns once, under "warnings:", not as a log line."""
     model = every_window_model(tmp_path / "m.pt")

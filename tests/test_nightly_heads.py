@@ -158,6 +158,22 @@ def test_heads_the_run_cannot_feed_stop_it_before_any_work(registered, tmp_path,
         PamConfig(model=str(model), agile=AgileConfig(similarity_index=True))
 
 
+def test_a_bad_head_in_the_config_is_one_line_before_prefect_starts(registered, monkeypatch):
+    import yaml
+
+    import pam.cli.detection
+
+    tmp, store, model, _head = registered
+    monkeypatch.setattr(pam.cli.detection, "_run_flow", lambda *a: pytest.fail("the flow started"))
+    (tmp / "bad.yaml").write_text(yaml.safe_dump(config(model, heads=["feedfacefeedface"]).model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["detect", str(tmp / "night1"), "--store", str(store.root), "--config",
+                                   str(tmp / "bad.yaml")])  # the Prefect flow is the default
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        f"error: agile.heads: head feedfacefeedface is not registered in store {store.root} (`pam heads "
+        f"{store.root}` lists them; `pam train-head` registers one)"]
+
+
 def test_the_flow_tasks_call_the_stages(registered, monkeypatch):
     import logging
 

@@ -112,6 +112,9 @@ def existing_store(store: str | Path, local_for: str | None = None) -> Store:
     st = reach_store(store)
     if not store_exists(st):
         fail(f"store {store} does not exist")
+    if not st.holds_pam_entries():  # a mistyped path to a dump or any other folder: read nothing, write nothing
+        fail(f"{store} is not a pam store (no results/, runs/ or manifest/ in it): give the folder that "
+             "`pam detect --store` wrote")
     return st
 
 

@@ -100,6 +100,9 @@ def detect(
     try:
         check_detect_settings(conf, prefect=prefect)
         if prefect:
+            from pam.ops.agile import plan_agile
+
+            plan_agile(st, conf)  # heads not registered or of other models: one line before Prefect starts
             report, scans = _run_flow(dumps, st, conf, force, verbose)
         else:
             report, scans = _run_direct(dumps, st, conf, force, verbose)

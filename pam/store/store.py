@@ -48,6 +48,10 @@ from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, DoneFiles, 
                                     commit_flush, committed_flushes, done_rows, retire_recordings)  # from here
 
 
+# What a store folder holds once pam has written to it ("detections" and "done": the folder layout
+# before the results table). A folder with none of these is not a store.
+STORE_ENTRIES = ("results", "runs", "manifest", "summaries", "detections", "done")
+
 class StoreBusy(RuntimeError):
     """Another process holds the store lock for longer than we were willing to wait."""
 
@@ -118,6 +122,13 @@ class Store:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    def holds_pam_entries(self) -> bool:
+        """Whether a local store folder holds anything pam writes (its results table, runs,
+        manifest, or the folders of the layout before the results table); an object store: True."""
+        if self.remote:
+            return True
+        return any((self.root / name).exists() for name in STORE_ENTRIES)
 
     def _check_layout(self) -> None:
         if self.remote:  # stores of the folder layout were never written to object storage
