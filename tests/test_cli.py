@@ -28,9 +28,9 @@ def test_detect_prints_detections_and_problems(tmp_path, dump):
     assert res.exit_code == 0, res.output
     assert res.output.count("file is empty (0 bytes)") == 1  # listed once, not again among the warnings
     assert "warnings:" not in res.output
-    assert "1 recordings scored" in res.output
+    assert "1 recording scored" in res.output
     # the run's line is one line, however narrow the terminal (it wrapped mid-phrase at 80 columns)
-    assert re.search(r"^run \S+: 1 recordings scored \(.* real time\), 0 already done, 0 failed, 3 new detections$",
+    assert re.search(r"^run \S+: 1 recording scored \(.* real time\), 0 already done, 0 failed, 3 new detections$",
                      res.output, re.M), res.output
     assert [line for line in res.output.splitlines() if line][-1] == \
         f"report: {store.resolve() / 'reports' / 'report.html'} (summaries, figures and the species table; " \
@@ -322,7 +322,7 @@ def test_a_dump_gone_by_scan_time_is_one_error_and_exit_1(tmp_path, dump, monkey
     res = runner.invoke(app, ["detect", str(dump), str(gone), "--store", str(tmp_path / "s"), "--model", str(model),
                               "--no-prefect", "--workers", "0"], catch_exceptions=False)
     assert res.exit_code == 1, res.output
-    assert "1 recordings scored" in res.output
+    assert "1 recording scored" in res.output
     assert res.output.count("dump folder does not exist") == 1, res.output
     assert f"error: {gone}: dump folder does not exist" in res.output
 

@@ -117,7 +117,9 @@ def test_query_and_sql_as_of_an_earlier_version(tmp_path):
     newest = store.history()[0]  # the second night's one commit: its run and what it added
     assert newest["operation"] == "commit" and newest["run_id"]
     assert (newest["recordings"], newest["detections"]) == (len(night(1)), len(night(1)) * 4)
-    assert f"run {newest['run_id']}: {len(night(1))} recordings, {len(night(1)) * 4} detections" in res.output
+    assert newest["models"] == "m1"
+    assert f"run {newest['run_id']} (model m1): {len(night(1))} recordings, {len(night(1)) * 4} detections" \
+        in res.output
 
 
 def season(root, days: int = 20) -> Store:

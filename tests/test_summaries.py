@@ -295,6 +295,8 @@ def test_two_models_of_one_species_are_not_added_in_site_totals(tmp_path):
     assert res.label_models == {"owl": "m1", "wren": "m1"}
     assert any("owl has detections of 2 models" in n and "model m1" in n and "`pam summarize --model ID`" in n
                for n in res.notes)
+    assert any(n.startswith("the store holds results of 2 models or heads (m1, m2); a recording scored by any")
+               and "`pam summarize --model ID`" in n for n in res.notes), res.notes
     # a newer run with m2 (say a recalibrated copy now in use): m2 counts for owl from then on
     row = {"run_id": "r-new", "flow": "detect", "status": "completed", "model_id": "m2",
            "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)}

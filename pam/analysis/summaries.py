@@ -379,8 +379,10 @@ def summarize(store: Store, config: PamConfig | None = None, *, min_score: float
         notes.append(f"{rows} detection(s) from recordings without a start time are left out of the summaries")
     done = store.done_table(model_id=model_id)
     if model_id is None and done["model_id"].nunique() > 1:
-        notes.append(f"the store holds results of {done['model_id'].nunique()} models; without --model a recording "
-                     "scored by any of them counts as surveyed")
+        ids = sorted(done["model_id"].unique())
+        named = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        notes.append(f"the store holds results of {len(ids)} models or heads ({named}); a recording scored by any "
+                     "of them counts as surveyed (`pam summarize --model ID` counts one's alone)")
     manifest = store.read_manifest()
     effort, effort_notes = effort_table(manifest, done, config)
     effort, hourly = _plain(effort), _plain(hourly)

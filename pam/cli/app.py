@@ -53,6 +53,11 @@ console = PipeWideConsole()
 err = PipeWideConsole(stderr=True)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 recording``, ``2 recordings``: a count and its noun, for the CLI's lines."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def fail(message: str, code: int = 2) -> None:
     for line in message.splitlines():
         err.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from pam.cli.app import (ConfigOpt, StoreArg, StoreOpt, app, console, err, existing_store, fail, reach_store,
+from pam.cli.app import (ConfigOpt, StoreArg, StoreOpt, app, console, counted, err, existing_store, fail, reach_store,
                          store_config, time_texts)
 from pam.cli.console_log import pam_warnings_apart
 from pam.config import ConfigError, PamConfig
@@ -121,7 +121,7 @@ def detect(
     speed = (f" ({report['audio_s'] / 3600:.2f} h audio at {report['speed']:.0f}x real time)"
              if report["recordings_done"] else "")
     console.print(
-        f"run {report['run_id']}: {report['recordings_done']} recordings scored{speed}, "
+        f"run {report['run_id']}: {counted(report['recordings_done'], 'recording')} scored{speed}, "
         f"{report['recordings_skipped']} already done, {report['recordings_failed']} failed, "
         f"{report['detections']} new detections", highlight=False, soft_wrap=True,
     )
@@ -130,7 +130,7 @@ def detect(
             console.print(f"head {head['head_id']}: not applied ({head['error']}); the next run applies it",
                           highlight=False, soft_wrap=True)
         else:
-            console.print(f"head {head['head_id']}: {head['recordings_done']} recordings scored "
+            console.print(f"head {head['head_id']}: {counted(head['recordings_done'], 'recording')} scored "
                           f"({head['windows']} windows), {head['detections']} new detections",
                           highlight=False, soft_wrap=True)
     if report.get("failure_report"):

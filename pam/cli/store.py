@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 import typer
 
-from pam.cli.app import StoreArg, app, console, existing_store, fail, refuse_object_storage
+from pam.cli.app import StoreArg, app, console, counted, existing_store, fail, refuse_object_storage
 
 store_app = typer.Typer(no_args_is_help=True, help="Look after a store: versions, compaction, retention, migration.")
 app.add_typer(store_app, name="store")
@@ -18,7 +18,8 @@ def history(store: str = StoreArg, limit: int = typer.Option(20, "--limit", min=
         when = datetime.fromtimestamp(h["timestamp"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
         what = f"{h['operation']:<8}"
         if h.get("run_id"):
-            what += f"  run {h['run_id']}: {h['recordings']} recordings, {h['detections']} detections"
+            models = f" (model {h['models']})" if h.get("models") else ""
+            what += f"  run {h['run_id']}{models}: {counted(h['recordings'], 'recording')}, {counted(h['detections'], 'detection')}"
         console.print(f"{h['version']:>6}  {when}  {what}".rstrip(), highlight=False)
 
 

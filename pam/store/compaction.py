@@ -124,7 +124,8 @@ def vacuum(table: ResultsTable, retention_days: float) -> list[str]:
 
 def history(dt: DeltaTable | None, limit: int | None = None) -> list[dict]:
     """The table's versions, newest first: version, timestamp (ms), operation, and for a commit
-    of results its run id and counts of recordings and detection rows (None where not recorded)."""
+    of results its run id, the models (or heads) whose rows it holds, comma-separated, and counts of
+    recordings and detection rows (None where not recorded)."""
     if dt is None:
         return []
     out = []
@@ -133,7 +134,7 @@ def history(dt: DeltaTable | None, limit: int | None = None) -> list[dict]:
             continue
         out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
                     "operation": entry.get("pam.operation") or entry.get("operation"),
-                    "run_id": entry.get("pam.run_id"), "recordings": _count(entry.get("pam.recordings")),
+                    "run_id": entry.get("pam.run_id"), "models": entry.get("pam.models"), "recordings": _count(entry.get("pam.recordings")),
                     "detections": _count(entry.get("pam.detections"))})
     return out
 

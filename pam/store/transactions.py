@@ -213,8 +213,8 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         except BaseException:
             table.delete_files(adds)
             raise
-        details = {"run_id": run_id, "recordings": len(set(done.column("recording_id").to_pylist())),
-                   "detections": detections.num_rows}
+        details = {"run_id": run_id, "models": ",".join(sorted(set(done.column("model_id").to_pylist()))),
+                   "recordings": len(set(done.column("recording_id").to_pylist())), "detections": detections.num_rows}
         if table.commit(dt, adds, removes, "commit", details=details):
             return Committed(done, len(stale))
         return None
