@@ -165,3 +165,7 @@ def test_review_takes_common_names(tmp_path):
     assert res.clips == 2 and sorted(review["species"]) == [BOBWHITE, wren]  # the label, for review-import
     with pytest.raises(UnknownSpecies, match="closest: Carolina Wren"):
         make_review(store, tmp_path / "rev2", species=["carolina wrn"])
+    from pam.store.query import full_scan, query_detections
+
+    by_name = full_scan(store, species="Carolina Wren")  # the baseline resolves names as the query does
+    assert list(by_name["label"]) == [wren] and by_name.equals(query_detections(store, species="carolina wren").rows)

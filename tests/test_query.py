@@ -12,6 +12,7 @@ import pam.store
 from pamstore import Rec, build
 from pam.analysis.events import query_events
 from pam.store.query import QueryError, full_scan, query_detections, run_sql
+from pam.store.species import UnknownSpecies
 from pam.analysis.summaries import summarize
 
 SITES = ["S1", "Ridge 2/north", "S3"]
@@ -87,6 +88,8 @@ def test_full_scan_reads_strings_as_dictionaries_and_returns_plain_columns(store
     assert len(full) > 0 and key(full) == key(expected)
     assert full.columns.tolist() == store.read_detections().columns.tolist()
     assert not any(isinstance(t, pd.CategoricalDtype) for t in full.dtypes)
+    with pytest.raises(UnknownSpecies, match="dodo"):
+        full_scan(store, species="dodo")
 
 
 def test_pruned_files_are_never_opened(store, tmp_path):

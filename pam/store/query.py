@@ -203,6 +203,11 @@ def full_scan(store: Store, species: str | Sequence[str] | None = None, sites: s
     t0, t1 = parse_time(start), parse_time(end, end=True)
     species, sites = _as_list(species), _as_list(sites)
     table = store.detections_dataset(dictionary_strings=True).to_table()  # every row decoded, nothing pruned
+    if species:  # names resolved as query_detections does, among the labels just read
+        held = {v for chunk in table.column("label").chunks for v in chunk.dictionary.to_pylist()}
+        species, unknown = resolve_species(species, held)
+        if unknown and held:
+            raise UnknownSpecies(unknown_species_message(unknown, held))
     keep = detection_filter(species or None, t0, t1, min_score, model_id)
     if sites:
         site_match = ds.field("site").isin(list(sites))
