@@ -49,8 +49,10 @@ from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, DoneFiles, 
 
 
 # What a store folder holds once pam has written to it ("detections" and "done": the folder layout
-# before the results table). A folder with none of these is not a store.
-STORE_ENTRIES = ("results", "runs", "manifest", "summaries", "detections", "done")
+# before the results table; "models", "heads", "labels": training and review may come first).
+# A folder with none of these is not a store.
+STORE_ENTRIES = ("results", "runs", "manifest", "summaries", "reports", "models", "heads", "index", "labels",
+                 "config", "detections", "done")
 
 class StoreBusy(RuntimeError):
     """Another process holds the store lock for longer than we were willing to wait."""
