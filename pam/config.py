@@ -23,6 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 OFFSET = re.compile(r"^(?:UTC)?(?P<sign>[+-])(?P<h>\d{1,2})(?::?(?P<m>\d{2}))?$")
 
 
+def checked_device(v: str) -> str:
+    """A device setting as pam's configs take it (detection and training alike), else ValueError."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
+        raise ValueError(f"got {v!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N: a GPU's index)")
+    return v
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message has one line per problem."""
 
@@ -152,9 +159,7 @@ class DetectConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
-            raise ValueError(f"got {v!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N: a GPU's index)")
-        return v
+        return checked_device(v)
 
     @field_validator("devices")
     @classmethod

@@ -34,7 +34,7 @@ def test_errors_name_key_and_allowed_values(tmp_path: Path) -> None:
         load_train_config(p)
     lines = str(err.value).splitlines()
     assert len(lines) == 6 and all(line.startswith(f"{p}: ") for line in lines)
-    assert any("train.device: got 'gpu'; use auto, cpu, cuda or cuda:N" in line for line in lines)
+    assert any("train.device: got 'gpu'; expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N: a GPU's index)" in line for line in lines)
     assert any("train.epochs" in line and "greater than or equal to 1" in line for line in lines)
     assert any("train.bogus: unknown key" in line for line in lines)
     assert any("augment.overlay.snr_db" in line and "reversed" in line for line in lines)

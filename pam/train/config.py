@@ -12,14 +12,13 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pam.config import ConfigError, format_errors, read_yaml_mapping
+from pam.config import ConfigError, checked_device, format_errors, read_yaml_mapping
 from pam.store.location import store_uri
 
 
@@ -175,9 +174,7 @@ class TrainSection(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-            raise ValueError(f"got {v!r}; use auto, cpu, cuda or cuda:N")
-        return v
+        return checked_device(v)
 
 
 class CalibrateSection(_Strict):
