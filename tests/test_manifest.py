@@ -181,3 +181,33 @@ def test_scan_warns_about_usable_files_without_a_start_time(tmp_path, caplog):
         s = scan_stage(tmp_path / "dump", Store(tmp_path / "store"), PamConfig())
     assert s.usable == 2
     assert "1 usable file(s)" in caplog.text and "20240501_006000.WAV" in caplog.text
+
+
+def test_a_recording_copied_again_under_another_name_is_reported(tmp_path, caplog):
+    """The same AudioMoth file copied into a second dump under a new name: its header gives the
+    same start, so both would be analysed and counted; the second scan says so."""
+    import shutil
+
+    from pam.io.manifest import repeated_recordings
+    from pam.ops.pipeline import scan_stage
+
+    comment = audiomoth_comment("04:00:00 01/05/2024")
+    write_wav(tmp_path / "d1" / "PINES" / "20240501_040000.WAV", noise(2.0, 8000, seed=1), 8000, comment=comment)
+    write_wav(tmp_path / "d1" / "PINES" / "20240501_041000.WAV", noise(2.0, 8000, seed=2), 8000,
+              comment=audiomoth_comment("04:10:00 01/05/2024"))
+    (tmp_path / "d2" / "PINES").mkdir(parents=True)
+    shutil.copy(tmp_path / "d1" / "PINES" / "20240501_040000.WAV", tmp_path / "d2" / "PINES" / "20240502_040000.WAV")
+    store = Store(tmp_path / "store")
+    conf = PamConfig(scan=ScanConfig(settle_s=0))
+    with caplog.at_level("WARNING", logger="pam"):
+        scan_stage(tmp_path / "d1", store, conf)
+        assert "repeat another file" not in caplog.text  # two different recordings
+        scan_stage(tmp_path / "d2", store, conf)
+    copy, original = str(tmp_path / "d2" / "PINES" / "20240502_040000.WAV"), str(tmp_path / "d1" / "PINES" /
+                                                                                   "20240501_040000.WAV")
+    assert f"1 file(s) in {tmp_path / 'd2'} repeat another file's site, recorder, start time and length, e.g. " \
+           f"{copy} and {original}" in caplog.text
+    manifest = store.read_manifest()
+    assert repeated_recordings(manifest[manifest["dump"] == str(tmp_path / "d2")], manifest) == [(copy, original)]
+    assert repeated_recordings(manifest[manifest["path"].str.endswith("041000.WAV")], manifest) == []
+

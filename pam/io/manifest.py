@@ -278,6 +278,28 @@ def scan(
                       reclocked=reclocked)
 
 
+def repeated_recordings(rows: pd.DataFrame, manifest: pd.DataFrame) -> list[tuple[str, str]]:
+    """(path in ``rows``, path of another usable file in ``manifest``) for each usable file of
+    ``rows`` with the same site, device, start time, sample rate and length as another file: a
+    recording copied again under another name (its fingerprint includes the name, so both are
+    analysed, and both counted). One pair per file of ``rows``, in path order."""
+    key = ["site", "device", "start_time", "sample_rate", "frames"]
+
+    def usable(frame: pd.DataFrame) -> pd.DataFrame:
+        if not len(frame):
+            return frame
+        keep = frame["status"].isin(USABLE) & frame["start_time"].notna() & (frame["frames"] > 0)
+        return frame.loc[keep, key + ["path", "recording_id"]].fillna({"site": "", "device": ""})
+
+    mine, every = usable(rows), usable(manifest)
+    if not len(mine) or not len(every):
+        return []
+    pairs = mine.merge(every, on=key, suffixes=("", "_other"))
+    pairs = pairs[(pairs["path"] != pairs["path_other"]) & (pairs["recording_id"] != pairs["recording_id_other"])]
+    pairs = pairs.sort_values(["path", "path_other"]).drop_duplicates("path")
+    return list(zip(pairs["path"], pairs["path_other"]))
+
+
 def _clock_changed(row: dict, config: PamConfig) -> bool:
     """Re-read a known Song Meter file's start time from its name (local time) with the site's
     clock as configured now; updates ``row`` and says whether the time moved. Names are all it
