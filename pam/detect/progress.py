@@ -13,10 +13,25 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 
-def audio_bar(total_ms: int, enabled: bool = True) -> tqdm:
-    """The run's progress bar: hours of audio, counted in whole milliseconds."""
-    return tqdm(total=total_ms, unit="h", unit_scale=1 / 3_600_000, desc="audio", disable=not enabled,
-                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {rate_fmt}]")
+class _AudioTqdm(tqdm):
+    """tqdm with the speed as pam states it elsewhere: times real time (audio ms per wall ms)."""
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        rate = d.get("rate")  # counted milliseconds of audio per second, before unit_scale
+        if rate is None and d.get("elapsed"):
+            rate = d["n"] / d["elapsed"]
+        d["speed"] = f"{rate / 1000:,.0f}x real time" if rate else "?x real time"
+        return d
+
+
+def audio_bar(total_ms: int, enabled: bool = True, **options) -> tqdm:
+    """The run's progress bar: hours of audio, counted in whole milliseconds, with the speed in
+    times real time."""
+    return _AudioTqdm(total=total_ms, unit="h", unit_scale=1 / 3_600_000, desc="audio", disable=not enabled,
+                      bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}, {speed}]",
+                      **options)
 
 
 Progress = bool | Callable[[int], None]  # a bar of its own (True), none, or milliseconds passed to one shared bar
