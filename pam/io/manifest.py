@@ -56,6 +56,8 @@ class ScanResult:
     pending_reasons: dict[str, str] = field(default_factory=dict)  # path -> why it is left
     # recordings whose start time changed with the site clock in the config; their results were removed
     reclocked: list[str] = field(default_factory=list)
+    # (file of this dump, another file with its site, recorder, start, rate and length): copies under another name
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> pd.DataFrame:
@@ -270,12 +272,13 @@ def scan(
         others.loc[vanished, "status"] = "missing"
         others.loc[vanished, "reason"] = "no longer in the dump at the last scan"
         merged = pd.concat([x for x in (others, frame) if len(x)], ignore_index=True) if len(others) or len(frame) else current
-        store.write_manifest(_typed(merged))
+        written = _typed(merged)
+        store.write_manifest(written)
     if reclocked:
         store.retire(reclocked)  # after the manifest lock: the retirement takes it again
-    result_rows = _typed(frame) if len(frame) else store.read_manifest().iloc[0:0]
+    result_rows = _typed(frame) if len(frame) else written.iloc[0:0]
     return ScanResult(dump, result_rows, reopened, list(pending), folder_errors, pending_reasons=pending,
-                      reclocked=reclocked)
+                      reclocked=reclocked, repeated=repeated_recordings(result_rows, written))
 
 
 def repeated_recordings(rows: pd.DataFrame, manifest: pd.DataFrame) -> list[tuple[str, str]]:

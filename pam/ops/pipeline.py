@@ -16,7 +16,7 @@ from pathlib import Path
 from pam.config import PamConfig
 from pam.detect.detection import DetectionReport
 from pam.ops.agile import apply_heads_stage, index_stage, plan_agile
-from pam.io.manifest import USABLE, ScanError, check_store_outside, repeated_recordings, scan, site_of
+from pam.io.manifest import USABLE, ScanError, check_store_outside, scan, site_of
 from pam.io.manifest import recordings_in  # noqa: F401 - part of this module's API (pam.cli, notebooks)
 from pam.detect.shards import detect_sharded, require_in_process_runner
 from pam.store.analysis_config import remember_analysis_config
@@ -72,7 +72,7 @@ def scan_stage(dump: str | Path, store: Store, config: PamConfig,
         logger.warning("%d usable file(s) in %s have no start time (no recorder time stamp in the name or header, "
                        "or an impossible one), e.g. %s: their detections carry no time and the summaries leave "
                        "them out", len(undated), summary.dump, Path(undated["path"].iloc[0]).name)
-    repeated = repeated_recordings(rows, store.read_manifest())
+    repeated = result.repeated
     if repeated:
         logger.warning("%d file(s) in %s repeat another file's site, recorder, start time and length, e.g. %s and %s: "
                        "copies under another name? Each is analysed and counted; delete or move the copies",

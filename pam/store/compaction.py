@@ -134,7 +134,8 @@ def history(dt: DeltaTable | None, limit: int | None = None) -> list[dict]:
             continue
         out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
                     "operation": entry.get("pam.operation") or entry.get("operation"),
-                    "run_id": entry.get("pam.run_id"), "models": entry.get("pam.models"), "recordings": _count(entry.get("pam.recordings")),
+                    "run_id": entry.get("pam.run_id"), "models": entry.get("pam.models"),
+                    "recordings": _count(entry.get("pam.recordings")),
                     "detections": _count(entry.get("pam.detections"))})
     return out
 

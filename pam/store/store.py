@@ -54,6 +54,7 @@ from pam.store.transactions import (DONE_NAME, PART_NAME, Committed, DoneFiles, 
 STORE_ENTRIES = ("results", "runs", "manifest", "summaries", "reports", "models", "heads", "index", "labels",
                  "config", "detections", "done")
 
+
 class StoreBusy(RuntimeError):
     """Another process holds the store lock for longer than we were willing to wait."""
 
