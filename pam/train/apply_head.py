@@ -28,6 +28,7 @@ import pam.store.schemas as schemas
 from pam import __version__
 from pam.config import settings_hash
 from pam.store.embeddings import ROWS, embedding_files, read_ahead, score_embedding_file
+from pam.store.results import UNKNOWN, ResultFile
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
 from pam.store.transactions import DoneFiles
@@ -124,17 +125,18 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     if missing:
         raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under settings "
                         f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
-    manifest = manifest[["recording_id", "device", "duration_s"]].drop_duplicates("recording_id")
+    manifest = manifest[["recording_id", "device", "start_time", "duration_s"]].drop_duplicates("recording_id")
     todo = todo.merge(manifest, on="recording_id", how="left")
+    # by site and time: a commit's recordings then lie in few (site, month) files, read once
+    todo = todo.sort_values(["site", "start_time", "recording_id"], na_position="first", kind="stable")
     report.run_id = run_id = new_run_id()
     started = datetime.now(timezone.utc)
     thresholds = np.array([head.card.thresholds[c] for c in head.card.classes], dtype=np.float32)
     labels = pa.array(list(head.card.classes), pa.string())
-    chunks = [(site or "unknown", chunk) for site, group in todo.groupby(todo["site"].fillna(""), sort=True)
-              for chunk in _chunks(group, windows_per_commit)]
+    chunks = list(_chunks(todo, windows_per_commit))
     scored = _scored_chunks(store, head, chunks, snap, max(1, threads or os.cpu_count() or 1))
     try:
-        for seq, ((_site, chunk), (rows, calls)) in enumerate(zip(chunks, scored)):
+        for seq, (chunk, (rows, calls)) in enumerate(zip(chunks, scored)):
             flush, windows = _flush(head, chunk, rows, calls, thresholds, labels, lengths, run_id)
             committed = store.commit(run_id, seq, flush, replace=force, snap=snap, done_files=done_files)
             report.commits.append(committed.done.num_rows)
@@ -159,28 +161,51 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     return report
 
 
-def _chunks(group: pd.DataFrame, windows: int):
-    """Runs of whole recordings of about ``windows`` windows each."""
-    total = np.cumsum(group["windows"].fillna(0).to_numpy())
-    bucket = total // max(1, windows)
-    for _b, chunk in group.groupby(bucket, sort=True):
+def _chunks(todo: pd.DataFrame, windows: int):
+    """Runs of whole recordings of about ``windows`` windows each, in ``todo``'s order (by site
+    and time: one commit may hold several small sites, and a big site takes several commits)."""
+    counts = todo["windows"].fillna(0).to_numpy()
+    bucket = (np.cumsum(counts) - counts) // max(1, windows)  # by the windows before each recording
+    for _b, chunk in todo.groupby(bucket, sort=True):
         yield chunk
 
 
-def _scored_chunks(store: Store, head: Head, chunks: list[tuple[str, pd.DataFrame]], snap, threads: int):
-    """Per chunk (site, recordings), in order: its live windows (those embedded under the
-    settings their source done row names) and the head's scores of them [windows, classes].
-    The files of every chunk stream through one pool of ``threads`` threads, each reading a
-    file and scoring its pages where they lie, some files ahead of the caller: so the threads
-    keep working while the caller commits a chunk."""
+def chunk_files(files: list[ResultFile], chunk: pd.DataFrame) -> list[ResultFile]:
+    """The embedding files that can hold windows of ``chunk``'s recordings: those of their sites
+    whose dates (from the log) meet the UTC days the recordings span, and the files of unknown
+    date (windows of recordings without a start time). A site with a recording of unknown
+    length keeps all its files."""
+    out = []
+    for site, group in chunk.groupby(chunk["site"].fillna(UNKNOWN), sort=True):
+        of_site = [f for f in files if (f.site or UNKNOWN) == site]
+        timed = group.dropna(subset=["start_time"])
+        if timed["duration_s"].isna().any():
+            out += of_site
+            continue
+        if timed.empty:
+            out += [f for f in of_site if f.days() is None]
+            continue
+        starts = pd.to_datetime(timed["start_time"], utc=True)
+        first = starts.min().date().isoformat()
+        last = (starts + pd.to_timedelta(timed["duration_s"], unit="s")).max().date().isoformat()
+        out += [f for f in of_site if (days := f.days()) is None or (days[0] <= last and days[1] >= first)]
+    return out
+
+
+def _scored_chunks(store: Store, head: Head, chunks: list[pd.DataFrame], snap, threads: int):
+    """Per chunk of recordings, in order: its live windows (those embedded under the settings
+    their source done row names) and the head's scores of them [windows, classes]. Each chunk
+    reads only the files that can hold its windows (``chunk_files``). The files of every chunk
+    stream through one pool of ``threads`` threads, each reading a file and scoring its pages
+    where they lie, some files ahead of the caller: so the threads keep working while the
+    caller commits a chunk."""
     model_id = head.card.embedding_model_id
     classes = len(head.card.classes)
-    files_of: dict[str, list] = {site: [] for site, _chunk in chunks}
-    for f in embedding_files(store, list(files_of), snap=snap):  # the log's file list once, not per site
-        files_of[f.site].append(f)
-    ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for _site, chunk in chunks]
-    live = [pa.array(chunk["settings_hash"].tolist(), pa.string()) for _site, chunk in chunks]
-    tasks = [(i, f) for i, (site, _chunk) in enumerate(chunks) for f in files_of[site]]
+    files = embedding_files(store, snap=snap)  # the log's file list once, not per chunk
+    files_of = [chunk_files(files, chunk) for chunk in chunks]
+    ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for chunk in chunks]
+    live = [pa.array(chunk["settings_hash"].tolist(), pa.string()) for chunk in chunks]
+    tasks = [(i, f) for i, of_chunk in enumerate(files_of) for f in of_chunk]
 
     def score(v: np.ndarray) -> np.ndarray:
         return head.scores(v, model_id, threads=1)  # one core per reading thread
@@ -201,12 +226,31 @@ def _scored_chunks(store: Store, head: Head, chunks: list[tuple[str, pd.DataFram
     rows_per_file = int(np.median([f.rows for _i, f in tasks])) if tasks else 1
     ahead = min(64, max(2 * threads + 2, AHEAD_WINDOWS // max(1, rows_per_file)))
     results = read_ahead(read, tasks, threads, ahead)
-    for site, _chunk in chunks:
-        parts = [part for _ in files_of[site] if (part := next(results)[1]) is not None]
+    for i, of_chunk in enumerate(files_of):
+        parts = [part for _ in of_chunk if (part := next(results)[1]) is not None]
+        parts += [part for f in _unread_files(files, of_chunk, chunks[i], parts) if (part := read((i, f))) is not None]
         if not parts:
             yield ROWS.empty_table(), np.zeros((0, classes), np.float32)
         else:
             yield pa.concat_tables([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _unread_files(files: list[ResultFile], read: list[ResultFile], chunk: pd.DataFrame, parts) -> list[ResultFile]:
+    """The other files of the sites of the chunk's recordings that came out with fewer windows
+    than their source done rows count (their windows lie outside the days the manifest gives
+    them, as after a clock change not yet re-analysed): they are read too, so that no window
+    is left out because of the date pruning."""
+    got: dict[str, int] = {}
+    for rows, _scores in parts:  # counted in arrow: no Python string per window
+        counts = pc.value_counts(rows.column("recording_id"))
+        for r, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            got[r] = got.get(r, 0) + n
+    short = chunk[[got.get(r, 0) < n for r, n in zip(chunk["recording_id"], chunk["windows"].fillna(0))]]
+    if short.empty:
+        return []
+    sites = set(short["site"].fillna(UNKNOWN))
+    seen = {f.path for f in read}
+    return [f for f in files if (f.site or UNKNOWN) in sites and f.path not in seen]
 
 
 def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, thresholds: np.ndarray,
