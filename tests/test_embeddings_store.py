@@ -108,3 +108,19 @@ def test_files_written_the_old_way_read_the_same(setup, tmp_path):
     one_old, one_new = read_embeddings(old_store, recording_ids=some), read_embeddings(store, recording_ids=some)
     assert len(one_new) and one_old.rows.equals(one_new.rows)
     assert np.array_equal(one_old.vectors.view(np.uint16), one_new.vectors.view(np.uint16))
+
+
+def test_string_columns_constant_in_a_file_are_taken_from_its_statistics(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pam.store.embeddings import constant_strings
+
+    table = pa.table({"model_id": ["m"] * 6, "run_id": ["r1", "r1", "r1", "r2", "r2", "r2"],
+                      "settings_hash": ["k", "k", "k", None, "k", "k"], "recording_id": ["a"] * 6})
+    pq.write_table(table, tmp_path / "f.parquet", row_group_size=3)
+    constant = constant_strings(pq.ParquetFile(tmp_path / "f.parquet"), table.column_names)
+    # run_id is constant within each row group but not across them; settings_hash has a null
+    assert constant == {"model_id": "m", "recording_id": "a"}
+    pq.write_table(table, tmp_path / "plain.parquet", write_statistics=False)
+    assert constant_strings(pq.ParquetFile(tmp_path / "plain.parquet"), table.column_names) == {}

@@ -9,8 +9,8 @@ protocol) itself and copies each page's vectors with one numpy assignment.
 
 ``map_vectors`` goes one step further for a caller that only needs a function of the vectors
 (a head's scores): it hands each page's vectors to the function where they lie in the memory
-map, so not even that copy is made (a page whose values start at an odd address is copied
-into a small buffer first, since float16 kernels refuse unaligned rows).
+map, so not even that copy is made (a page's values may start at an odd address: the function
+gets them there too; pam's heads read such rows through their pointer).
 
 Anything else (a compressed or dictionary-encoded column, as files written before the
 embeddings went uncompressed are; nulls; values of different lengths) returns ``None`` and
@@ -125,19 +125,25 @@ _PAGE_HEADER = {1: None, 2: None, 3: None, 5: {1: None, 2: None}, 7: {},
                 8: {1: None, 2: None, 4: None, 5: None, 6: None, 7: None}}
 
 
-def _records(region: np.ndarray, count: int, width: int) -> np.ndarray:
+def _records(region: np.ndarray, count: int, width: int, check_lengths: bool = True) -> np.ndarray:
     """``count`` PLAIN byte-array values of ``width`` bytes each in ``region``, as a uint8
-    matrix [count, 4 + width] (each row: the value's 4-byte length, then its bytes)."""
+    matrix [count, 4 + width] (each row: the value's 4-byte length, then its bytes); with
+    ``check_lengths`` False the caller checks the lengths itself (``_check_lengths``)."""
     stride = 4 + width
     if len(region) != count * stride:
         raise _Unsupported("page holds nulls or values of other lengths")
     records = region.reshape(count, stride)
-    if not (records[:, :4].view("<i4")[:, 0] == width).all():
-        raise _Unsupported("values of different lengths")
+    if check_lengths:
+        _check_lengths(records, width)
     return records
 
 
-def _chunk_pages(raw: np.ndarray, rows: int, width: int, max_def: int):
+def _check_lengths(records: np.ndarray, width: int) -> None:
+    if not (records[:, :4].view("<i4")[:, 0] == width).all():
+        raise _Unsupported("values of different lengths")
+
+
+def _chunk_pages(raw: np.ndarray, rows: int, width: int, max_def: int, check_lengths: bool = True):
     """(first row, records [count, 4 + width]) of each data page of one column chunk's bytes
     ``raw`` (uint8) of ``rows`` values; _Unsupported where it is not plain fixed-length values."""
     buf = memoryview(raw)
@@ -166,14 +172,14 @@ def _chunk_pages(raw: np.ndarray, rows: int, width: int, max_def: int):
             continue  # index pages carry no values
         if encoding != _PLAIN or count is None or done + count > rows:
             raise _Unsupported("not PLAIN")
-        yield done, _records(body, count, width)
+        yield done, _records(body, count, width, check_lengths)
         done += count
 
 
-def _checked_pages(raw: np.ndarray, rows: int, width: int, max_def: int):
+def _checked_pages(raw: np.ndarray, rows: int, width: int, max_def: int, check_lengths: bool = True):
     """``_chunk_pages``, with malformed bytes (an index or value out of range) as _Unsupported."""
     try:
-        yield from _chunk_pages(raw, rows, width, max_def)
+        yield from _chunk_pages(raw, rows, width, max_def, check_lengths)
     except (IndexError, ValueError) as e:
         raise _Unsupported(str(e)) from e
 
@@ -210,30 +216,25 @@ def map_vectors(source, parquet: pq.ParquetFile, fn, column: str = "embedding") 
     in row order; ``None`` where the file is not written the plain way (the caller then reads
     the vectors with pyarrow and applies ``fn`` to them itself).
 
-    ``fn`` gets a float16 matrix [count, dims] with unit stride along dims but not between rows:
-    a view straight into ``source``'s bytes (a memory map: no copy at all) where the page's
-    values start at an even address, else a copy of the page in a small buffer reused page
-    after page. It is valid only during the call, and ``fn`` must not keep it."""
+    ``fn`` gets a float16 matrix [count, dims] with unit stride along dims but not between rows,
+    a view straight into ``source``'s bytes (a memory map: no copy at all), not aligned where
+    the page's values start at an odd address. It is valid only during the call, and ``fn``
+    must not keep it. The values' length prefixes are checked after ``fn`` has read the page
+    (while it is in the cache); a page that fails the check makes this return ``None``, its
+    results dropped."""
     plain = _plain_chunks(source, parquet, column)
     if plain is None:
         return None
     total, width, chunks, max_def = plain
     out = None
-    scratch = np.zeros(0, np.uint8)
     done = 0
     try:
         for rows, chunk in chunks:
             raw = np.frombuffer(_read_at(source, chunk.data_page_offset, chunk.total_compressed_size), np.uint8)
-            for first, records in _checked_pages(raw, rows, width, max_def):
+            for first, records in _checked_pages(raw, rows, width, max_def, check_lengths=False):
                 count = len(records)
-                vectors = records[:, 4:].view(schemas.EMBEDDING_DTYPE)
-                if not vectors.flags.aligned:  # odd address: float16 kernels refuse it
-                    if len(scratch) < count * width:
-                        scratch = np.empty(count * width, np.uint8)
-                    page = scratch[:count * width].reshape(count, width)
-                    page[:] = records[:, 4:]
-                    vectors = page.view(schemas.EMBEDDING_DTYPE)
-                result = np.asarray(fn(vectors), dtype=np.float32)
+                result = np.asarray(fn(records[:, 4:].view(schemas.EMBEDDING_DTYPE)), dtype=np.float32)
+                _check_lengths(records, width)
                 if out is None:
                     out = np.empty((total,) + result.shape[1:], np.float32)
                 out[done + first:done + first + count] = result

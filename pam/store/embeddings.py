@@ -26,6 +26,8 @@ from pam.store.embedding_pages import map_vectors, read_vectors
 from pam.store.results import EMBEDDING, ResultFile, ResultsTable
 
 KEY_COLUMNS = [n for n in schemas.EMBEDDINGS.names if n != "embedding"]
+# string key columns often constant in a file: taken from its footer's statistics when they are
+CONSTANT_CANDIDATES = ["recording_id", "model_id", "settings_hash", "run_id", "date"]
 # the rows of a read: the embeddings table's other columns, then site (the file's partition) and date
 ROWS = pa.schema([f for f in schemas.EMBEDDINGS if f.name != "embedding"] + list(schemas.DETECTION_PARTITIONS))
 
@@ -166,6 +168,28 @@ def score_embedding_file(store, file: ResultFile, fn: Callable[[np.ndarray], np.
     return Scored(rows.filter(pa.array(keep)) if keep is not None else rows, results)
 
 
+def constant_strings(parquet: pq.ParquetFile, names: list[str]) -> dict[str, str]:
+    """The string columns of ``names`` that hold one value in every row of the file, as the
+    footer's statistics say (min = max, exact, no nulls, in every row group), with that value:
+    they need not be read (a file's rows mostly share their model, settings and run)."""
+    meta, schema = parquet.metadata, parquet.schema_arrow
+    out = {}
+    for name in names:
+        index = schema.get_field_index(name)
+        values = set()
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(index).statistics
+            if (st is None or not st.has_min_max or not st.has_null_count or st.null_count
+                    or not getattr(st, "is_min_value_exact", True) or not getattr(st, "is_max_value_exact", True)
+                    or not isinstance(st.min, str) or st.min != st.max):
+                break
+            values.add(st.min)
+        else:
+            if len(values) == 1:
+                out[name] = values.pop()
+    return out
+
+
 def _pyarrow_vectors(parquet: pq.ParquetFile, keep: np.ndarray | None) -> np.ndarray:
     column = parquet.read(columns=["embedding"], use_threads=False).column("embedding")
     return binary_as_vectors(column.filter(pa.array(keep)) if keep is not None else column)
@@ -179,12 +203,16 @@ def _wanted_rows(store, file: ResultFile, model_id: str | None, recording_ids: p
     source = pa.memory_map(path) if results.local else results.fs.open_input_file(path)
     parquet = pq.ParquetFile(source)
     present = set(parquet.schema_arrow.names)
-    table = parquet.read(columns=[c for c in KEY_COLUMNS + ["date"] if c in present], use_threads=False)
-    n = table.num_rows
+    constant = constant_strings(parquet, [c for c in CONSTANT_CANDIDATES if c in present])
+    table = parquet.read(columns=[c for c in KEY_COLUMNS + ["date"] if c in present and c not in constant],
+                         use_threads=False)
+    n = parquet.metadata.num_rows
     columns = {}
     for field in ROWS:
         if field.name == "site":  # the partition value, from the log; the date is a column of the file
             columns[field.name] = pa.repeat(pa.scalar(file.site, pa.string()), n)
+        elif field.name in constant:
+            columns[field.name] = pa.repeat(pa.scalar(constant[field.name], field.type), n)
         elif field.name in present:
             columns[field.name] = table.column(field.name).cast(field.type)
         else:

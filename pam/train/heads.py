@@ -154,9 +154,10 @@ class Head:
 
 
 def rows_in_place(x: np.ndarray) -> bool:
-    """Whether the kernels read ``x`` [n, d] as it is: aligned, each row contiguous, rows at a
-    positive stride (the rows of a Parquet page, between their length prefixes), no copy."""
-    return bool(x.flags.aligned and (x.shape[1] <= 1 or x.strides[1] == x.itemsize)
+    """Whether the kernels read ``x`` [n, d] as it is: each row contiguous, rows at a positive
+    stride (the rows of a Parquet page, between their length prefixes), no copy; float32 rows
+    aligned (BLAS), float16 rows at any address (numkong reads them through their pointer)."""
+    return bool((x.dtype == np.float16 or x.flags.aligned) and (x.shape[1] <= 1 or x.strides[1] == x.itemsize)
                 and (x.shape[0] <= 1 or x.strides[0] >= x.shape[1] * x.itemsize))
 
 
@@ -171,10 +172,13 @@ def first_layer(x: np.ndarray, w1: np.ndarray, threads: int, packed=None) -> np.
 
     if packed is None:
         packed = numkong.dots_pack(np.ascontiguousarray(w1.T, dtype=np.float16))
-    if threads <= 1 or len(x) < 2 * 16384:
+    n = len(x)
+    if not x.flags.aligned and n:  # numkong refuses numpy's format string for these ('=e'), not the address
+        x = numkong.from_pointer(x.ctypes.data, x.shape, "float16", strides=x.strides, owner=x)
+    if threads <= 1 or n < 2 * 16384:
         return np.asarray(numkong.dots_packed(x, packed))
-    out = numkong.empty((len(x), w1.shape[1]), dtype="float32")
-    bounds = np.linspace(0, len(x), min(threads, max(1, len(x) // 16384)) + 1).astype(int)
+    out = numkong.empty((n, w1.shape[1]), dtype="float32")
+    bounds = np.linspace(0, n, min(threads, max(1, n // 16384)) + 1).astype(int)
     ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with ThreadPoolExecutor(len(ranges)) as pool:
         list(pool.map(lambda r: numkong.dots_packed(x, packed, out=out, start_row=r[0], end_row=r[1]), ranges))
