@@ -326,3 +326,33 @@ def test_commits_on_a_kept_snapshot_see_what_other_writers_did_since(tmp_path):
     assert sorted(done["recording_id"]) == ["a", "b", "c", "d"]
     det = store.read_detections()
     assert det.groupby("recording_id").size().to_dict() == {"a": 3, "b": 3, "c": 3, "d": 3}
+
+
+def test_done_files_of_other_models_are_skipped_from_the_log_without_opening_them(tmp_path, monkeypatch):
+    """Each done file's first and last model id go into the log's statistics, so a reader of one
+    model's done rows (apply-head's plan and commits, done_table(model_id=...), a commit's check)
+    does not open the files of the other models: the number of files opened stays that of its
+    own model however many heads a store has applied."""
+    store = Store(tmp_path / "s").ensure()
+    for i, model in enumerate(["m1", "m2", "m3"]):
+        flush = make_flush([f"r{i}"], f"2024050{i}T000000Z-000000")
+        done = flush.done.set_column(flush.done.schema.get_field_index("model_id"), "model_id",
+                                     pa.array([model] * flush.done.num_rows))
+        store.commit(f"2024050{i}T000000Z-000000", 0, Flush(flush.detections.slice(0, 0), done))
+    files = ResultsTable.files(store.snapshot(), "done")
+    assert sorted(f.models for f in files) == [("m1", "m1"), ("m2", "m2"), ("m3", "m3")]
+    opened = []
+    real = ResultsTable.dataset
+
+    def dataset(self, files, kind):
+        opened.extend(f.path for f in files)
+        return real(self, files, kind)
+
+    monkeypatch.setattr(ResultsTable, "dataset", dataset)
+    m2 = next(f.path for f in files if f.models == ("m2", "m2"))
+    assert DoneFiles().rows(store.results, store.snapshot(), ["m2"])["recording_id"].tolist() == ["r1"]
+    assert opened == [m2]
+    opened.clear()
+    assert store.done_table(model_id="m2")["recording_id"].tolist() == ["r1"] and opened == [m2]
+    opened.clear()
+    assert len(store.done_table()) == 3 and len(opened) == 3  # no model asked: every file

@@ -96,6 +96,11 @@ class ResultFile:
     rows: int
     first: str | None = None  # first and last UTC date of its rows (the add action's statistics)
     last: str | None = None
+    models: tuple[str, str] | None = None  # done files: first and last model id (statistics; None: not known)
+
+    def may_hold(self, model_ids: list[str]) -> bool:
+        """Whether the file may hold rows of one of ``model_ids`` (from the log's statistics)."""
+        return self.models is None or any(self.models[0] <= m <= self.models[1] for m in model_ids)
 
     def days(self) -> tuple[str, str] | None:
         """(first, last) UTC date of its rows; None when unknown (no start time)."""
@@ -220,11 +225,12 @@ class ResultsTable:
             return actions.column(name).to_pylist() if name in actions.column_names else [None] * n
 
         out = []
-        for path, site, month, rows, first, last in zip(column("path"), column("partition.site"),
-                                                        column("partition.month"), column("num_records"),
-                                                        column("min.date"), column("max.date")):
+        for path, site, month, rows, first, last, lo, hi in zip(
+                column("path"), column("partition.site"), column("partition.month"), column("num_records"),
+                column("min.date"), column("max.date"), column("min.model_id"), column("max.model_id")):
             # the log holds paths URI-encoded (Delta protocol); files carry them decoded
-            out.append(ResultFile(unquote(path), kind, site, month, rows or 0, first, last))
+            models = (lo, hi) if isinstance(lo, str) and isinstance(hi, str) else None
+            out.append(ResultFile(unquote(path), kind, site, month, rows or 0, first, last, models))
         out.sort(key=lambda f: f.path)
         return out
 
@@ -296,9 +302,15 @@ class ResultsTable:
                    data_change: bool = True, row_group_size: int | None = None) -> AddAction:
         """Write ``table`` (of ``kind``'s file schema: detection and embedding rows with their
         ``date``, all of one UTC month) as a new file of partition (kind, site, month); the add
-        action that commits it, with the first and last date in its statistics."""
+        action that commits it, with the first and last date in its statistics (done files: the
+        first and last model id, so that a reader of some models' done rows skips the others'
+        files from the log alone)."""
         stats: dict = {"numRecords": table.num_rows}
         month = None
+        if kind == DONE and table.num_rows and table.column("model_id").null_count == 0:
+            models = table.column("model_id")
+            stats.update(minValues={"model_id": pc.min(models).as_py()}, maxValues={"model_id": pc.max(models).as_py()},
+                         nullCount={"model_id": 0})
         if kind != DONE:
             days = table.column("date").fill_null(UNKNOWN)
             if table.num_rows:

@@ -291,8 +291,9 @@ class Store:
             raise ValueError(f"store {self.root} is opened at version {self._pinned.version()} (Store.at); "
                              "open it with Store(path) to write")
 
-    def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None, snap=None) -> pd.DataFrame:
-        return done_rows(self.results, self.snapshot() if snap is None else snap, flt, columns)
+    def _done_rows(self, flt: ds.Expression | None, columns: list[str] | None, snap=None,
+                   models: list[str] | None = None) -> pd.DataFrame:
+        return done_rows(self.results, self.snapshot() if snap is None else snap, flt, columns, models)
 
     def done_table(self, model_id: str | None = None, settings_hash: str | None = None,
                    recording_ids: Iterable[str] | None = None, columns: list[str] | None = None,
@@ -308,7 +309,7 @@ class Store:
         flt = None
         for cond in conditions:
             flt = cond if flt is None else flt & cond
-        return self._done_rows(flt, columns, snap)
+        return self._done_rows(flt, columns, snap, None if model_id is None else [model_id])
 
     def committed_flushes(self, snap=None) -> dict[tuple[str, int], int]:
         """(run, commit number) -> done rows, of every flush live in one snapshot."""

@@ -68,8 +68,12 @@ def out_of_date(existing: pd.DataFrame, done: pa.Table) -> pd.DataFrame:
 
 
 def done_rows(table: ResultsTable, dt: DeltaTable | None, flt: ds.Expression | None = None,
-              columns: list[str] | None = None) -> pd.DataFrame:
+              columns: list[str] | None = None, models: list[str] | None = None) -> pd.DataFrame:
+    """The done rows of a snapshot that pass ``flt``; with ``models`` (which ``flt`` must also
+    require), the done files of other models are left out from the log alone, not opened."""
     files = ResultsTable.files(dt, DONE)
+    if models is not None:
+        files = [f for f in files if f.may_hold(models)]
     if not files:
         empty = schemas.DONE.empty_table()
         return (empty.select(columns) if columns else empty).to_pandas()
@@ -94,6 +98,11 @@ class DoneFiles:
         files = ResultsTable.files(dt, DONE)
         missing = sorted({m for f in files for m in models if (f.path, m) not in self._rows})
         new = [f for f in files if any((f.path, m) not in self._rows for m in missing)]
+        empty = schemas.DONE.empty_table().to_pandas()
+        for f in [f for f in new if not f.may_hold(missing)]:  # other models' files, from the log: not opened
+            for m in missing:
+                self._rows[(f.path, m)] = empty
+        new = [f for f in new if f.may_hold(missing)]
         if new:
             flt = ds.field("model_id").isin(missing) if len(missing) != 1 else \
                 ds.field("model_id") == missing[0]  # other models' files skipped from their statistics
@@ -180,7 +189,8 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         ids = set(done.column("recording_id").to_pylist())
         paths = {p for p in done.column("path").to_pylist() if p}
         # only the flush's models' rows can clash or go out of date (see out_of_date): a done
-        # file of other models is skipped from its footer's statistics, its rows never read
+        # file of other models is skipped from the log's statistics (or, written before they
+        # were kept, from its footer's), its rows never read
         models = sorted(set(done.column("model_id").to_pylist()))
         if done_files is not None:
             existing = done_files.rows(table, dt, models, KEY + ["path", "site"])
@@ -188,7 +198,8 @@ def commit_flush(table: ResultsTable, run_id: str, seq: int, flush: Flush, repla
         else:
             of_models = ds.field("model_id").isin(models) if len(models) != 1 else ds.field("model_id") == models[0]
             existing = done_rows(table, dt, (ds.field("recording_id").isin(list(ids)) |
-                                             ds.field("path").isin(list(paths))) & of_models, KEY + ["path", "site"])
+                                             ds.field("path").isin(list(paths))) & of_models, KEY + ["path", "site"],
+                                 models)
         keys = set(zip(done.column("model_id").to_pylist(), done.column("settings_hash").to_pylist()))
         mine = [(m, k) in keys and r in ids for r, m, k in
                 zip(existing["recording_id"], existing["model_id"], existing["settings_hash"])]
