@@ -12,6 +12,9 @@ it on clips whose windows were embedded once (``ClipEmbeddings``: [clips, window
   of the recordings; ``cv``: a committee of fold heads, threshold on out-of-fold scores).
   ``inside_score`` cross-validates a recipe inside the training site group only, and
   ``choose_recipe`` (``choose_pooling`` for the pooling alone) keeps the best of a list.
+  A recipe may also standardise each window embedding by its own site group's unlabelled
+  statistics (``site_norm``) and carry its threshold to the scored group by score quantile
+  (``threshold_rule``), both from ``pam.train.site_adaptation``.
 * ``fit_clip_head`` trains a recipe's head(s) on some clips (through
   ``pam.train.heads.train_head``'s recording split, or ``fit_head`` per fold) and
   calibrates the clip threshold.
@@ -32,6 +35,8 @@ import numpy as np
 from pam.train.calibrate import calibrate
 from pam.train.heads import Head, fit_head, train_head
 from pam.train.metrics import average_precision, precision_recall_f1, recall_at_precision, roc_auc
+from pam.train.site_adaptation import (SITE_NORMS, THRESHOLD_RULES, quantile_threshold, standardised,
+                                       window_statistics)
 
 POOLINGS = ("mean", "max", "mean-logit")
 NORMALISATIONS = ("none", "l2")
@@ -43,7 +48,10 @@ ADAPTATIONS = ("threshold", "retrain", "retrain-site-threshold")
 @dataclass(frozen=True)
 class ClipEmbeddings:
     """Window embeddings of labelled clips: ``embeddings`` [clips, windows, dim]; ``positive``,
-    ``sites`` and ``recordings`` one per clip."""
+    ``sites`` and ``recordings`` one per clip. For a recipe's ``site_norm`` and quantile
+    threshold: ``stat_groups``, per clip, the group whose unlabelled statistics standardise it
+    (None: its site); ``stat_sample``, per clip, whether it belongs to its group's unlabelled
+    sample (the windows of the statistics, the scores of the quantile rule; None: every clip)."""
 
     embeddings: np.ndarray
     positive: np.ndarray
@@ -51,6 +59,8 @@ class ClipEmbeddings:
     recordings: np.ndarray
     model_id: str
     label: str
+    stat_groups: np.ndarray | None = None
+    stat_sample: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
@@ -60,6 +70,15 @@ class ClipEmbeddings:
 
     def clips_of(self, sites: list[str]) -> np.ndarray:
         return np.flatnonzero(np.isin(self.sites, sites))
+
+    def groups(self) -> np.ndarray:
+        """Per clip, the group whose statistics standardise it."""
+        return np.asarray(self.sites if self.stat_groups is None else self.stat_groups).astype(str)
+
+    def sample_of(self, clips: np.ndarray) -> np.ndarray:
+        """The clips of ``clips``' groups that are in their group's unlabelled sample."""
+        mine = np.isin(self.groups(), self.groups()[np.asarray(clips)])
+        return np.flatnonzero(mine if self.stat_sample is None else mine & np.asarray(self.stat_sample))
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,10 @@ class HeadRecipe:
     folds' recordings, scores clips by their mean logit, and sets the threshold on the
     out-of-fold scores of every clip. ``new_site_weight`` (retrain adaptation only): ``equal``
     weighs every clip alike, ``balanced`` gives the k new-site clips the same total weight as
-    the training group's clips.
+    the training group's clips. ``site_norm``: ``center`` or ``zscore`` standardises every
+    window (after the window choice and ``normalise``) by its own group's unlabelled
+    statistics. ``threshold_rule`` (cross-site scoring only): ``calibrated`` keeps the
+    calibrated threshold, ``quantile`` carries it to the scored group's clips by quantile.
     """
 
     pooling: str = "mean"
@@ -86,17 +108,22 @@ class HeadRecipe:
     calibration: str = "holdout"
     folds: int = 5
     new_site_weight: str = "equal"
+    site_norm: str = "none"
+    threshold_rule: str = "calibrated"
 
     def __post_init__(self) -> None:
         for name, allowed in (("pooling", POOLINGS), ("normalise", NORMALISATIONS), ("calibration", CALIBRATIONS),
-                              ("new_site_weight", NEW_SITE_WEIGHTS)):
+                              ("new_site_weight", NEW_SITE_WEIGHTS), ("site_norm", SITE_NORMS),
+                              ("threshold_rule", THRESHOLD_RULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
 
     def describe(self) -> str:
         windows = "all" if self.windows is None else ",".join(map(str, self.windows))
+        adapted = "".join(f", {name} {getattr(self, name)}" for name, default in
+                          (("site_norm", "none"), ("threshold_rule", "calibrated")) if getattr(self, name) != default)
         return (f"pooling {self.pooling}, windows {windows}, normalise {self.normalise}, "
-                f"weight decay {self.weight_decay:g}, {self.kind}, calibration {self.calibration}")
+                f"weight decay {self.weight_decay:g}, {self.kind}, calibration {self.calibration}{adapted}")
 
 
 def as_recipe(recipe: HeadRecipe | str) -> HeadRecipe:
@@ -105,8 +132,21 @@ def as_recipe(recipe: HeadRecipe | str) -> HeadRecipe:
 
 
 def window_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
-    """[clips, windows, dim] embeddings of ``clips`` as ``recipe`` reads them."""
-    e = data.embeddings[clips]
+    """[clips, windows, dim] embeddings of ``clips`` as ``recipe`` reads them; with ``site_norm``,
+    each clip standardised by the statistics of its group's unlabelled sample."""
+    clips = np.asarray(clips)
+    e = _chosen_windows(data.embeddings[clips], recipe)
+    if recipe.site_norm == "none":
+        return e
+    groups, out = data.groups(), np.empty_like(e)
+    for g in np.unique(groups[clips]):
+        mine = groups[clips] == g
+        stats = window_statistics(_chosen_windows(data.embeddings[data.sample_of(clips[mine][:1])], recipe))
+        out[mine] = standardised(e[mine], *stats, recipe.site_norm)
+    return out
+
+
+def _chosen_windows(e: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
     if recipe.windows is not None:
         e = e[:, list(recipe.windows)]
     if recipe.normalise == "l2":
@@ -216,6 +256,16 @@ def scored(fitted: ClipHead, data: ClipEmbeddings, clips: np.ndarray, target_pre
             "fp": int(np.sum(calls & (y == 0))), "fn": int(np.sum(~calls & (y == 1)))}
 
 
+def carried(fitted: ClipHead, data: ClipEmbeddings, clips: np.ndarray) -> ClipHead:
+    """``fitted`` with its threshold as its recipe's ``threshold_rule`` carries it to ``clips``'
+    group: unchanged (``calibrated``), or the score that calls the same fraction of the group's
+    unlabelled sample as the calibrated threshold calls of the calibration clips (``quantile``)."""
+    if fitted.recipe.threshold_rule == "calibrated":
+        return fitted
+    target = fitted.scores(data, data.sample_of(clips))
+    return dataclasses.replace(fitted, threshold=quantile_threshold(fitted.threshold, fitted.val_scores, target))
+
+
 def folds_by_recording(data: ClipEmbeddings, clips: np.ndarray, folds: int, seed: int,
                        by_site: bool = False) -> list[np.ndarray]:
     """``folds`` disjoint parts of ``clips``, whole recordings, stratified by label (and by site)."""
@@ -236,15 +286,21 @@ def inside_score(data: ClipEmbeddings, train_sites: list[str], recipe: HeadRecip
     """``recipe`` cross-validated inside ``train_sites`` (``folds`` folds by recording, one fold
     draw per seed; only clips of ``train_sites`` are read): ``rank``, the mean over held-out
     folds of (AP + recall at ``target_precision``) / 2; and ``precision``, ``recall`` and ``f1``
-    of the calls each fold's head makes at its own calibrated threshold, pooled over the folds
-    of a draw, then averaged over draws."""
+    of the calls each fold's head makes at its own calibrated threshold (carried to the fold by
+    the recipe's ``threshold_rule``), pooled over the folds of a draw, then averaged over draws.
+    Each held-out fold is its own statistics group, as a new site would be: with ``site_norm``
+    it is standardised by its own windows' statistics, the other folds by theirs."""
     clips = data.clips_of(train_sites)
     rank, calls = [], []
     for seed in seeds:
         tp = fp = fn = 0
         for f, held in enumerate(parts := folds_by_recording(data, clips, folds, seed)):
             rest = np.concatenate([p for g, p in enumerate(parts) if g != f])
-            m = scored(fit_clip_head(data, rest, recipe, seed=seed), data, held, target_precision)
+            groups = data.groups().astype(object)
+            groups[held] = "held-out fold"
+            fold_data = dataclasses.replace(data, stat_groups=groups)
+            fitted = carried(fit_clip_head(fold_data, rest, recipe, seed=seed), fold_data, held)
+            m = scored(fitted, fold_data, held, target_precision)
             rank.append((m["ap"] + m["recall_at_precision"]) / 2)
             tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
         p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
@@ -272,11 +328,13 @@ def choose_recipe(data: ClipEmbeddings, train_sites: list[str], candidates: list
 
 def cross_site(data: ClipEmbeddings, train_sites: list[str], test_sites: list[str], recipe: HeadRecipe | str,
                seed: int = 0) -> dict:
-    """A head trained and calibrated on ``train_sites``, scored on every clip of ``test_sites``."""
+    """A head trained and calibrated on ``train_sites``, scored on every clip of ``test_sites``
+    (its threshold carried there by the recipe's ``threshold_rule``)."""
     if set(train_sites) & set(test_sites):
         raise ValueError(f"site groups {train_sites} and {test_sites} overlap")
     fitted = fit_clip_head(data, data.clips_of(train_sites), recipe, seed=seed)
-    return scored(fitted, data, data.clips_of(test_sites))
+    test = data.clips_of(test_sites)
+    return scored(carried(fitted, data, test), data, test)
 
 
 def draw_new_site_clips(data: ClipEmbeddings, new_sites: list[str], k: int, seed: int) -> np.ndarray:
@@ -305,6 +363,9 @@ def few_shot(data: ClipEmbeddings, train_sites: list[str], new_sites: list[str],
     if adaptation not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adaptation!r}: use one of {', '.join(ADAPTATIONS)}")
     recipe = as_recipe(recipe)
+    if recipe.threshold_rule != "calibrated":
+        raise ValueError(f"few_shot sets the threshold with labelled clips: use threshold_rule 'calibrated', "
+                         f"not {recipe.threshold_rule!r}")
     if adaptation == "retrain-site-threshold" and recipe.calibration != "cv":
         raise ValueError("retrain-site-threshold needs out-of-fold scores of the new clips: use calibration 'cv'")
     added = draw_new_site_clips(data, new_sites, k, seed=draw)
