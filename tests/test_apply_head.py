@@ -22,7 +22,7 @@ from pam.detect.detection_rows import EMBEDDING_ROWS, vectors_as_binary
 from pam.store.embeddings import embedding_files, read_embeddings
 from pam.store.store import Flush, Store
 from pam.train.apply_head import apply_head
-from pam.train.heads import Head, HeadCard
+from pam.train.heads import Head, HeadCard, HeadError
 from pamstore import scan_and_detect
 from synth import noise, write_wav
 
@@ -101,7 +101,8 @@ def test_a_head_of_another_model_is_refused_in_one_line(setup, tmp_path):
     assert res.exit_code == 2 and "no windows of model birdnet-2.4" in res.output
 
 
-def season_store(root, months: int = 6, sites: int = 2, per_recording: int = 5, dim: int = 8) -> Store:
+def season_store(root, months: int = 6, sites: int = 2, per_recording: int = 5, dim: int = 8,
+                 run_settings: str = "k") -> Store:
     """A store of embeddings written as `pam detect` commits them, a night (one commit) per month:
     each site's recording of month m lies in its own (site, month) file."""
     store = Store(root).ensure()
@@ -114,7 +115,8 @@ def season_store(root, months: int = 6, sites: int = 2, per_recording: int = 5, 
         if col not in manifest:
             manifest[col] = None
     store.write_manifest(manifest[schemas.MANIFEST.names])
-    store.write_run({"run_id": "r", "flow": "detect", "status": "completed", "model_id": "emb", "settings_hash": "k",
+    store.write_run({"run_id": "r", "flow": "detect", "status": "completed", "model_id": "emb",
+                     "settings_hash": run_settings,
                      "config_json": '{"settings": {"window_s": 3.0}}'})
     rng = np.random.default_rng(0)
     for m in range(months):
@@ -177,3 +179,11 @@ def test_windows_outside_the_days_the_manifest_gives_are_still_scored(tmp_path, 
     done = store.done_table(model_id=every_window_head().head_id).set_index("recording_id")
     assert done.loc["rec-1-2", "windows"] == 5 and done.loc["rec-1-2", "detections"] == 5
     assert max(reads.values()) >= 2  # the date pruning missed its file; the window count sent it back for it
+
+
+def test_a_runs_table_without_the_window_length_stops_before_any_commit(tmp_path):
+    store = season_store(tmp_path / "store", run_settings="other")  # no run row of the embeddings' settings
+    before = store.snapshot().version()
+    with pytest.raises(HeadError, match="no run row says the window length of model emb"):
+        apply_head(store, every_window_head(), windows_per_commit=10)
+    assert store.snapshot().version() == before

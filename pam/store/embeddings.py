@@ -114,20 +114,44 @@ def iter_embeddings(store, model_id: str | None = None, sites: Iterable[str] | N
             yield part
 
 
-def read_ahead(read: Callable, items: list, threads: int = 2, ahead: int | None = None) -> Iterator[tuple]:
+class ReadAhead:
     """(item, ``read(item)``) for each of ``items`` in order, ``read`` run by ``threads`` threads
-    up to ``ahead`` items (default ``threads``) ahead of the caller."""
-    threads = max(1, threads)
-    with ThreadPoolExecutor(threads) as pool:
-        following = iter(items)
-        pending = deque((item, pool.submit(read, item)) for item in itertools.islice(following, max(threads, ahead or 0)))
-        while pending:
-            item, future = pending.popleft()
+    up to ``ahead`` items (default ``threads``) ahead of the caller. Reading starts at once, not
+    at the first ``next``, so the caller can prepare meanwhile. ``close`` (also at the end, or
+    when a read raises) drops the items not started and waits for the reads in progress."""
+
+    def __init__(self, read: Callable, items: list, threads: int = 2, ahead: int | None = None) -> None:
+        threads = max(1, threads)
+        self._read, self._following = read, iter(items)
+        self._pool = ThreadPoolExecutor(threads)
+        self._pending = deque((item, self._pool.submit(read, item))
+                              for item in itertools.islice(self._following, max(threads, ahead or 0)))
+
+    def __iter__(self) -> Iterator[tuple]:
+        return self
+
+    def __next__(self) -> tuple:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        item, future = self._pending.popleft()
+        try:
             result = future.result()
-            nxt = next(following, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield item, result
+        except BaseException:
+            self.close()
+            raise
+        for nxt in itertools.islice(self._following, 1):
+            self._pending.append((nxt, self._pool.submit(self._read, nxt)))
+        return item, result
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_ahead(read: Callable, items: list, threads: int = 2, ahead: int | None = None) -> ReadAhead:
+    """``ReadAhead(read, items, threads, ahead)``: reading starts at the call."""
+    return ReadAhead(read, items, threads, ahead)
 
 
 def read_embedding_file(store, file: ResultFile, model_id: str | None = None,

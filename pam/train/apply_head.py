@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 import pam.store.schemas as schemas
 from pam import __version__
 from pam.config import settings_hash
-from pam.store.embeddings import ROWS, embedding_files, read_ahead, score_embedding_file
+from pam.store.embeddings import ROWS, ReadAhead, embedding_files, read_ahead, score_embedding_file
 from pam.store.results import UNKNOWN, ResultFile
 from pam.store.runs import window_lengths
 from pam.store.store import Flush, Store, new_run_id
@@ -109,34 +110,37 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
     model_id = head.card.embedding_model_id
     snap = store.snapshot()
     done_files = DoneFiles()
-    side = ThreadPoolExecutor(1)  # the runs table and the manifest are read while the plan reads done rows
-    try:
-        lengths_read = side.submit(window_lengths, store, model_id)
-        manifest_read = side.submit(store.read_manifest)
-        todo, skipped = plan(store, head, force, snap, done_files)
-        report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
-        if todo.empty:  # nothing to do: no waiting for those reads
-            report.wall_s = time.perf_counter() - t0
-            return report
-        lengths, manifest = lengths_read.result(), manifest_read.result()
-    finally:
-        side.shutdown(wait=False)
-    missing = set(todo["settings_hash"]) - set(lengths)
-    if missing:
-        raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under settings "
-                        f"{sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on those dumps)")
+    # the manifest and the runs table are read while the plan reads done rows; the runs (the
+    # window lengths, only needed to build the first commit) go on while the files are read
+    side = ThreadPoolExecutor(1)
+    manifest_read = side.submit(store.read_manifest)
+    lengths_read = side.submit(window_lengths, store, model_id)
+    side.shutdown(wait=False)
+    todo, skipped = plan(store, head, force, snap, done_files)
+    report = ApplyReport(head.head_id, None, recordings_total=len(todo) + skipped, recordings_skipped=skipped)
+    if todo.empty:  # nothing to do: no waiting for those reads
+        report.wall_s = time.perf_counter() - t0
+        return report
+    manifest = manifest_read.result()
     manifest = manifest[["recording_id", "device", "start_time", "duration_s"]].drop_duplicates("recording_id")
     todo = todo.merge(manifest, on="recording_id", how="left")
     # by site and time: a commit's recordings then lie in few (site, month) files, read once
     todo = todo.sort_values(["site", "start_time", "recording_id"], na_position="first", kind="stable")
     report.run_id = run_id = new_run_id()
+    classes = len(head.card.classes)
     started = datetime.now(timezone.utc)
     thresholds = np.array([head.card.thresholds[c] for c in head.card.classes], dtype=np.float32)
     labels = pa.array(list(head.card.classes), pa.string())
     chunks = list(_chunks(todo, windows_per_commit))
-    scored = _scored_chunks(store, head, chunks, snap, max(1, threads or os.cpu_count() or 1))
+    reading = _read_files(store, head, chunks, snap, max(1, threads or os.cpu_count() or 1))  # starts them
     try:
-        for seq, (chunk, (rows, calls)) in enumerate(zip(chunks, scored)):
+        lengths = lengths_read.result()
+        missing = set(todo["settings_hash"]) - set(lengths)
+        if missing:  # before any commit
+            raise HeadError(f"store {store.uri}: no run row says the window length of model {model_id} under "
+                            f"settings {sorted(missing)[:3]}; the runs/ table is incomplete (rerun `pam detect` on "
+                            "those dumps)")
+        for seq, (chunk, (rows, calls)) in enumerate(zip(chunks, _scored_chunks(reading, chunks, classes))):
             flush, windows = _flush(head, chunk, rows, calls, thresholds, labels, lengths, run_id)
             committed = store.commit(run_id, seq, flush, replace=force, snap=snap, done_files=done_files)
             report.commits.append(committed.done.num_rows)
@@ -144,7 +148,7 @@ def apply_head(store: Store | str | Path, head_path: Head | str | Path, force: b
             report.windows += windows
             report.detections += int(pc.sum(committed.done.column("detections")).as_py() or 0)
     finally:
-        scored.close()  # a failed commit stops the reading threads before it propagates
+        reading.results.close()  # a failure stops the reading threads before it propagates
     report.wall_s = time.perf_counter() - t0
     store.write_run({
         "run_id": run_id, "flow": "apply-head", "status": "completed", "started_at": started,
@@ -192,15 +196,23 @@ def chunk_files(files: list[ResultFile], chunk: pd.DataFrame) -> list[ResultFile
     return out
 
 
-def _scored_chunks(store: Store, head: Head, chunks: list[pd.DataFrame], snap, threads: int):
-    """Per chunk of recordings, in order: its live windows (those embedded under the settings
-    their source done row names) and the head's scores of them [windows, classes]. Each chunk
-    reads only the files that can hold its windows (``chunk_files``). The files of every chunk
-    stream through one pool of ``threads`` threads, each reading a file and scoring its pages
-    where they lie, some files ahead of the caller: so the threads keep working while the
-    caller commits a chunk."""
+@dataclass
+class _Reading:
+    """The files of every chunk, being read and scored (``ReadAhead`` of ``tasks``)."""
+
+    files: list[ResultFile]  # every live embedding file
+    files_of: list[list[ResultFile]]  # per chunk, the files it reads
+    read: Callable  # task (chunk index, file) -> (rows, scores) or None
+    results: ReadAhead  # over the tasks, in order
+
+
+def _read_files(store: Store, head: Head, chunks: list[pd.DataFrame], snap, threads: int) -> _Reading:
+    """Start reading the files of every chunk (only those that can hold its windows:
+    ``chunk_files``): ``threads`` threads, each reading a file and scoring its pages where they
+    lie, some files ahead of the caller, so the threads keep working while the caller commits
+    a chunk. Each file's windows are kept where they are live (embedded under the settings
+    their recording's source done row names)."""
     model_id = head.card.embedding_model_id
-    classes = len(head.card.classes)
     files = embedding_files(store, snap=snap)  # the log's file list once, not per chunk
     files_of = [chunk_files(files, chunk) for chunk in chunks]
     ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for chunk in chunks]
@@ -225,10 +237,15 @@ def _scored_chunks(store: Store, head: Head, chunks: list[pd.DataFrame], snap, t
     # windows: only rows and scores are held, a few MB), but never fewer than two per thread
     rows_per_file = int(np.median([f.rows for _i, f in tasks])) if tasks else 1
     ahead = min(64, max(2 * threads + 2, AHEAD_WINDOWS // max(1, rows_per_file)))
-    results = read_ahead(read, tasks, threads, ahead)
-    for i, of_chunk in enumerate(files_of):
-        parts = [part for _ in of_chunk if (part := next(results)[1]) is not None]
-        parts += [part for f in _unread_files(files, of_chunk, chunks[i], parts) if (part := read((i, f))) is not None]
+    return _Reading(files, files_of, read, read_ahead(read, tasks, threads, ahead))
+
+
+def _scored_chunks(reading: _Reading, chunks: list[pd.DataFrame], classes: int):
+    """Per chunk, in order: its live windows and the head's scores of them [windows, classes]."""
+    for i, of_chunk in enumerate(reading.files_of):
+        parts = [part for _ in of_chunk if (part := next(reading.results)[1]) is not None]
+        parts += [part for f in _unread_files(reading.files, of_chunk, chunks[i], parts)
+                  if (part := reading.read((i, f))) is not None]
         if not parts:
             yield ROWS.empty_table(), np.zeros((0, classes), np.float32)
         else:
