@@ -206,3 +206,17 @@ def test_an_inconsistent_model_is_refused():
     bad.common_names = ["x"]
     with pytest.raises(ModelError, match="1 common_names for 3 classes"):
         bad.check()
+
+
+def test_model_ids_load_a_runs_models_once_until_the_file_changes(tmp_path, monkeypatch):
+    """plan_agile (the CLI's check before Prefect starts, then the flow's) learns the run's model
+    ids through catalog.model_ids: the same file is loaded once per process; a changed file again."""
+    path = every_window_model(tmp_path / "m.pt")
+    loads = []
+    real = catalog.load_models
+    monkeypatch.setattr(catalog, "load_models", lambda specs, device="cpu": loads.append(specs) or real(specs, device))
+    first = catalog.model_ids([str(path)])
+    assert catalog.model_ids([str(path)]) == first == [load_checkpoint(str(path)).model_id] and len(loads) == 1
+    every_window_model(path, window_s=2.0, seed=1)  # written again: another model under the same name
+    again = catalog.model_ids([str(path)])
+    assert len(loads) == 2 and again == [load_checkpoint(str(path)).model_id] != first

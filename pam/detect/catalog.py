@@ -9,6 +9,7 @@ one-line fix.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -52,3 +53,23 @@ def load_models(specs: list[str | None], device: torch.device | str = "cpu") -> 
                              f"are the same model ({model.model_id}); list it once")
         seen[model.model_id] = spec
     return models
+
+
+def model_ids(specs: list[str | None]) -> list[str]:
+    """The ids of a run's models (as ``load_models`` gives them), loading them once per process
+    for the same specs and files (same size and modification time): a run's check before it
+    starts and the run itself then load them once."""
+    return list(_model_ids(tuple(_file_key(s) for s in specs)))
+
+
+def _file_key(spec: str | None) -> tuple:
+    path = Path(spec) if spec else None
+    if path is not None and path.is_file():
+        st = path.stat()
+        return spec, st.st_size, st.st_mtime_ns
+    return spec, None, None
+
+
+@functools.lru_cache(maxsize=16)
+def _model_ids(keys: tuple) -> tuple[str, ...]:
+    return tuple(m.model_id for m in load_models([k[0] for k in keys], device="cpu"))

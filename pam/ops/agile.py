@@ -39,11 +39,12 @@ class AgilePlan:
 def plan_agile(store: Store, config: PamConfig) -> AgilePlan:
     """The heads and indexes the run will update after detection; ConfigError in one line when a
     named head is not registered in ``store`` or reads embeddings this run does not compute.
-    Loads the run's models (to know their ids) only when there is something to plan."""
+    Loads the run's models (to know their ids) only when there is something to plan, and once
+    per process (``pam.detect.catalog.model_ids``)."""
     agile = config.agile
     if not agile.heads and not agile.similarity_index:
         return AgilePlan()
-    from pam.detect.catalog import load_models
+    from pam.detect.catalog import model_ids
     from pam.store.location import NotOnObjectStorage
     from pam.train.head_registry import read_heads
     from pam.train.heads import HeadError
@@ -51,7 +52,7 @@ def plan_agile(store: Store, config: PamConfig) -> AgilePlan:
     if agile.similarity_index and store.remote:  # the index is a folder of files beside the store
         raise ConfigError(f"agile.similarity_index: {store.uri} is on object storage, where the similarity index is "
                           "not kept; set agile.similarity_index: false, or run on a store in a local folder")
-    models = [m.model_id for m in load_models(config.model_specs(), device="cpu")]
+    models = model_ids(config.model_specs())  # loaded once per process: the CLI's check and the flow's
     try:
         registered = read_heads(store) if agile.heads else None
     except (NotOnObjectStorage, HeadError) as exc:
