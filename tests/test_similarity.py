@@ -76,7 +76,7 @@ def test_re_adding_keys_is_idempotent_and_survives_reopening(tmp_path):
     hit = reopened.search(x[555], k=1, exact=True)
     assert (hit.recording_id[0], hit.start_sample[0]) == (recs[555], starts[555])
     files = sorted(p.name for p in (tmp_path / "idx").iterdir())
-    assert files == ["index.json", "keys-000001.parquet", "keys-000002.parquet", "vectors-000002.usearch"]
+    assert files == ["index.json", "keys-000001.parquet", "keys-000002.parquet", "vectors-s000000-g000002.usearch"]
 
 
 def test_a_memory_mapped_view_searches_but_refuses_adds(tmp_path):

@@ -132,3 +132,28 @@ def test_an_index_built_under_the_earlier_search_default_searches_with_the_curre
     assert json.loads(card_file.read_text())["expansion_search"] == EXPANSION_SEARCH
     assert len(SimilarityIndex.open(index_folder(store, model_id))) == len(again.index)
 
+
+
+def test_a_nightly_update_loads_only_the_open_segment(first_night, monkeypatch):
+    import pam.analysis.index_segments as index_segments
+    import pam.analysis.similarity as similarity
+
+    tmp, store, model, model_id = first_night
+    n1 = len(read_embeddings(store, model_id=model_id))
+    monkeypatch.setattr(similarity, "SEGMENT_VECTORS", max(1, n1 // 2))  # the first night fills a segment or two
+    first = update_index(store, model_id)
+    assert len(first.index.segment_counts) >= 2 and sum(first.index.segment_counts) == n1
+    sealed = first.index.segment_counts[:-1]
+    loads = []
+    real = index_segments.load_usearch
+    monkeypatch.setattr(index_segments, "load_usearch",
+                        lambda path, card, view: loads.append((path.name, view)) or real(path, card, view))
+    for i in range(2):
+        start = datetime(2024, 5, 2, 5, 0, tzinfo=timezone.utc) + timedelta(minutes=i)
+        write_wav(tmp / "night2" / "S2" / start.strftime("%Y%m%d_%H%M%S.WAV"), stereo(10 + i, i == 1), RATE)
+    scan_and_detect(tmp / "night2", store, config(model))
+    second = update_index(store, model_id)
+    assert second.added > 0 and second.index.segment_counts[:len(sealed)] == sealed
+    assert not [name for name, view in loads if not view and not name.startswith(f"vectors-s{len(sealed):06d}")]
+    hits = similar(store, example=tmp / "call.wav", top=2).rows  # every segment searched, merged
+    assert set(hits["site"]) == {"S0", "S2"} and set(hits["start_s"]) == {0.0}

@@ -3,29 +3,38 @@
 One index folder holds the embeddings of one embedding model (they share a length and a
 meaning); each vector is keyed by the window it describes, (recording id, start sample,
 model id). The approximate search is usearch's HNSW graph (chosen by measurement:
-docs/benchmarks.md, "Similarity search"); below ``EXACT_BELOW`` vectors the index is searched
-exhaustively instead, which is exact and still fast.
+docs/benchmarks.md, "Similarity search"); a segment of fewer than ``EXACT_BELOW`` vectors is
+searched exhaustively instead, which is exact and still fast.
+
+The vectors are kept in size-capped segments (``pam.analysis.index_segments``): each its own
+usearch file of at most ``SEGMENT_VECTORS`` vectors. New vectors go to the open (last) segment;
+a full one is sealed and a new one opened. Opening the index to add loads only the open segment
+into RAM; a search memory-maps the sealed ones, searches each and merges their top ``k`` by
+similarity. ``remove_recordings`` loads and changes only the segments holding those windows
+(the key files record each key's segment).
 
 Files in the folder:
 
 * ``index.json``: the card (format version, model id, vector length, stored dtype, HNSW
-  settings, number of vectors, the vector file and the key files in force);
-* ``vectors-NNNNNN.usearch``: the usearch index, labels are 64-bit hashes of the keys;
-* ``keys-NNNNNN.parquet``: one file per commit, the keys it added (``KEYS_SCHEMA``); a commit
-  that removed windows (``remove_recordings``) writes every key instead, and starts the list.
+  settings, number of vectors, the segments with their vector counts and which is open, the
+  segment cap, and the key files in force);
+* ``vectors-sSSSSSS-gNNNNNN.usearch``: segment SSSSSS as commit NNNNNN wrote it; labels are
+  64-bit hashes of the keys (an index of format 1 has one ``vectors-NNNNNN.usearch``: segment 0);
+* ``keys-NNNNNN.parquet``: one file per commit, the keys it added and their segment
+  (``KEYS_SCHEMA``); a commit that removed windows writes every key instead, and starts the list.
 
-A commit writes the new key file and a new vector file, then replaces ``index.json`` in one
-rename; a crash before the rename leaves the previous index intact (stray files are removed by
-the next commit). Adding a key that the index already holds does nothing, so a nightly update
-can re-add a whole night safely.
+A commit writes the segments that changed (normally only the open one; a segment sealed while
+adding is written when it fills, so a long build holds one segment in RAM), the new key file,
+then replaces ``index.json`` in one rename; a crash before the rename leaves the previous index
+intact (stray files are removed by the next commit). Adding a key that the index already holds
+(in any segment: the key files know it) does nothing, so a nightly update can re-add a whole
+night safely.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,25 +43,26 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 1
-CARD = "index.json"
-EXACT_BELOW = 50_000  # vectors; exhaustive search below this is exact and takes < 20 ms
-# HNSW breadth of a search: recall@100 0.952 at 2 million vectors, 131 ms a query on one thread
-# (1,024 gave 0.929 there in 16 ms; docs/benchmarks.md, "Similarity search")
-EXPANSION_SEARCH = 16_384
-DTYPES = ("i8", "bf16", "f16", "f32")
-KEYS_SCHEMA = pa.schema(
-    [
-        pa.field("label", pa.uint64(), nullable=False),  # the usearch label: window_labels() of the key
-        pa.field("recording_id", pa.string(), nullable=False),
-        pa.field("start_sample", pa.int64(), nullable=False),
-    ],
-    metadata={"index_keys_version": str(FORMAT_VERSION)},
+from pam.analysis.index_segments import (
+    CARD,
+    DTYPES,
+    EXACT_BELOW,
+    EXPANSION_SEARCH,
+    FORMAT_VERSION,
+    KEYS_SCHEMA,
+    SEGMENT_VECTORS,
+    IndexCard,
+    Segment,
+    SimilarityIndexError,
+    empty_keys,
+    new_usearch,
+    read_key_file,
+    search_segments,
+    segment_file,
 )
 
-
-class SimilarityIndexError(ValueError):
-    """An index folder, or an addition to it, that cannot be used; the message says what to do."""
+__all__ = ["CARD", "EXACT_BELOW", "EXPANSION_SEARCH", "FORMAT_VERSION", "KEYS_SCHEMA", "SEGMENT_VECTORS",
+           "IndexCard", "SimilarityIndex", "SimilarityIndexError", "build_index", "unit_rows", "window_labels"]
 
 
 def window_labels(recording_ids: Sequence[str], start_samples: Sequence[int], model_id: str) -> np.ndarray:
@@ -75,45 +85,14 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
-@dataclass(frozen=True)
-class IndexCard:
-    model_id: str
-    dim: int
-    dtype: str = "bf16"
-    connectivity: int = 16
-    expansion_add: int = 64
-    expansion_search: int = EXPANSION_SEARCH
-    count: int = 0
-    generation: int = 0
-    vector_file: str | None = None
-    key_files: tuple[str, ...] = ()
-    version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        d = dict(self.__dict__)
-        d["key_files"] = list(self.key_files)
-        return json.dumps(d, indent=1, sort_keys=True)
-
-    @classmethod
-    def read(cls, folder: Path) -> "IndexCard":
-        path = folder / CARD
-        if not path.is_file():
-            raise SimilarityIndexError(f"{folder}: no similarity index here ({CARD} missing); build one first")
-        d = json.loads(path.read_text())
-        if d.get("version") != FORMAT_VERSION:
-            raise SimilarityIndexError(f"{path}: index format {d.get('version')}, this pam reads "
-                                       f"{FORMAT_VERSION}: rebuild the index")
-        d["key_files"] = tuple(d["key_files"])
-        return cls(**d)
-
-
 class SimilarityIndex:
     """Create with ``create``, load with ``open``; ``add`` (or ``remove_recordings``) then ``commit``;
     ``search`` any time."""
 
-    def __init__(self, folder: Path, card: IndexCard, index, keys: pd.DataFrame, view: bool):
-        self.folder, self.card, self._index, self._view = folder, card, index, view
-        self._keys = keys  # label, recording_id, start_sample; sorted by label
+    def __init__(self, folder: Path, card: IndexCard, segments: list[Segment], keys: pd.DataFrame, view: bool):
+        self.folder, self.card, self._segments, self._view = folder, card, segments, view
+        self._open = card.open_segment  # the segment new vectors go to (None: open a new one first)
+        self._keys = keys  # label, recording_id, start_sample, segment; sorted by label
         self._pending: list[pd.DataFrame] = []
         self._removed = False  # remove() took windows out since the last commit
 
@@ -121,65 +100,68 @@ class SimilarityIndex:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, model_id: str, dim: int, dtype: str = "bf16",
-               connectivity: int = 16, expansion_add: int = 64,
-               expansion_search: int = EXPANSION_SEARCH) -> "SimilarityIndex":
-        """A new empty index in ``folder`` (which must not hold one already)."""
+               connectivity: int = 16, expansion_add: int = 64, expansion_search: int = EXPANSION_SEARCH,
+               segment_vectors: int | None = None) -> "SimilarityIndex":
+        """A new empty index in ``folder`` (which must not hold one already), its segments capped at
+        ``segment_vectors`` vectors (default ``SEGMENT_VECTORS``)."""
         folder = Path(folder)
+        segment_vectors = SEGMENT_VECTORS if segment_vectors is None else segment_vectors
         if (folder / CARD).exists():
             raise SimilarityIndexError(f"{folder} already holds a similarity index: open it, or remove the folder")
         if dtype not in DTYPES:
             raise SimilarityIndexError(f"unknown index dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         if dim <= 0:
             raise SimilarityIndexError(f"embedding length must be positive, got {dim}")
+        if segment_vectors <= 0:
+            raise SimilarityIndexError(f"segment size must be positive, got {segment_vectors}")
         folder.mkdir(parents=True, exist_ok=True)
         card = IndexCard(model_id=model_id, dim=int(dim), dtype=dtype, connectivity=connectivity,
-                         expansion_add=expansion_add, expansion_search=expansion_search)
-        return cls(folder, card, cls._new_usearch(card), cls._empty_keys(), view=False)
+                         expansion_add=expansion_add, expansion_search=expansion_search,
+                         segment_vectors=int(segment_vectors))
+        return cls(folder, card, [], empty_keys(), view=False)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, view: bool = False) -> "SimilarityIndex":
-        """The committed index in ``folder``; ``view=True`` memory-maps the vectors (read-only, little RAM)."""
+        """The committed index in ``folder``. ``view=False`` (to add or remove) loads the open segment
+        into RAM and no other; ``view=True`` is read-only. Sealed segments are memory-mapped when searched."""
         folder = Path(folder)
         card = IndexCard.read(folder)
-        index = cls._new_usearch(card)
-        if card.vector_file:
-            path = str(folder / card.vector_file)
-            if view:
-                index.view(path)
-            else:
-                index.load(path)
-        parts = [pq.read_table(folder / f, schema=KEYS_SCHEMA).to_pandas() for f in card.key_files]
-        keys = pd.concat(parts, ignore_index=True) if parts else cls._empty_keys()
-        if len(keys) != card.count or len(index) != card.count:
-            raise SimilarityIndexError(f"{folder}: the card says {card.count} vectors but the files hold "
-                                       f"{len(index)} vectors and {len(keys)} keys: rebuild the index")
-        return cls(folder, card, index, keys.sort_values("label", ignore_index=True), view)
-
-    @staticmethod
-    def _new_usearch(card: IndexCard):
-        from usearch.index import Index
-
-        return Index(ndim=card.dim, metric="cos", dtype=card.dtype, connectivity=card.connectivity,
-                     expansion_add=card.expansion_add, expansion_search=card.expansion_search)
-
-    @staticmethod
-    def _empty_keys() -> pd.DataFrame:
-        return KEYS_SCHEMA.empty_table().to_pandas()
+        segments = [Segment(file, count) for file, count in card.segments]
+        parts = [read_key_file(folder / f) for f in card.key_files]
+        keys = pd.concat(parts, ignore_index=True) if parts else empty_keys()
+        per_segment = np.bincount(keys["segment"].to_numpy(), minlength=len(segments)) if len(keys) else \
+            np.zeros(len(segments), np.int64)
+        if len(per_segment) != len(segments) or list(per_segment) != [s.count for s in segments] \
+                or len(keys) != card.count:
+            raise SimilarityIndexError(f"{folder}: the card says {card.count} vectors in segments of "
+                                       f"{[s.count for s in segments]} but its key files hold {len(keys)} keys in "
+                                       f"{list(per_segment)}: rebuild the index")
+        if card.open_segment is not None and not view:
+            segments[card.open_segment].in_ram(folder, card)
+        return cls(folder, card, segments, keys.sort_values("label", ignore_index=True), view)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return sum(s.count for s in self._segments)
 
     @property
     def model_id(self) -> str:
         return self.card.model_id
 
+    @property
+    def segment_counts(self) -> list[int]:
+        """Vectors per segment, in order (staged additions included)."""
+        return [s.count for s in self._segments]
+
     # ------------------------------------------------------------------ add / commit
+
+    def _writable(self, what: str) -> None:
+        if self._view:
+            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to {what}")
 
     def add(self, recording_ids: Sequence[str], start_samples: Sequence[int], vectors: np.ndarray,
             model_id: str) -> int:
         """Add windows not yet in the index; returns how many were new. Call ``commit`` to keep them."""
-        if self._view:
-            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to add")
+        self._writable("add")
         if model_id != self.card.model_id:
             raise SimilarityIndexError(f"{self.folder} indexes embeddings of model {self.card.model_id}, "
                                        f"not {model_id}: use one index folder per embedding model")
@@ -197,34 +179,67 @@ class SimilarityIndex:
         if distinct["label"].duplicated().any():
             self._check_collisions(distinct[distinct["label"].duplicated(keep=False)], within=distinct)
         first = ~keys["label"].duplicated().to_numpy()
-        held = np.asarray(self._index.contains(keys["label"].to_numpy()), dtype=bool).reshape(-1)
+        held = self._held(keys["label"].to_numpy())
         if held.any():
             self._check_collisions(keys[held])
-        new = first & ~held
-        if not new.any():
+        new = np.flatnonzero(first & ~held)
+        if not len(new):
             return 0
-        keys = keys[new].reset_index(drop=True)
-        self._index.add(keys["label"].to_numpy(), unit_rows(vectors[new]), threads=0)
-        self._pending.append(keys)
-        return int(new.sum())
+        keys = keys.iloc[new].reset_index(drop=True)
+        rows = unit_rows(vectors[new])
+        done = 0
+        while done < len(rows):  # fill the open segment, seal it when full, go on in a new one
+            number, seg = self._open_segment()
+            take = min(len(rows) - done, self.card.segment_vectors - seg.count)
+            part = keys.iloc[done:done + take].assign(segment=np.int32(number))
+            seg.in_ram(self.folder, self.card).add(part["label"].to_numpy(), rows[done:done + take], threads=0)
+            seg.count, seg.dirty = seg.count + take, True
+            self._pending.append(part)
+            done += take
+        return len(rows)
+
+    def _held(self, labels: np.ndarray) -> np.ndarray:
+        """Which labels the index holds already, committed or staged (in any segment)."""
+        known = self._keys["label"].to_numpy()
+        at = np.minimum(np.searchsorted(known, labels), max(len(known) - 1, 0))
+        held = (known[at] == labels) if len(known) else np.zeros(len(labels), bool)
+        if self._pending:
+            held |= np.isin(labels, np.concatenate([p["label"].to_numpy() for p in self._pending]))
+        return held
+
+    def _open_segment(self) -> tuple[int, Segment]:
+        """The open segment with room, sealing a full one (written now, then dropped from RAM) first."""
+        if self._open is not None and self._segments[self._open].count >= self.card.segment_vectors:
+            seg = self._segments[self._open]
+            if seg.dirty:
+                seg.write(self.folder, segment_file(self._open, self.card.generation + 1))
+            seg.release()
+            self._open = None
+        if self._open is None:
+            self._segments.append(Segment(None, 0, new_usearch(self.card), loaded=True))
+            self._open = len(self._segments) - 1
+        return self._open, self._segments[self._open]
 
     def remove_recordings(self, recording_ids: Sequence[str]) -> int:
         """Take every window of these recordings out of the index (committed ones and ones added
-        since); returns how many. Call ``commit`` to keep the removal."""
-        if self._view:
-            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to remove")
+        since); loads only the segments that hold them. Returns how many. Call ``commit`` to keep
+        the removal."""
+        self._writable("remove")
         ids = set(map(str, recording_ids))
         if not ids:
             return 0
         gone = 0
-        pending = []
+        kept = []
         for keys in [self._keys, *self._pending]:
             hit = keys["recording_id"].isin(ids).to_numpy()
             if hit.any():
-                self._index.remove(keys["label"].to_numpy()[hit])
+                for number, labels in keys[hit].groupby("segment")["label"]:
+                    seg = self._segments[int(number)]
+                    seg.in_ram(self.folder, self.card).remove(labels.to_numpy())
+                    seg.count, seg.dirty = seg.count - len(labels), True
                 gone += int(hit.sum())
-            pending.append(keys[~hit].reset_index(drop=True) if hit.any() else keys)
-        self._keys, self._pending = pending[0], [p for p in pending[1:] if len(p)]
+            kept.append(keys[~hit].reset_index(drop=True) if hit.any() else keys)
+        self._keys, self._pending = kept[0], [p for p in kept[1:] if len(p)]
         self._removed = self._removed or gone > 0
         return gone
 
@@ -241,29 +256,35 @@ class SimilarityIndex:
                 f"({row.recording_id_held}, {row.start_sample_held}); report this, it should not happen")
 
     def commit(self) -> None:
-        """Write what ``add`` staged and ``remove_recordings`` took out: key file, vector file, then
-        the card in one rename. After a removal the key file holds every key, and it alone is in force."""
+        """Write what ``add`` staged and ``remove_recordings`` took out: the segments that changed,
+        the key file, then the card in one rename. After a removal the key file holds every key,
+        and it alone is in force. Sealed segments that were changed are dropped from RAM after."""
         if not self._pending and not self._removed:
             if self.card.generation == 0:  # an empty index still gets its card
                 self._write_card(self.card)
             return
         gen = self.card.generation + 1
-        added = pd.concat(self._pending, ignore_index=True) if self._pending else self._empty_keys()
+        if self._open is not None and self._segments[self._open].count >= self.card.segment_vectors:
+            self._open = None  # full: sealed, so the next update does not load it
+        for number, seg in enumerate(self._segments):
+            if seg.dirty:
+                seg.write(self.folder, segment_file(number, gen))
+        added = pd.concat(self._pending, ignore_index=True) if self._pending else empty_keys()
         key_file = f"keys-{gen:06d}.parquet"
-        vector_file = f"vectors-{gen:06d}.usearch"
         everything = pd.concat([self._keys, added], ignore_index=True)
         tmp = self.folder / f".{key_file}.tmp"
         written = everything if self._removed else added
         pq.write_table(pa.Table.from_pandas(written, schema=KEYS_SCHEMA, preserve_index=False), tmp)
         os.replace(tmp, self.folder / key_file)
-        tmp = self.folder / f".{vector_file}.tmp"
-        self._index.save(str(tmp))
-        os.replace(tmp, self.folder / vector_file)
         key_files = (key_file,) if self._removed else (*self.card.key_files, key_file)
-        card = IndexCard(**{**self.card.__dict__, "count": len(self._index), "generation": gen,
-                            "vector_file": vector_file, "key_files": key_files})
+        card = IndexCard(**{**self.card.__dict__, "count": len(self), "generation": gen,
+                            "segments": tuple((s.file, s.count) for s in self._segments),
+                            "open_segment": self._open, "key_files": key_files, "version": FORMAT_VERSION})
         self._write_card(card)
         self.card = card
+        for number, seg in enumerate(self._segments):
+            if number != self._open:
+                seg.release()
         self._keys = everything.sort_values("label", ignore_index=True)
         self._pending = []
         self._removed = False
@@ -271,10 +292,8 @@ class SimilarityIndex:
 
     def set_expansion_search(self, expansion_search: int) -> None:
         """Search with this breadth from now on; written to the card at once (the vectors stay)."""
-        if self._view:
-            raise SimilarityIndexError(f"{self.folder}: opened as a read-only view; open it with view=False to change it")
+        self._writable("change it")
         self.card = IndexCard(**{**self.card.__dict__, "expansion_search": int(expansion_search)})
-        self._index.expansion_search = int(expansion_search)
         if self.card.generation:
             self._write_card(self.card)
 
@@ -284,7 +303,7 @@ class SimilarityIndex:
         os.replace(tmp, self.folder / CARD)
 
     def _remove_stray_files(self) -> None:
-        keep = {CARD, self.card.vector_file, *self.card.key_files}
+        keep = {CARD, *(f for f, _ in self.card.segments), *self.card.key_files}
         for f in self.folder.iterdir():
             ours = f.name.startswith(("vectors-", "keys-", ".vectors-", ".keys-", f".{CARD}"))
             if f.name not in keep and ours and f.is_file():
@@ -296,7 +315,9 @@ class SimilarityIndex:
         """The ``k`` windows most similar to ``vector``, most similar first.
 
         Columns: recording_id, start_sample, model_id, similarity (cosine, 1 = same direction).
-        ``exact=None`` searches exhaustively below ``EXACT_BELOW`` vectors and by the graph above.
+        Each segment is searched for its own ``k`` nearest (``exact=None``: exhaustively below
+        ``EXACT_BELOW`` vectors, by the graph above; sealed segments memory-mapped) and the
+        results merged by similarity.
         """
         q = unit_rows(vector)
         if q.shape != (1, self.card.dim):
@@ -304,13 +325,8 @@ class SimilarityIndex:
                                        f"embeddings of model {self.card.model_id}")
         if self._pending:
             raise SimilarityIndexError(f"{self.folder}: commit the added windows before searching")
-        if len(self._index) == 0:
-            return self._result(np.empty(0, np.uint64), np.empty(0, np.float32))
-        if exact is None:
-            exact = len(self._index) < EXACT_BELOW
-        self._index.expansion_search = max(self.card.expansion_search, k)
-        found = self._index.search(q[0], min(k, len(self._index)), exact=exact)
-        return self._result(np.asarray(found.keys, dtype=np.uint64), 1.0 - np.asarray(found.distances))
+        labels, similarity = search_segments(self._segments, self.folder, self.card, q[0], k, exact)
+        return self._result(labels, similarity)
 
     def _result(self, labels: np.ndarray, similarity: np.ndarray) -> pd.DataFrame:
         at = np.searchsorted(self._keys["label"].to_numpy(), labels)
