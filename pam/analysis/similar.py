@@ -4,8 +4,9 @@ embeddings, listed with their site, recording, seconds and UTC time, ready for `
 The search runs on the store's similarity index (``pam.analysis.similarity``), one folder per
 embedding model under ``STORE/index/``; ``pam.analysis.store_index.update_index`` brings it in
 step with the store's latest snapshot before each search (reading only the embedding files
-the index has not read; the nightly flow keeps it current too), and every hit is checked
-against the live rows, so a search never lists a window the store no longer holds.
+the index has not read; the nightly flow keeps it current too). The search visits each of the
+index's segments (the sealed ones memory-mapped) and merges their hits by similarity; every hit
+is checked against the live rows, so a search never lists a window the store no longer holds.
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ store's latest snapshot, incrementally: the index's sidecar, ``sources.parquet``
 each recording whose windows it holds, the done row they were committed with (run id,
 settings hash, commit time). An update reads only the embedding files that are new since
 (result files are never changed in place: every commit adds files), so a night's update
-reads that night's windows and not the season's.
+reads that night's windows and not the season's. It opens the index to add, which loads only
+its open segment into RAM (``pam.analysis.index_segments``: at most ``SEGMENT_VECTORS``
+vectors, whatever the season's size), and its commit writes that segment, not the sealed ones.
 
 Rows that left the table leave the index: when files the index read are gone (a
 ``--force`` rerun, a re-analysed path or re-clocked recordings replace them; a compaction
 rewrites them), each recording they held whose done row changed or is gone has all its
-windows taken out of the index, before the new files' windows go in. A recording whose done
+windows taken out of the index, before the new files' windows go in (only the segments
+holding them are loaded and rewritten). A recording whose done
 row is the same (its rows were only moved to another file) keeps its vectors.
 
 The sidecar is written after the index commits. A crash between the two leaves the old
