@@ -100,6 +100,25 @@ def test_a_segment_filled_exactly_is_sealed_at_commit(tmp_path, loads):
     assert card(folder)["open_segment"] == 2
 
 
+def test_a_crash_after_sealing_before_the_commit_leaves_the_previous_index(tmp_path):
+    x = clustered(1800, 32, 8, seed=18)
+    recs, starts = keys(1800)
+    folder = tmp_path / "idx"
+    build_index(folder, [(recs[:600], starts[:600], x[:600])], MODEL, segment_vectors=1000)
+    before = card(folder)
+    index = SimilarityIndex.open(folder)
+    index.add(recs, starts, x, MODEL)  # seals segment 0 (written at once) and opens segment 1
+    assert index.segment_counts == [1000, 800] and (folder / "vectors-s000000-g000002.usearch").exists()
+    del index  # killed before commit()
+    assert card(folder) == before
+    again = SimilarityIndex.open(folder)
+    assert len(again) == 600 and again.search(x[10], k=1, exact=True).recording_id[0] == recs[10]
+    again.add(recs[:700], starts[:700], x[:700], MODEL)
+    again.commit()
+    assert {p.name for p in folder.glob("vectors-*")} == {"vectors-s000000-g000002.usearch"}
+    assert SimilarityIndex.open(folder).segment_counts == [700]
+
+
 def test_search_over_segments_finds_the_planted_neighbour_and_agrees_with_exact(tmp_path):
     x = clustered(20000, 96, 40, seed=3)
     rng = np.random.default_rng(4)
