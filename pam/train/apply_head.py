@@ -174,14 +174,22 @@ def _chunks(todo: pd.DataFrame, windows: int):
         yield chunk
 
 
-def chunk_files(files: list[ResultFile], chunk: pd.DataFrame) -> list[ResultFile]:
-    """The embedding files that can hold windows of ``chunk``'s recordings: those of their sites
-    whose dates (from the log) meet the UTC days the recordings span, and the files of unknown
-    date (windows of recordings without a start time). A site with a recording of unknown
-    length keeps all its files."""
+def files_by_site(files: list[ResultFile]) -> dict[str, list[ResultFile]]:
+    """``files`` by site partition (``unknown`` for none)."""
+    out: dict[str, list[ResultFile]] = {}
+    for f in files:
+        out.setdefault(f.site or UNKNOWN, []).append(f)
+    return out
+
+
+def chunk_files(by_site: dict[str, list[ResultFile]], chunk: pd.DataFrame) -> list[ResultFile]:
+    """The embedding files (``files_by_site``) that can hold windows of ``chunk``'s recordings:
+    those of their sites whose dates (from the log) meet the UTC days the recordings span, and
+    the files of unknown date (windows of recordings without a start time). A site with a
+    recording of unknown length keeps all its files."""
     out = []
     for site, group in chunk.groupby(chunk["site"].fillna(UNKNOWN), sort=True):
-        of_site = [f for f in files if (f.site or UNKNOWN) == site]
+        of_site = by_site.get(site, [])
         timed = group.dropna(subset=["start_time"])
         if timed["duration_s"].isna().any():
             out += of_site
@@ -200,7 +208,7 @@ def chunk_files(files: list[ResultFile], chunk: pd.DataFrame) -> list[ResultFile
 class _Reading:
     """The files of every chunk, being read and scored (``ReadAhead`` of ``tasks``)."""
 
-    files: list[ResultFile]  # every live embedding file
+    by_site: dict[str, list[ResultFile]]  # every live embedding file, by site
     files_of: list[list[ResultFile]]  # per chunk, the files it reads
     read: Callable  # task (chunk index, file) -> (rows, scores) or None
     results: ReadAhead  # over the tasks, in order
@@ -213,8 +221,8 @@ def _read_files(store: Store, head: Head, chunks: list[pd.DataFrame], snap, thre
     a chunk. Each file's windows are kept where they are live (embedded under the settings
     their recording's source done row names)."""
     model_id = head.card.embedding_model_id
-    files = embedding_files(store, snap=snap)  # the log's file list once, not per chunk
-    files_of = [chunk_files(files, chunk) for chunk in chunks]
+    by_site = files_by_site(embedding_files(store, snap=snap))  # the log's file list once, not per chunk
+    files_of = [chunk_files(by_site, chunk) for chunk in chunks]
     ids = [pa.array(chunk["recording_id"].tolist(), pa.string()) for chunk in chunks]
     live = [pa.array(chunk["settings_hash"].tolist(), pa.string()) for chunk in chunks]
     tasks = [(i, f) for i, of_chunk in enumerate(files_of) for f in of_chunk]
@@ -237,14 +245,14 @@ def _read_files(store: Store, head: Head, chunks: list[pd.DataFrame], snap, thre
     # windows: only rows and scores are held, a few MB), but never fewer than two per thread
     rows_per_file = int(np.median([f.rows for _i, f in tasks])) if tasks else 1
     ahead = min(64, max(2 * threads + 2, AHEAD_WINDOWS // max(1, rows_per_file)))
-    return _Reading(files, files_of, read, read_ahead(read, tasks, threads, ahead))
+    return _Reading(by_site, files_of, read, read_ahead(read, tasks, threads, ahead))
 
 
 def _scored_chunks(reading: _Reading, chunks: list[pd.DataFrame], classes: int):
     """Per chunk, in order: its live windows and the head's scores of them [windows, classes]."""
     for i, of_chunk in enumerate(reading.files_of):
         parts = [part for _ in of_chunk if (part := next(reading.results)[1]) is not None]
-        parts += [part for f in _unread_files(reading.files, of_chunk, chunks[i], parts)
+        parts += [part for f in _unread_files(reading.by_site, of_chunk, chunks[i], parts)
                   if (part := reading.read((i, f))) is not None]
         if not parts:
             yield ROWS.empty_table(), np.zeros((0, classes), np.float32)
@@ -252,22 +260,27 @@ def _scored_chunks(reading: _Reading, chunks: list[pd.DataFrame], classes: int):
             yield pa.concat_tables([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _unread_files(files: list[ResultFile], read: list[ResultFile], chunk: pd.DataFrame, parts) -> list[ResultFile]:
+def _unread_files(by_site: dict[str, list[ResultFile]], read: list[ResultFile], chunk: pd.DataFrame,
+                  parts) -> list[ResultFile]:
     """The other files of the sites of the chunk's recordings that came out with fewer windows
     than their source done rows count (their windows lie outside the days the manifest gives
     them, as after a clock change not yet re-analysed): they are read too, so that no window
     is left out because of the date pruning."""
+    got = window_counts([rows for rows, _scores in parts])
+    short = chunk[[got.get(r, 0) < n for r, n in zip(chunk["recording_id"], chunk["windows"].fillna(0))]]
+    seen = {f.path for f in read}
+    return [f for site in sorted(set(short["site"].fillna(UNKNOWN))) for f in by_site.get(site, [])
+            if f.path not in seen]
+
+
+def window_counts(tables: list[pa.Table]) -> dict[str, int]:
+    """Windows per recording id in ``tables``' rows, counted in arrow (no Python string per window)."""
     got: dict[str, int] = {}
-    for rows, _scores in parts:  # counted in arrow: no Python string per window
+    for rows in tables:
         counts = pc.value_counts(rows.column("recording_id"))
         for r, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
             got[r] = got.get(r, 0) + n
-    short = chunk[[got.get(r, 0) < n for r, n in zip(chunk["recording_id"], chunk["windows"].fillna(0))]]
-    if short.empty:
-        return []
-    sites = set(short["site"].fillna(UNKNOWN))
-    seen = {f.path for f in read}
-    return [f for f in files if (f.site or UNKNOWN) in sites and f.path not in seen]
+    return got
 
 
 def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, thresholds: np.ndarray,
@@ -299,8 +312,7 @@ def _flush(head: Head, chunk: pd.DataFrame, rows: pa.Table, calls: np.ndarray, t
         "date": rows.column("date").take(pa.array(win, pa.int64())),
     }, schema=pa.schema(list(schemas.DETECTIONS) + list(schemas.DETECTION_PARTITIONS)))
     counts = pd.Series(rec_ids).value_counts() if len(win) else pd.Series(dtype=int)
-    per_recording = pc.value_counts(rows.column("recording_id"))  # in arrow: no Python string per window
-    windows_of = dict(zip(per_recording.field("values").to_pylist(), per_recording.field("counts").to_pylist()))
+    windows_of = window_counts([rows])
     now = datetime.now(timezone.utc)
     done = pa.Table.from_pylist([{
         "recording_id": r.recording_id, "model_id": head_id, "settings_hash": r.key, "run_id": run_id,
