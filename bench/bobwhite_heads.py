@@ -78,6 +78,11 @@ declared, with the rows below, before any of its results on a scored group were 
    stage 5, each with none, own and own+field, calibrated threshold, all 60 clips; every row
    printed, chosen or not. Then (``--augment-shots``) k labelled clips for the recipe chosen
    inside the training group, threshold and retrain, as in 3.
+11. added after the first run of 8-10, choosing nothing: the same rows with copies drawn
+   with another seed (``--copy-seed 1``: other shifts, backgrounds, SNRs and gains), to see
+   how much the rows depend on one draw of copies; and (``--own-shots``) k-clip rows for
+   ``new`` with ``own`` copies (and with stage 5's site_norm), the variants that ranked the
+   scored groups best in the first run, to see whether copies help once k clips are added.
 """
 
 from __future__ import annotations
@@ -170,7 +175,8 @@ def with_copies(data: ClipEmbeddings, labels: Path, hop_s: float, cache_dir: Pat
     return replace(data, copies=merged)
 
 
-def augment_rows(data: ClipEmbeddings, groups: list[str], seeds: list[int], shots: list[int], draws: int) -> None:
+def augment_rows(data: ClipEmbeddings, groups: list[str], seeds: list[int], shots: list[int], draws: int,
+                 own_shots: bool = False) -> None:
     """Steps 8-10 of the docstring: the choice with the augmentation stage, every cross-site row
     with and without copies, and (``shots``) k-clip rows of the recipe chosen inside the group."""
     t0 = time.perf_counter()
@@ -198,14 +204,17 @@ def augment_rows(data: ClipEmbeddings, groups: list[str], seeds: list[int], shot
               "calibrated threshold: precision | recall | draws at target |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for train, test in directions if shots else []:
-        chosen = recipes[train[0]][3]
-        for k in shots:
-            for adaptation in ("threshold", "retrain"):
-                rows = [few_shot(data, train, test, k, chosen, adaptation, draw=d) for d in range(draws)]
-                print(f"| {train[0]} -> {test[0]} | {k} | chosen ({chosen.site_norm}, augment {chosen.augment}) | "
-                      f"{adaptation} | " + " | ".join(mean_sd(rows, key) for key in
-                                                      ("ap", "recall_at_precision", "precision", "recall"))
-                      + f" | {at_target(rows)} |", flush=True)
+        _, new, adapted, chosen = recipes[train[0]]
+        runs = [(f"chosen ({chosen.site_norm}, augment {chosen.augment})", chosen)]
+        if own_shots:  # added after the first run (step 11): chooses nothing
+            runs += [("new, own", replace(new, augment="own"))] + (
+                [(f"new, {adapted.site_norm}, own", replace(adapted, augment="own"))] if adapted.site_norm != "none" else [])
+        for k, (name, recipe), adaptation in ((k, run, a) for k in shots for run in runs for a in ("threshold", "retrain")):
+            rows = [few_shot(data, train, test, k, recipe, adaptation, draw=d) for d in range(draws)]
+            print(f"| {train[0]} -> {test[0]} | {k} | {name} | "
+                  f"{adaptation} | " + " | ".join(mean_sd(rows, key) for key in
+                                                  ("ap", "recall_at_precision", "precision", "recall"))
+                  + f" | {at_target(rows)} |", flush=True)
     print(f"\naugmentation rows: {time.perf_counter() - t0:.1f} s")
 
 
@@ -276,6 +285,8 @@ def main() -> None:
                     help="only steps 8-10: augmented copies of the training group's clips (other rows: docs/model.md)")
     ap.add_argument("--augment-shots", type=int, nargs="*", default=[],
                     help="with --augment: k-clip rows of the recipe chosen inside the training group")
+    ap.add_argument("--own-shots", action="store_true", help="with --augment-shots: also new with own copies (step 11)")
+    ap.add_argument("--copy-seed", type=int, default=0, help="seed of the augmented copies (step 11)")
     ap.add_argument("--field", type=Path, default=None,
                     help="unlabelled field recordings for own+field backgrounds (default: ../field beside the clips' folder)")
     args = ap.parse_args()
@@ -291,9 +302,9 @@ def main() -> None:
     print(f"{len(data.positive)} clips, {data.embeddings.shape[1]} windows each, sites {groups}")
     if args.augment:
         t0 = time.perf_counter()
-        data = with_copies(data, args.labels, args.hop, args.cache_dir, field, AugmentSettings())
-        print(f"copies: {time.perf_counter() - t0:.1f} s")
-        augment_rows(data, groups, args.seeds, args.augment_shots, args.draws)
+        data = with_copies(data, args.labels, args.hop, args.cache_dir, field, AugmentSettings(seed=args.copy_seed))
+        print(f"copies (seed {args.copy_seed}): {time.perf_counter() - t0:.1f} s")
+        augment_rows(data, groups, args.seeds, args.augment_shots, args.draws, args.own_shots)
         return
     t0 = time.perf_counter()
     directions = [([a], [b]) for a in groups for b in groups if a != b]
