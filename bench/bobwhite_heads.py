@@ -54,6 +54,35 @@ before any of its results on the scored group were seen; every row is printed, c
    one row that came near the targets, to check it the same way; it chooses nothing);
 7. k labelled clips of the new site for ``new`` with ``center`` and with ``zscore``:
    threshold, retrain, and (``cv``) retrain with the site threshold, as in 3.
+
+Augmented copies of the training group's clips (pam.train.clip_augmentation; ``--augment``;
+declared, with the rows below, before any of its results on a scored group were seen):
+
+8. every clip of each site group gets A = 4 copies made in the waveform at 48 kHz
+   (``AugmentSettings``: circular shift up to 0.5 s, a background overlaid at an SNR drawn
+   uniformly in 0-20 dB, then a gain drawn uniformly in -12..+12 dB, as bobwhite-v2's
+   configs/train.yaml; torch generator seed 0; no clip mixing, off in bobwhite-v2 too),
+   embedded by BirdNET like the originals (3 windows) and cached under /tmp. Backgrounds:
+   ``own``, an absence clip of the same site group (never the clip itself); ``own+field``,
+   the same for copies 0 and 2, and for copies 1 and 3 a clip-length segment of the
+   unlabelled field recordings (``--field``: every .wav of 4 s or more under
+   ../shared/data/field except perch/fish_queries, underwater; other habitats, no bobwhite
+   site). A copy keeps its clip's label and recording; a head trained on some clips reads
+   their copies except those overlaid with a clip outside them (so no held-out fold's audio
+   reaches training); calibration and scores read the original clips only. Only the
+   training group's copies are ever read: a head never trains on the scored group's;
+9. whether the recipe takes augmentation is decided inside the training group only, by a
+   sixth stage after the others (``AUGMENT_STAGE``: none, own, own+field; by the F1 of the
+   calls at each fold's calibrated threshold, like stages 4 and 5; the rank is printed too);
+10. cross-site rows (seeds 0, 1, 2) for ``before``, ``new`` and the site-normalised recipe of
+   stage 5, each with none, own and own+field, calibrated threshold, all 60 clips; every row
+   printed, chosen or not. Then (``--augment-shots``) k labelled clips for the recipe chosen
+   inside the training group, threshold and retrain, as in 3.
+11. added after the first run of 8-10, choosing nothing: the same rows with copies drawn
+   with another seed (``--copy-seed 1``: other shifts, backgrounds, SNRs and gains), to see
+   how much the rows depend on one draw of copies; and (``--own-shots``) k-clip rows for
+   ``new`` with ``own`` copies (and with stage 5's site_norm), the variants that ranked the
+   scored groups best in the first run, to see whether copies help once k clips are added.
 """
 
 from __future__ import annotations
@@ -68,6 +97,8 @@ import numpy as np
 import torch
 
 from pam.detect.birdnet import load_birdnet
+from pam.train.clip_augmentation import (AUGMENTS, AugmentSettings, ClipCopies, augmented_waves, copies_cache_key,
+                                        embed_waves, field_bank, field_recordings, load_copies, save_copies)
 from pam.train.clips import load_clip_set, load_clip_table
 from pam.train.fit import clip_windows
 from pam.train.head_crosssite import ClipEmbeddings, HeadRecipe, choose_recipe, cross_site, few_shot
@@ -85,15 +116,19 @@ STAGES = [  # (name, inside_score key, candidates built from the best recipe so 
     ("calibration", "f1", lambda best: [replace(best, calibration=c) for c in ("holdout", "cv")]),
 ]
 ADAPTATION_STAGE = ("site normalisation", "f1", lambda best: [replace(best, site_norm=n) for n in SITE_NORMS])
+AUGMENT_STAGE = ("augmentation", "f1", lambda best: [replace(best, augment=a) for a in AUGMENTS])
 
 
-def choose(data: ClipEmbeddings, train: list[str]) -> tuple[HeadRecipe, HeadRecipe, HeadRecipe]:
+def choose(data: ClipEmbeddings, train: list[str], augment: bool = False) -> tuple[HeadRecipe, ...]:
     """(before, new, adapted) recipes, chosen inside ``train`` only; prints every candidate's
-    scores. ``adapted`` is ``new`` with the site_norm of ``ADAPTATION_STAGE``."""
+    scores. ``adapted`` is ``new`` with the site_norm of ``ADAPTATION_STAGE``; with ``augment``,
+    also ``adapted`` with the augmentation of ``AUGMENT_STAGE``."""
     before, scores = choose_recipe(data, train, [HeadRecipe(pooling=p, windows=TWO_WINDOWS) for p in ("mean", "max")])
     print(f"\n{train[0]}, before: {before.describe()} (rank scores {[round(s['rank'], 4) for s in scores]})")
     best = new = before
-    for name, key, build in STAGES + [ADAPTATION_STAGE]:
+    for name, key, build in STAGES + [ADAPTATION_STAGE] + ([AUGMENT_STAGE] if augment else []):
+        if name == AUGMENT_STAGE[0]:
+            adapted = best
         if name == ADAPTATION_STAGE[0]:
             new = best
         candidates = build(best)
@@ -101,7 +136,86 @@ def choose(data: ClipEmbeddings, train: list[str]) -> tuple[HeadRecipe, HeadReci
         print(f"  stage {name} (by {key}):")
         for r, sc in zip(candidates, scores):
             print(f"    {'*' if r == best else ' '} {r.describe()}: " + ", ".join(f"{k} {v:.4f}" for k, v in sc.items()))
-    return before, new, best
+    return (before, new, adapted, best) if augment else (before, new, best)
+
+
+def with_copies(data: ClipEmbeddings, labels: Path, hop_s: float, cache_dir: Path, field_root: Path,
+                settings: AugmentSettings) -> ClipEmbeddings:
+    """``data`` with ``settings.copies`` augmented copies of every clip, per site group, under
+    ``own`` and ``own+field`` (backgrounds from the group's absences; and field audio), each
+    variant and group cached as .npz."""
+    net = load_birdnet()
+    clips = load_clip_table(labels)
+    field = field_recordings(field_root)
+    made: dict[str, list[ClipCopies]] = {"own": [], "own+field": []}
+    waves = bank = None
+    for group in sorted(set(data.sites)):
+        ids = data.clips_of([group])
+        for augment in made:
+            key = copies_cache_key(net.model_id, [clips[i] for i in ids], ids, augment, settings, hop_s,
+                                   field if augment == "own+field" else [])
+            cache = cache_dir / f"pam-bobwhite-copies-{key}.npz"
+            if cache.is_file():
+                made[augment].append(load_copies(cache))
+                print(f"copies {group} {augment} from {cache}")
+                continue
+            t0 = time.perf_counter()
+            if waves is None:
+                waves = np.stack(load_clip_set(clips, [data.label], net.sample_rate).waves)
+            if bank is None and augment == "own+field":
+                bank = field_bank(field, net.sample_rate, waves.shape[1])
+            x, original, number, background = augmented_waves(waves[ids], ids, ~data.positive[ids], net.sample_rate,
+                                                               settings, bank if augment == "own+field" else None)
+            made[augment].append(ClipCopies(embed_waves(net, x, hop_s), original, number, background))
+            save_copies(cache, made[augment][-1])
+            print(f"{len(x)} copies of {group}'s {len(ids)} clips ({augment}) made and embedded in "
+                  f"{time.perf_counter() - t0:.1f} s -> {cache}", flush=True)
+    merged = {a: ClipCopies(*(np.concatenate([getattr(c, f) for c in parts]) for f in
+                              ("embeddings", "original", "number", "background"))) for a, parts in made.items()}
+    return replace(data, copies=merged)
+
+
+def augment_rows(data: ClipEmbeddings, groups: list[str], seeds: list[int], shots: list[int], draws: int,
+                 own_shots: bool = False) -> None:
+    """Steps 8-10 of the docstring: the choice with the augmentation stage, every cross-site row
+    with and without copies, and (``shots``) k-clip rows of the recipe chosen inside the group."""
+    t0 = time.perf_counter()
+    directions = [([a], [b]) for a in groups for b in groups if a != b]
+    recipes = {train[0]: choose(data, train, augment=True) for train, _ in directions}
+    print(f"\nrecipe choice with the augmentation stage: {time.perf_counter() - t0:.1f} s")
+    print("\n| train -> test | recipe | augment | AP | ROC-AUC | recall at precision 0.9 | "
+          "calibrated threshold: precision | recall | F1 | runs at target |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for train, test in directions:
+        before, new, adapted, chosen = recipes[train[0]]
+        named = [("before", before), ("new", new)] + ([(f"new, {adapted.site_norm}", adapted)]
+                                                      if adapted.site_norm != "none" else [])
+        for name, recipe in named:
+            for augment in AUGMENTS:
+                r = replace(recipe, augment=augment)
+                rows = [cross_site(data, train, test, r, seed=s) for s in seeds]
+                mark = " (chosen)" if r == chosen else ""
+                print(f"| {train[0]} -> {test[0]} | {name} | {augment}{mark} | " + " | ".join(
+                    mean_sd(rows, k) for k in ("ap", "roc_auc", "recall_at_precision", "precision", "recall", "f1"))
+                      + f" | {at_target(rows)} |", flush=True)
+    print(f"\ncross-site rows: {time.perf_counter() - t0:.1f} s")
+    if shots:
+        print("\n| train -> test | k | recipe | adaptation | AP | recall at precision 0.9 | "
+              "calibrated threshold: precision | recall | draws at target |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for train, test in directions if shots else []:
+        _, new, adapted, chosen = recipes[train[0]]
+        runs = [(f"chosen ({chosen.site_norm}, augment {chosen.augment})", chosen)]
+        if own_shots:  # added after the first run (step 11): chooses nothing
+            runs += [("new, own", replace(new, augment="own"))] + (
+                [(f"new, {adapted.site_norm}, own", replace(adapted, augment="own"))] if adapted.site_norm != "none" else [])
+        for k, (name, recipe), adaptation in ((k, run, a) for k in shots for run in runs for a in ("threshold", "retrain")):
+            rows = [few_shot(data, train, test, k, recipe, adaptation, draw=d) for d in range(draws)]
+            print(f"| {train[0]} -> {test[0]} | {k} | {name} | "
+                  f"{adaptation} | " + " | ".join(mean_sd(rows, key) for key in
+                                                  ("ap", "recall_at_precision", "precision", "recall"))
+                  + f" | {at_target(rows)} |", flush=True)
+    print(f"\naugmentation rows: {time.perf_counter() - t0:.1f} s")
 
 
 def mixed_sample(data: ClipEmbeddings, sites: list[str], seed: int) -> np.ndarray:
@@ -167,14 +281,31 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--site-norm-only", action="store_true",
                     help="k-clip table: only the site_norm rows (the others are in docs/model.md)")
+    ap.add_argument("--augment", action="store_true",
+                    help="only steps 8-10: augmented copies of the training group's clips (other rows: docs/model.md)")
+    ap.add_argument("--augment-shots", type=int, nargs="*", default=[],
+                    help="with --augment: k-clip rows of the recipe chosen inside the training group")
+    ap.add_argument("--own-shots", action="store_true", help="with --augment-shots: also new with own copies (step 11)")
+    ap.add_argument("--copy-seed", type=int, default=0, help="seed of the augmented copies (step 11)")
+    ap.add_argument("--field", type=Path, default=None,
+                    help="unlabelled field recordings for own+field backgrounds (default: ../field beside the clips' folder)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    field = args.field or args.labels.resolve().parent.parent / "field"
+    if args.augment and not field.is_dir():
+        raise SystemExit(f"--field {field}: no such folder of field recordings; give --field")
     data = embed_clips(args.labels, args.label, args.hop, args.cache_dir)
     if data.embeddings.shape[1] != 3:
         raise SystemExit(f"--hop {args.hop} gives {data.embeddings.shape[1]} windows per clip; the recipes need 3 (--hop 0.5)")
     groups = sorted({str(s) for s in data.sites})
     print(f"{len(data.positive)} clips, {data.embeddings.shape[1]} windows each, sites {groups}")
+    if args.augment:
+        t0 = time.perf_counter()
+        data = with_copies(data, args.labels, args.hop, args.cache_dir, field, AugmentSettings(seed=args.copy_seed))
+        print(f"copies (seed {args.copy_seed}): {time.perf_counter() - t0:.1f} s")
+        augment_rows(data, groups, args.seeds, args.augment_shots, args.draws, args.own_shots)
+        return
     t0 = time.perf_counter()
     directions = [([a], [b]) for a in groups for b in groups if a != b]
     recipes = {}

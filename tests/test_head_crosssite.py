@@ -8,9 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+import torch
+
 from pam.train import head_crosssite
+from pam.train.clip_augmentation import FIELD, AugmentSettings, ClipCopies, augmented_waves
 from pam.train.head_crosssite import (ClipEmbeddings, HeadRecipe, choose_recipe, cross_site, draw_new_site_clips, few_shot,
-                                     fit_clip_head, inside_score, scored, window_rows)
+                                     fit_clip_head, inside_score, scored, training_copies, window_rows)
 from pam.train.site_adaptation import quantile_threshold
 
 
@@ -206,3 +209,95 @@ def test_quantile_rule_calls_the_same_fraction_of_the_new_site():
     assert (m["tp"] + m["fp"]) == round(rate * 40)
     with pytest.raises(ValueError, match="threshold_rule"):
         few_shot(moved, ["A"], ["B"], 4, HeadRecipe(threshold_rule="quantile"), "retrain", draw=0)
+
+
+def with_copies(data: ClipEmbeddings, copies: int = 3, flip: bool = False) -> ClipEmbeddings:
+    """``data`` with ``copies`` copies of every clip in ``own`` and ``own+field`` (absences of the
+    clip's site as backgrounds; every second copy field audio in ``own+field``). ``flip``: the
+    copies of calls sit where absences are, and the other way round."""
+    rng = np.random.default_rng(5)
+    original = np.repeat(np.arange(len(data.positive)), copies)
+    number = np.tile(np.arange(copies), len(data.positive))
+    direction = data.embeddings[data.positive].mean((0, 1)) - data.embeddings[~data.positive].mean((0, 1))
+    e = data.embeddings[original] + 0.1 * rng.standard_normal((len(original),) + data.embeddings.shape[1:])
+    if flip:
+        e = e - np.where(data.positive[original], 1.0, -1.0)[:, None, None] * 2 * direction
+    own = np.array([rng.choice(np.flatnonzero(~data.positive & (data.sites == data.sites[i]) & (np.arange(len(data.sites)) != i)))
+                    for i in original])
+    field = np.where(number % 2 == 1, FIELD, own)
+    made = {name: ClipCopies(e.astype(np.float32), original, number, bg) for name, bg in (("own", own), ("own+field", field))}
+    return dataclasses.replace(data, copies=made)
+
+
+@pytest.mark.parametrize("augment", ["own", "own+field"])
+def test_copies_never_carry_held_out_clips_into_training(monkeypatch, augment):
+    data = with_copies(clip_embeddings())
+    picked = []
+    real = head_crosssite.training_copies
+
+    def spy(data, clips, recipe):
+        chosen = real(data, clips, recipe)
+        picked.append((np.asarray(clips), chosen))
+        return chosen
+
+    monkeypatch.setattr(head_crosssite, "training_copies", spy)
+    inside_score(data, ["A"], HeadRecipe(augment=augment, copies=2), folds=4, seeds=(0,))
+    fit_clip_head(data, data.clips_of(["A"]), HeadRecipe(augment=augment, copies=2, calibration="cv", folds=4))
+    c = data.copies[augment]
+    assert picked and all(len(chosen) for _, chosen in picked)
+    for clips, chosen in picked:
+        assert set(c.original[chosen]) <= set(clips)  # a copy trains only with its own clip
+        assert all(b == FIELD or b in clips for b in c.background[chosen])  # and never carries a held-out background
+        expected = np.isin(c.original, clips) & (c.number < 2) & ((c.background == FIELD) | np.isin(c.background, clips))
+        assert np.array_equal(chosen, np.flatnonzero(expected))  # every other copy of the clips is read
+    held_out_background = [(clips, chosen) for clips, chosen in picked if len(clips) < 16]
+    assert any((np.isin(c.original, clips) & ~np.isin(c.background, clips) & (c.background != FIELD)).any()
+               for clips, _ in held_out_background)  # such copies existed and were left out
+    assert training_copies(data, data.clips_of(["A"]), HeadRecipe()).size == 0
+
+
+@pytest.mark.parametrize("calibration", ["holdout", "cv"])
+def test_copies_train_the_head_but_calibration_and_scores_read_the_originals(monkeypatch, calibration):
+    data = clip_embeddings(per_site=24)
+    poisoned = with_copies(data, copies=4, flip=True)  # label-flipped copies: if read, they ruin the head
+    sizes = []
+    real = head_crosssite.calibrate
+
+    def spy(y, scores, *args, **kwargs):
+        sizes.append(len(y))
+        return real(y, scores, *args, **kwargs)
+
+    monkeypatch.setattr(head_crosssite, "calibrate", spy)
+    train = data.clips_of(["A"])
+    plain = fit_clip_head(poisoned, train, HeadRecipe(calibration=calibration, folds=4))
+    augmented = fit_clip_head(poisoned, train, HeadRecipe(calibration=calibration, folds=4, augment="own"))
+    assert sizes == [len(plain.val_clips), len(augmented.val_clips)]  # calibrated on original clips only
+    assert set(augmented.val_clips) <= set(train) and len(augmented.val_scores) == len(augmented.val_clips)
+    if calibration == "holdout":
+        assert np.array_equal(plain.val_clips, augmented.val_clips)  # the same split with or without copies
+    else:
+        assert set(augmented.val_clips) == set(train)
+    test = data.clips_of(["B"])
+    assert scored(plain, data, test)["ap"] > 0.9
+    assert scored(augmented, data, test)["ap"] < 0.5  # the flipped copies were trained on
+    with pytest.raises(ValueError, match="copies"):
+        fit_clip_head(data, train, HeadRecipe(augment="own"))
+    with pytest.raises(ValueError, match="hold 4"):
+        fit_clip_head(poisoned, train, HeadRecipe(augment="own", copies=8))
+
+
+def test_augmented_waves_keep_their_clip_and_draw_backgrounds_from_other_absences():
+    rng = np.random.default_rng(0)
+    waves = rng.standard_normal((6, 800)).astype(np.float32) * 0.1
+    absent = np.array([False, True, False, True, True, False])
+    ids = np.arange(10, 16)
+    torch_field = torch.as_tensor(rng.standard_normal((3, 1000)).astype(np.float32))
+    settings = AugmentSettings(copies=4, seed=3)
+    x, original, number, background = augmented_waves(waves, ids, absent, 100, settings)
+    assert x.shape == (24, 800) and list(original) == list(np.repeat(ids, 4)) and list(number) == [0, 1, 2, 3] * 6
+    assert set(background) <= {11, 13, 14} and not (background == original).any()
+    again = augmented_waves(waves, ids, absent, 100, settings)[0]
+    assert np.array_equal(x, again)  # seeded
+    assert not np.allclose(x[0], waves[0])  # changed
+    _, _, number, background = augmented_waves(waves, ids, absent, 100, settings, field=torch_field)
+    assert (background[number % 2 == 1] == FIELD).all() and (background[number % 2 == 0] != FIELD).all()

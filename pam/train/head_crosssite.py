@@ -14,7 +14,9 @@ it on clips whose windows were embedded once (``ClipEmbeddings``: [clips, window
   ``choose_recipe`` (``choose_pooling`` for the pooling alone) keeps the best of a list.
   A recipe may also standardise each window embedding by its own site group's unlabelled
   statistics (``site_norm``) and carry its threshold to the scored group by score quantile
-  (``threshold_rule``), both from ``pam.train.site_adaptation``.
+  (``threshold_rule``), both from ``pam.train.site_adaptation``; and train on augmented copies
+  of its training clips besides the clips (``augment``; ``pam.train.clip_augmentation``),
+  while calibration and scores read the original clips only.
 * ``fit_clip_head`` trains a recipe's head(s) on some clips (through
   ``pam.train.heads.train_head``'s recording split, or ``fit_head`` per fold) and
   calibrates the clip threshold.
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pam.train.calibrate import calibrate
+from pam.train.clip_augmentation import AUGMENTS, FIELD, ClipCopies
 from pam.train.heads import Head, fit_head, train_head
 from pam.train.metrics import average_precision, precision_recall_f1, recall_at_precision, roc_auc
 from pam.train.site_adaptation import (SITE_NORMS, THRESHOLD_RULES, quantile_threshold, standardised,
@@ -51,7 +54,9 @@ class ClipEmbeddings:
     ``sites`` and ``recordings`` one per clip. For a recipe's ``site_norm`` and quantile
     threshold: ``stat_groups``, per clip, the group whose unlabelled statistics standardise it
     (None: its site); ``stat_sample``, per clip, whether it belongs to its group's unlabelled
-    sample (the windows of the statistics, the scores of the quantile rule; None: every clip)."""
+    sample (the windows of the statistics, the scores of the quantile rule; None: every clip).
+    ``copies``: augmented copies of some clips (``pam.train.clip_augmentation``) by augmentation
+    (``own``, ``own+field``), read only by training under a recipe's ``augment``."""
 
     embeddings: np.ndarray
     positive: np.ndarray
@@ -61,12 +66,18 @@ class ClipEmbeddings:
     label: str
     stat_groups: np.ndarray | None = None
     stat_sample: np.ndarray | None = None
+    copies: dict[str, ClipCopies] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
         if self.embeddings.ndim != 3 or not len(self.positive) == len(self.sites) == len(self.recordings) == n:
             raise ValueError(f"embeddings {self.embeddings.shape} need [clips, windows, dim] and one label, site "
                              f"and recording per clip ({len(self.positive)}, {len(self.sites)}, {len(self.recordings)})")
+        for name, c in (self.copies or {}).items():
+            if name not in AUGMENTS[1:] or c.embeddings.shape[1:] != self.embeddings.shape[1:] or len(c.original) and (
+                    c.original.min() < 0 or c.original.max() >= n or c.background.max() >= n):
+                raise ValueError(f"copies {name!r}: need a name of {', '.join(AUGMENTS[1:])}, windows and dimension "
+                                 f"{self.embeddings.shape[1:]} and originals and backgrounds among the {n} clips")
 
     def clips_of(self, sites: list[str]) -> np.ndarray:
         return np.flatnonzero(np.isin(self.sites, sites))
@@ -98,6 +109,10 @@ class HeadRecipe:
     window (after the window choice and ``normalise``) by its own group's unlabelled
     statistics. ``threshold_rule`` (cross-site scoring only): ``calibrated`` keeps the
     calibrated threshold, ``quantile`` carries it to the scored group's clips by quantile.
+    ``augment`` (``own``, ``own+field``): the heads are also trained on the first ``copies``
+    augmented copies of each training clip (``ClipEmbeddings.copies``), except copies whose
+    overlaid background is a clip outside the training clips; calibration and scores read the
+    original clips only.
     """
 
     pooling: str = "mean"
@@ -110,18 +125,22 @@ class HeadRecipe:
     new_site_weight: str = "equal"
     site_norm: str = "none"
     threshold_rule: str = "calibrated"
+    augment: str = "none"
+    copies: int = 4
 
     def __post_init__(self) -> None:
         for name, allowed in (("pooling", POOLINGS), ("normalise", NORMALISATIONS), ("calibration", CALIBRATIONS),
                               ("new_site_weight", NEW_SITE_WEIGHTS), ("site_norm", SITE_NORMS),
-                              ("threshold_rule", THRESHOLD_RULES)):
+                              ("threshold_rule", THRESHOLD_RULES), ("augment", AUGMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
 
     def describe(self) -> str:
         windows = "all" if self.windows is None else ",".join(map(str, self.windows))
         adapted = "".join(f", {name} {getattr(self, name)}" for name, default in
-                          (("site_norm", "none"), ("threshold_rule", "calibrated")) if getattr(self, name) != default)
+                          (("site_norm", "none"), ("threshold_rule", "calibrated"), ("augment", "none"))
+                          if getattr(self, name) != default)
+        adapted += f" x{self.copies}" if self.augment != "none" else ""
         return (f"pooling {self.pooling}, windows {windows}, normalise {self.normalise}, "
                 f"weight decay {self.weight_decay:g}, {self.kind}, calibration {self.calibration}{adapted}")
 
@@ -131,11 +150,14 @@ def as_recipe(recipe: HeadRecipe | str) -> HeadRecipe:
     return recipe if isinstance(recipe, HeadRecipe) else HeadRecipe(pooling=recipe)
 
 
-def window_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
+def window_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe,
+                embeddings: np.ndarray | None = None) -> np.ndarray:
     """[clips, windows, dim] embeddings of ``clips`` as ``recipe`` reads them; with ``site_norm``,
-    each clip standardised by the statistics of its group's unlabelled sample."""
+    each clip standardised by the statistics of its group's unlabelled sample. ``embeddings``
+    (copies of ``clips``, one per entry) are read in place of the clips' own, standardised as
+    the clips are."""
     clips = np.asarray(clips)
-    e = _chosen_windows(data.embeddings[clips], recipe)
+    e = _chosen_windows(data.embeddings[clips] if embeddings is None else embeddings, recipe)
     if recipe.site_norm == "none":
         return e
     groups, out = data.groups(), np.empty_like(e)
@@ -188,17 +210,39 @@ def _clip_logits(head: Head, data: ClipEmbeddings, clips: np.ndarray, recipe: He
     return z.max(1) if recipe.pooling == "max" else z.mean(1)
 
 
-def _rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> tuple[np.ndarray, np.ndarray]:
-    """Training rows of ``clips`` and the clip each row comes from."""
-    e = window_rows(data, clips, recipe)
+def training_copies(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe) -> np.ndarray:
+    """Indices (in ``data.copies[recipe.augment]``) of the copies a head trained on ``clips``
+    reads: the first ``recipe.copies`` of each clip of ``clips`` whose background is field audio
+    or one of ``clips``; none without ``augment``."""
+    if recipe.augment == "none":
+        return np.zeros(0, dtype=int)
+    c = (data.copies or {}).get(recipe.augment)
+    if c is None:
+        raise ValueError(f"recipe augment {recipe.augment!r} needs copies {recipe.augment!r} in the clip embeddings")
+    if len(c.number) and recipe.copies > int(c.number.max()) + 1:
+        raise ValueError(f"recipe asks for {recipe.copies} copies a clip; the embeddings hold {int(c.number.max()) + 1}")
+    keep = np.isin(c.original, clips) & (c.number < recipe.copies) & ((c.background == FIELD) | np.isin(c.background, clips))
+    return np.flatnonzero(keep)
+
+
+def training_rows(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe,
+                  with_copies: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows of ``clips`` (and, under the recipe's ``augment``, of their copies,
+    ``training_copies``) and the clip each row comes from (a copy's: its original)."""
+    e, owner = window_rows(data, clips, recipe), np.asarray(clips)
+    chosen = training_copies(data, owner, recipe) if with_copies else np.zeros(0, dtype=int)
+    if len(chosen):
+        c = data.copies[recipe.augment]
+        e = np.concatenate([e, window_rows(data, c.original[chosen], recipe, c.embeddings[chosen])])
+        owner = np.r_[owner, c.original[chosen]]
     if recipe.pooling == "mean":
-        return e.mean(1), np.asarray(clips)
-    return e.reshape(-1, e.shape[-1]), np.repeat(clips, e.shape[1])
+        return e.mean(1), owner
+    return e.reshape(-1, e.shape[-1]), np.repeat(owner, e.shape[1])
 
 
 def _fit_on(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe, seed: int,
             clip_weight: dict[int, float] | None) -> Head:
-    x, owner = _rows(data, clips, recipe)
+    x, owner = training_rows(data, clips, recipe)
     y = data.positive[owner].astype(np.float32)[:, None]
     w = None if clip_weight is None else np.array([clip_weight.get(int(i), 1.0) for i in owner])
     return fit_head(x, y, [data.label], data.model_id, kind=recipe.kind, weight_decay=recipe.weight_decay,
@@ -227,7 +271,7 @@ def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe | 
         y = data.positive[clips].astype(float)[:, None]
         chosen = calibrate(y, _sigmoid(oof)[:, None], [data.label], target_precision)[data.label]
         return ClipHead(tuple(heads), recipe, chosen.threshold, clips, clips, _sigmoid(oof))
-    x, owner = _rows(data, clips, recipe)
+    x, owner = training_rows(data, clips, recipe, with_copies=False)
     labels = [(data.label,) if data.positive[i] else () for i in owner]
     w = None if clip_weight is None else np.array([clip_weight.get(int(i), 1.0) for i in owner])
     head, split = train_head(x, labels, [str(data.recordings[i]) for i in owner], [str(data.sites[i]) for i in owner],
@@ -236,6 +280,8 @@ def fit_clip_head(data: ClipEmbeddings, clips: np.ndarray, recipe: HeadRecipe | 
                              sample_weight=w)
     val = np.unique(owner[np.array(split) == "val"])
     train = np.unique(owner[np.array(split) == "train"])
+    if recipe.augment != "none":  # the same split; the head refitted on its training clips and their copies
+        head = _fit_on(data, train, recipe, seed, clip_weight)
     fitted = ClipHead((head,), recipe, 0.5, train, val)
     y = data.positive[val].astype(float)[:, None]
     val_scores = fitted.scores(data, val)
