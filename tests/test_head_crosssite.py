@@ -123,9 +123,9 @@ def test_window_choice_and_l2_normalisation():
         HeadRecipe(pooling="median")
 
 
-def test_site_threshold_is_set_on_the_new_clips_out_of_fold_scores_only(monkeypatch):
-    data = clip_embeddings()
-    sizes = []
+def calibration_sizes(monkeypatch) -> list[int]:
+    """The number of clips of each calibration head_crosssite makes from now on."""
+    sizes: list[int] = []
     real = head_crosssite.calibrate
 
     def spy(y, scores, *args, **kwargs):
@@ -133,6 +133,12 @@ def test_site_threshold_is_set_on_the_new_clips_out_of_fold_scores_only(monkeypa
         return real(y, scores, *args, **kwargs)
 
     monkeypatch.setattr(head_crosssite, "calibrate", spy)
+    return sizes
+
+
+def test_site_threshold_is_set_on_the_new_clips_out_of_fold_scores_only(monkeypatch):
+    data = clip_embeddings()
+    sizes = calibration_sizes(monkeypatch)
     m = few_shot(data, ["A"], ["B"], 6, HeadRecipe(calibration="cv", folds=3), "retrain-site-threshold", draw=2)
     assert sizes == [16 + 6, 6]  # the committee's own calibration on all clips, then the 6 new clips alone
     assert m["clips"] == 16 - 6
@@ -260,14 +266,7 @@ def test_copies_never_carry_held_out_clips_into_training(monkeypatch, augment):
 def test_copies_train_the_head_but_calibration_and_scores_read_the_originals(monkeypatch, calibration):
     data = clip_embeddings(per_site=24)
     poisoned = with_copies(data, copies=4, flip=True)  # label-flipped copies: if read, they ruin the head
-    sizes = []
-    real = head_crosssite.calibrate
-
-    def spy(y, scores, *args, **kwargs):
-        sizes.append(len(y))
-        return real(y, scores, *args, **kwargs)
-
-    monkeypatch.setattr(head_crosssite, "calibrate", spy)
+    sizes = calibration_sizes(monkeypatch)
     train = data.clips_of(["A"])
     plain = fit_clip_head(poisoned, train, HeadRecipe(calibration=calibration, folds=4))
     augmented = fit_clip_head(poisoned, train, HeadRecipe(calibration=calibration, folds=4, augment="own"))
