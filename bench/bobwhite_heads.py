@@ -100,7 +100,6 @@ from pam.detect.birdnet import load_birdnet
 from pam.train.clip_augmentation import (AUGMENTS, AugmentSettings, ClipCopies, augmented_waves, copies_cache_key,
                                         embed_waves, field_bank, field_recordings, load_copies, save_copies)
 from pam.train.clips import load_clip_set, load_clip_table
-from pam.train.fit import clip_windows
 from pam.train.head_crosssite import ClipEmbeddings, HeadRecipe, choose_recipe, cross_site, few_shot
 from pam.train.site_adaptation import SITE_NORMS
 
@@ -245,15 +244,13 @@ def embed_clips(labels: Path, label: str, hop_s: float, cache_dir: Path) -> Clip
     else:
         t0 = time.perf_counter()
         data = load_clip_set(clips, [label], net.sample_rate)
-        windows = [clip_windows(w, net.sample_rate, net.window_s, hop_s) for w in data.waves]
-        if len({len(w) for w in windows}) != 1:
-            raise SystemExit(f"{labels}: clips of unequal length give {sorted({len(w) for w in windows})} windows")
-        stacked = torch.cat(windows)
-        with torch.inference_mode():
-            emb = torch.cat([net(stacked[i:i + 32])[1] for i in range(0, len(stacked), 32)]).numpy()
-        emb = emb.reshape(len(clips), len(windows[0]), -1).astype(np.float32)
+        try:
+            emb = embed_waves(net, data.waves, hop_s)
+        except ValueError as exc:
+            raise SystemExit(f"{labels}: {exc}") from None
         np.savez(cache, embeddings=emb)
-        print(f"{len(stacked)} windows of {len(clips)} clips embedded in {time.perf_counter() - t0:.1f} s -> {cache}")
+        print(f"{emb.shape[0] * emb.shape[1]} windows of {len(clips)} clips embedded in "
+              f"{time.perf_counter() - t0:.1f} s -> {cache}")
     return ClipEmbeddings(emb, positive, sites, recordings, net.model_id, label)
 
 

@@ -123,8 +123,11 @@ def augmented_waves(waves: np.ndarray, clip_ids: np.ndarray, absent: np.ndarray,
 
 
 def embed_waves(net, waves: np.ndarray, hop_s: float, batch: int = 32) -> np.ndarray:
-    """Window embeddings [clips, windows, dim] of equal-length ``waves`` by ``net`` (BirdNET)."""
+    """Window embeddings [clips, windows, dim] of equal-length ``waves`` by ``net`` (BirdNET);
+    ValueError when the clips give different numbers of windows."""
     windows = [clip_windows(w, net.sample_rate, net.window_s, hop_s) for w in waves]
+    if len({len(w) for w in windows}) != 1:
+        raise ValueError(f"clips of unequal length give {sorted({len(w) for w in windows})} windows")
     stacked = torch.cat(windows)
     with torch.inference_mode():
         emb = torch.cat([net(stacked[i:i + batch])[1] for i in range(0, len(stacked), batch)]).numpy()
