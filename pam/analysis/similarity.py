@@ -209,7 +209,7 @@ class SimilarityIndex:
 
     def _open_segment(self) -> tuple[int, Segment]:
         """The open segment with room, sealing a full one (written now, then dropped from RAM) first."""
-        if self._open is not None and self._segments[self._open].count >= self.card.segment_vectors:
+        if self._open_is_full():
             seg = self._segments[self._open]
             if seg.dirty:
                 seg.write(self.folder, segment_file(self._open, self.card.generation + 1))
@@ -219,6 +219,9 @@ class SimilarityIndex:
             self._segments.append(Segment(None, 0, new_usearch(self.card), loaded=True))
             self._open = len(self._segments) - 1
         return self._open, self._segments[self._open]
+
+    def _open_is_full(self) -> bool:
+        return self._open is not None and self._segments[self._open].count >= self.card.segment_vectors
 
     def remove_recordings(self, recording_ids: Sequence[str]) -> int:
         """Take every window of these recordings out of the index (committed ones and ones added
@@ -264,7 +267,7 @@ class SimilarityIndex:
                 self._write_card(self.card)
             return
         gen = self.card.generation + 1
-        if self._open is not None and self._segments[self._open].count >= self.card.segment_vectors:
+        if self._open_is_full():
             self._open = None  # full: sealed, so the next update does not load it
         for number, seg in enumerate(self._segments):
             if seg.dirty:
